@@ -1,0 +1,339 @@
+"""The circuit rules as a pure function: (status, settings, input, now) -> (status, events).
+
+No actors, no clock, no I/O: the connection actor applies these rules and publishes the
+result. Keeping them pure is what lets tests/test_circuit.py check them exhaustively with
+a hypothesis state machine against a simple model of API.md sections 3-5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from brama_actors._config import Settings
+from brama_actors._events import EventType
+from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy, freeze_mapping
+
+__all__ = [
+    "Close",
+    "Configure",
+    "Expire",
+    "Failure",
+    "Input",
+    "Open",
+    "Reset",
+    "Success",
+    "Transition",
+    "apply",
+    "initial_status",
+    "opening_expiry",
+    "registration_events",
+]
+
+CLOSED = CircuitState.CLOSED
+OPEN = CircuitState.OPEN
+HALF_OPEN = CircuitState.HALF_OPEN
+
+THRESHOLD_EXCEEDED = "Threshold exceeded"
+HALF_OPEN_FAILED = "Failure in half_open"
+TRIAL_SUCCEEDED = "Success in half_open"
+EXPIRY_REACHED = "Expiry reached"
+MANUALLY_OPENED = "Manually opened"
+MANUALLY_CLOSED = "Manually closed"
+MANUALLY_RESET = "Manually reset"
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    """A reported success."""
+
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A reported failure."""
+
+    reason: Any = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """``open_circuit``: open now, for ``expiry`` ms if given, else by strategy."""
+
+    reason: Any = None
+    expiry: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """``close_circuit``: close, keeping failure_count."""
+
+    reason: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reset:
+    """``reset_circuit``: close with failure_count 0; always emits ``circuit_reset``."""
+
+    reason: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """The deadline of the opening that started at ``opened_at`` was reached."""
+
+    opened_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """New settings for the connection; they apply from the next transition on."""
+
+    settings: Settings
+
+
+Input = Success | Failure | Open | Close | Reset | Expire | Configure
+
+#: (event type, data) pairs; the actor adds timestamp, connection and scope.
+EventSpec = tuple[EventType, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """The outcome of one input: the new status and the events, in order."""
+
+    status: ConnectionStatus
+    events: tuple[EventSpec, ...]
+
+    @property
+    def deadline(self) -> int | None:
+        """When the new status's opening expires, if the circuit is open."""
+        status = self.status
+        if status.state is OPEN and status.opened_at is not None:
+            return status.opened_at + status.expiry
+        return None
+
+
+def opening_expiry(settings: Settings, failure_count: int) -> int:
+    """The length in ms of an opening that starts with ``failure_count`` failures."""
+    if settings.expiry_strategy is ExpiryStrategy.FIXED:
+        return settings.expiry
+    try:
+        # float() first: an int factor to a huge power would be exact and very slow.
+        length = settings.initial_expiry * float(settings.backoff_factor) ** failure_count
+    except OverflowError:
+        return settings.max_expiry
+    if length >= settings.max_expiry:
+        return settings.max_expiry
+    return int(length)
+
+
+def initial_status(
+    identifier: str,
+    scope: str | None,
+    kind: str,
+    settings: Settings,
+    metadata: Mapping[str, Any] | None,
+    now: int,
+) -> ConnectionStatus:
+    """The status of a freshly registered connection: closed, no reports."""
+    return ConnectionStatus(
+        identifier=identifier,
+        scope=scope,
+        type=kind,
+        state=CLOSED,
+        failure_count=0,
+        max_attempts=settings.max_attempts,
+        expiry=settings.expiry,
+        expiry_strategy=settings.expiry_strategy,
+        initial_expiry=settings.initial_expiry,
+        max_expiry=settings.max_expiry,
+        backoff_factor=settings.backoff_factor,
+        half_open_max_calls=settings.half_open_max_calls,
+        opened_at=None,
+        last_success_time=None,
+        last_failure_time=None,
+        state_changed_at=now,
+        registered_at=now,
+        metadata=freeze_mapping(metadata),
+    )
+
+
+def registration_events(status: ConnectionStatus, settings: Settings) -> tuple[EventSpec, ...]:
+    """``registration`` and ``connection_registered`` for a new connection."""
+    data = {
+        "state": status.state,
+        "failure_count": status.failure_count,
+        "type": status.type,
+        **settings.as_dict(),
+        "metadata": status.metadata,
+    }
+    return (
+        (EventType.REGISTRATION, data),
+        (EventType.CONNECTION_REGISTERED, dict(data)),
+    )
+
+
+def removal_events(status: ConnectionStatus, inactive: bool) -> tuple[EventSpec, ...]:
+    """Events of a removal: by ``unregister`` or by the cleanup sweep."""
+    base = {"state": status.state, "failure_count": status.failure_count}
+    if inactive:
+        first = (EventType.CLEANUP, {**base, "reason": "inactive"})
+        reason = "inactive"
+    else:
+        first = (EventType.CONNECTION_UNREGISTERED, dict(base))
+        reason = "unregistered"
+    return (first, (EventType.CONNECTION_REMOVED, {**base, "reason": reason}))
+
+
+def _state_change(
+    previous: CircuitState, status: ConnectionStatus, reason: Any
+) -> EventSpec:
+    return (
+        EventType.STATE_CHANGE,
+        {
+            "state": status.state,
+            "failure_count": status.failure_count,
+            "previous_state": previous,
+            "new_state": status.state,
+            "reason": reason,
+        },
+    )
+
+
+def _opened(status: ConnectionStatus, reason: Any) -> EventSpec:
+    return (
+        EventType.CIRCUIT_OPENED,
+        {
+            "state": status.state,
+            "failure_count": status.failure_count,
+            "reason": reason,
+            "opened_at": status.opened_at,
+            "expiry": status.expiry,
+        },
+    )
+
+
+def _simple(kind: EventType, status: ConnectionStatus, **extra: Any) -> EventSpec:
+    return (kind, {"state": status.state, "failure_count": status.failure_count, **extra})
+
+
+def _open(status: ConnectionStatus, settings: Settings, now: int, expiry: int | None,
+          **changes: Any) -> ConnectionStatus:
+    failure_count = changes.get("failure_count", status.failure_count)
+    length = expiry if expiry is not None else opening_expiry(settings, failure_count)
+    return dataclasses.replace(status, state=OPEN, opened_at=now, expiry=length, **changes)
+
+
+def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> Transition:
+    """Apply one input to a circuit.
+
+    Args:
+        status: the current status.
+        settings: the connection's resolved settings.
+        op: what happened.
+        now: the time it happened, ms since the epoch.
+
+    Returns:
+        The new status and the events to emit, in the order of API.md section 5.
+    """
+    state = status.state
+    if type(op) is Success:
+        extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
+        if state is HALF_OPEN:
+            new = dataclasses.replace(
+                status, state=CLOSED, failure_count=0, state_changed_at=now,
+                last_success_time=now, total_successes=status.total_successes + 1,
+            )
+            return Transition(new, (
+                _simple(EventType.SUCCESS, new, **extra),
+                _simple(EventType.CIRCUIT_CLOSED, new, reason=TRIAL_SUCCEEDED),
+                _state_change(state, new, TRIAL_SUCCEEDED),
+            ))
+        new = dataclasses.replace(
+            status, failure_count=0, last_success_time=now,
+            total_successes=status.total_successes + 1,
+        )
+        return Transition(new, (_simple(EventType.SUCCESS, new, **extra),))
+
+    if type(op) is Failure:
+        count = status.failure_count + 1
+        counters = {
+            "failure_count": count,
+            "last_failure_time": now,
+            "total_failures": status.total_failures + 1,
+        }
+        extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
+        if (state is CLOSED and count >= settings.max_attempts) or state is HALF_OPEN:
+            if state is HALF_OPEN:
+                reason = op.reason if op.reason is not None else HALF_OPEN_FAILED
+            else:
+                reason = THRESHOLD_EXCEEDED
+            new = _open(status, settings, now, None, state_changed_at=now, **counters)
+            return Transition(new, (
+                _simple(EventType.FAILURE, new, reason=op.reason, **extra),
+                _opened(new, reason),
+                _state_change(state, new, reason),
+            ))
+        new = dataclasses.replace(status, **counters)
+        return Transition(new, (_simple(EventType.FAILURE, new, reason=op.reason, **extra),))
+
+    if type(op) is Expire:
+        if state is not OPEN or status.opened_at != op.opened_at:
+            return Transition(status, ())  # a stale timer: that opening is over
+        new = dataclasses.replace(status, state=HALF_OPEN, state_changed_at=now)
+        return Transition(new, (
+            _simple(EventType.EXPIRY, new, opened_at=status.opened_at, expiry=status.expiry),
+            _simple(EventType.CIRCUIT_HALF_OPENED, new),
+            _state_change(state, new, EXPIRY_REACHED),
+        ))
+
+    if type(op) is Open:
+        reason = op.reason if op.reason is not None else MANUALLY_OPENED
+        if state is OPEN:
+            new = _open(status, settings, now, op.expiry)
+            return Transition(new, (_opened(new, reason),))
+        new = _open(status, settings, now, op.expiry, state_changed_at=now)
+        return Transition(new, (_opened(new, reason), _state_change(state, new, reason)))
+
+    if type(op) is Close:
+        if state is CLOSED:
+            return Transition(status, ())
+        reason = op.reason if op.reason is not None else MANUALLY_CLOSED
+        new = dataclasses.replace(status, state=CLOSED, state_changed_at=now)
+        return Transition(new, (
+            _simple(EventType.CIRCUIT_CLOSED, new, reason=reason),
+            _state_change(state, new, reason),
+        ))
+
+    if type(op) is Reset:
+        reason = op.reason if op.reason is not None else MANUALLY_RESET
+        if state is CLOSED:
+            new = dataclasses.replace(status, failure_count=0)
+            return Transition(new, (_simple(EventType.CIRCUIT_RESET, new, reason=reason),))
+        new = dataclasses.replace(status, state=CLOSED, failure_count=0, state_changed_at=now)
+        return Transition(new, (
+            _simple(EventType.CIRCUIT_RESET, new, reason=reason),
+            _state_change(state, new, reason),
+        ))
+
+    if type(op) is Configure:
+        s = op.settings
+        changes: dict[str, Any] = {
+            "max_attempts": s.max_attempts,
+            "expiry_strategy": s.expiry_strategy,
+            "initial_expiry": s.initial_expiry,
+            "max_expiry": s.max_expiry,
+            "backoff_factor": s.backoff_factor,
+            "half_open_max_calls": s.half_open_max_calls,
+        }
+        if state is not OPEN:
+            # While open, status.expiry is the current opening's length; keep it.
+            changes["expiry"] = s.expiry
+        return Transition(dataclasses.replace(status, **changes), ())
+
+    raise TypeError(f"unknown circuit input {op!r}")

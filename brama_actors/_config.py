@@ -1,0 +1,194 @@
+"""Validation and resolution of configuration options (API.md section 1).
+
+Every option is checked on its own (type and range) before anything changes, and the
+combined settings are checked together (``max_expiry >= initial_expiry``), so a bad call
+leaves the system exactly as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from brama_actors._errors import InvalidConfiguration
+from brama_actors._status import ExpiryStrategy
+
+__all__ = [
+    "CONNECTION_OPTIONS",
+    "DEFAULTS",
+    "GLOBAL_OPTIONS",
+    "Settings",
+    "resolve_settings",
+    "validate_options",
+]
+
+# (minimum) for int options; bool is refused explicitly since bool is an int subclass.
+_INT_MINIMUM: dict[str, int] = {
+    "max_attempts": 1,
+    "expiry": 1,
+    "initial_expiry": 1,
+    "max_expiry": 1,
+    "half_open_max_calls": 1,
+    "cleanup_interval": 1,
+    "inactive_threshold": 1,
+    "max_restarts": 0,
+    "restart_window": 1,
+}
+
+#: Options a single connection can set (register / configure(identifier, ...)).
+CONNECTION_OPTIONS: frozenset[str] = frozenset(
+    {
+        "max_attempts",
+        "expiry",
+        "expiry_strategy",
+        "initial_expiry",
+        "max_expiry",
+        "backoff_factor",
+        "half_open_max_calls",
+    }
+)
+
+#: Options of the system (Brama.start / configure(**options)).
+GLOBAL_OPTIONS: frozenset[str] = CONNECTION_OPTIONS | {
+    "cleanup_interval",
+    "inactive_threshold",
+    "max_restarts",
+    "restart_window",
+}
+
+#: Defaults of the table in API.md; initial_expiry and max_expiry are derived when unset.
+DEFAULTS: Mapping[str, Any] = {
+    "max_attempts": 5,
+    "expiry": 60_000,
+    "expiry_strategy": ExpiryStrategy.FIXED,
+    "initial_expiry": None,
+    "max_expiry": None,
+    "backoff_factor": 2.0,
+    "half_open_max_calls": 1,
+    "cleanup_interval": 10_000,
+    "inactive_threshold": 86_400_000,
+    "max_restarts": 10,
+    "restart_window": 60_000,
+}
+
+
+def _check_one(name: str, value: Any) -> Any:
+    """Return the normalised value of one option or raise InvalidConfiguration."""
+    if name in _INT_MINIMUM:
+        minimum = _INT_MINIMUM[name]
+        if type(value) is bool or not isinstance(value, int):
+            raise InvalidConfiguration(
+                f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__})"
+            )
+        if value < minimum:
+            raise InvalidConfiguration(f"{name} must be an int >= {minimum}, got {value!r}")
+        return int(value)
+    if name == "backoff_factor":
+        if type(value) is bool or not isinstance(value, int | float):
+            raise InvalidConfiguration(
+                f"backoff_factor must be a finite number >= 1.0, got {value!r} "
+                f"({type(value).__name__})"
+            )
+        if not math.isfinite(value) or value < 1.0:
+            raise InvalidConfiguration(f"backoff_factor must be a finite number >= 1.0, got {value!r}")
+        return float(value)
+    if name == "expiry_strategy":
+        if not isinstance(value, str):
+            raise InvalidConfiguration(
+                f"expiry_strategy must be 'fixed' or 'progressive', got {value!r}"
+            )
+        try:
+            return ExpiryStrategy(value)
+        except ValueError:
+            raise InvalidConfiguration(
+                f"expiry_strategy must be 'fixed' or 'progressive', got {value!r}"
+            ) from None
+    raise InvalidConfiguration(f"unknown option {name!r} (value {value!r})")
+
+
+def validate_options(
+    options: Mapping[str, Any], allowed: frozenset[str], *, skip_none: bool = False
+) -> dict[str, Any]:
+    """Check every option's name, type and range; return the normalised values.
+
+    Args:
+        options: option name to value.
+        allowed: the names accepted in this context.
+        skip_none: leave out options whose value is ``None`` (meaning "not given").
+
+    Raises:
+        InvalidConfiguration: an unknown name or a bad value; the message names both.
+    """
+    checked: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in allowed:
+            valid = ", ".join(sorted(allowed))
+            raise InvalidConfiguration(f"unknown option {name!r} (value {value!r}); valid: {valid}")
+        if value is None and skip_none:
+            continue
+        checked[name] = _check_one(name, value)
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """A connection's resolved circuit settings."""
+
+    max_attempts: int
+    expiry: int
+    expiry_strategy: ExpiryStrategy
+    initial_expiry: int
+    max_expiry: int
+    backoff_factor: float
+    half_open_max_calls: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as event data keys (API.md section 5, registration)."""
+        return {
+            "max_attempts": self.max_attempts,
+            "expiry": self.expiry,
+            "expiry_strategy": self.expiry_strategy,
+            "initial_expiry": self.initial_expiry,
+            "max_expiry": self.max_expiry,
+            "backoff_factor": self.backoff_factor,
+            "half_open_max_calls": self.half_open_max_calls,
+        }
+
+
+def resolve_settings(explicit: Mapping[str, Any]) -> Settings:
+    """Resolve a connection's settings from the explicitly set options.
+
+    ``initial_expiry`` defaults to the connection's own ``expiry`` and ``max_expiry`` to
+    10 x its own ``initial_expiry`` when neither the system nor the connection set them.
+
+    Raises:
+        InvalidConfiguration: ``max_expiry < initial_expiry``.
+    """
+    expiry = explicit.get("expiry") or DEFAULTS["expiry"]
+    initial = explicit.get("initial_expiry") or expiry
+    maximum = explicit.get("max_expiry") or 10 * initial
+    if maximum < initial:
+        raise InvalidConfiguration(
+            f"max_expiry must be >= initial_expiry ({initial}), got {maximum!r}"
+        )
+    return Settings(
+        max_attempts=explicit.get("max_attempts") or DEFAULTS["max_attempts"],
+        expiry=expiry,
+        expiry_strategy=explicit.get("expiry_strategy") or DEFAULTS["expiry_strategy"],
+        initial_expiry=initial,
+        max_expiry=maximum,
+        backoff_factor=explicit.get("backoff_factor") or DEFAULTS["backoff_factor"],
+        half_open_max_calls=explicit.get("half_open_max_calls") or DEFAULTS["half_open_max_calls"],
+    )
+
+
+def check_global(explicit: Mapping[str, Any]) -> None:
+    """Check the cross-option rule on the system's explicit options.
+
+    Raises:
+        InvalidConfiguration: ``max_expiry < initial_expiry`` (both derived as for a
+            connection when unset).
+    """
+    resolve_settings({k: v for k, v in explicit.items() if k in CONNECTION_OPTIONS})

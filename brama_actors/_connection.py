@@ -1,0 +1,185 @@
+"""The connection actor: the only writer of one connection's circuit.
+
+It applies the pure rules of ``_circuit``, publishes the new immutable status to its cell
+(which ``available()`` and ``status()`` read without a round trip), arms the expiry timer
+and tells the event manager the events. It never runs user code and never asks anyone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from pykka import ActorRef, ActorRegistry
+
+from brama_actors import _circuit as rules
+from brama_actors._config import Settings
+from brama_actors._messages import (
+    RESTARTED,
+    Apply,
+    ArmCrash,
+    GetStatus,
+    InjectedCrash,
+    Key,
+    Ping,
+    Reconfigure,
+    Retire,
+)
+from brama_actors._runtime import PooledActor, _PooledInbox
+from brama_actors._scheduler import Timer
+from brama_actors._status import CircuitState, ConnectionStatus
+
+if TYPE_CHECKING:
+    from brama_actors._system import Core
+
+__all__ = ["Cell", "ConnectionActor"]
+
+logger = logging.getLogger("brama_actors")
+
+
+@dataclass(eq=False, slots=True)
+class Cell:
+    """What the system publishes about one connection.
+
+    Readers (``available()``, ``status()``, the sweep) use it without locks: each field is
+    replaced whole by the connection's actor, never mutated in place.
+    """
+
+    key: Key
+    status: ConnectionStatus
+    settings: Settings
+    explicit: dict[str, Any]
+    available: bool = True
+    ref: ActorRef[Any] | None = None
+    inbox: _PooledInbox | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ConnectionActor(PooledActor):
+    """Owns the circuit of one ``(identifier, scope)``.
+
+    Args:
+        core: the system's shared internals.
+        cell: the connection's cell; the actor starts from its published status, which
+            is how a restart resumes exactly where the crashed actor left off.
+        leftovers: envelopes the crashed predecessor had not processed yet.
+    """
+
+    def __init__(self, core: Core, cell: Cell, leftovers: list[Any] = ()) -> None:  # type: ignore[assignment]
+        super().__init__(core.pool)
+        self._core = core
+        self._cell = cell
+        self._status = cell.status
+        self._settings = cell.settings
+        self._timer: Timer | None = None
+        self._crashes_armed = 0
+        self._retired = False
+        for envelope in leftovers:
+            self.actor_inbox.put(envelope)
+
+    def on_start(self) -> None:
+        status = self._status
+        if status.state is CircuitState.OPEN and status.opened_at is not None:
+            self._arm(status.opened_at + status.expiry, status.opened_at)
+
+    def on_receive(self, message: Any) -> Any:
+        if self._crashes_armed and type(message) is not ArmCrash:
+            self._crashes_armed -= 1
+            return self._crash(InjectedCrash("crash injected through the test seam"))
+        try:
+            return self._handle(message)
+        except Exception as exc:
+            return self._crash(exc)
+
+    # -- message handling --------------------------------------------------------------
+    def _handle(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is Apply:
+            self._apply(message.op)
+            return None
+        if kind is GetStatus:
+            return self._status
+        if kind is Ping:
+            return None
+        if kind is Reconfigure:
+            self._settings = message.settings
+            self._cell.settings = message.settings
+            self._cell.explicit = dict(message.explicit)
+            self._apply(rules.Configure(message.settings))
+            return None
+        if kind is Retire:
+            return self._retire(message.inactive_threshold)
+        if kind is ArmCrash:
+            self._crashes_armed = message.times
+            return None
+        raise TypeError(f"unexpected message {message!r}")
+
+    def _apply(self, op: rules.Input) -> None:
+        core = self._core
+        now = core.clock.now()
+        old = self._status
+        transition = rules.apply(old, self._settings, op, now)
+        new = transition.status
+        if new is not old:
+            self._status = new
+            cell = self._cell
+            cell.status = new
+            cell.available = new.state is not CircuitState.OPEN
+            if new.opened_at != old.opened_at or new.state is not old.state:
+                deadline = transition.deadline
+                if deadline is not None:
+                    assert new.opened_at is not None
+                    self._arm(deadline, new.opened_at)
+                elif self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+        if transition.events:
+            core.emit(new, transition.events, now)
+
+    def _arm(self, deadline: int, opened_at: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._core.schedule_expiry(self._cell.key, deadline, opened_at)
+
+    def _retire(self, inactive_threshold: int | None) -> bool:
+        if self._retired:
+            return False
+        core = self._core
+        now = core.clock.now()
+        if inactive_threshold is not None and now - self._status.last_activity <= inactive_threshold:
+            return False  # active again since the sweep looked
+        self._retired = True
+        core.remove_cell(self._cell)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        core.emit(self._status, rules.removal_events(self._status, inactive_threshold is not None),
+                  now)
+        self._stop_now()
+        return True
+
+    # -- failure -----------------------------------------------------------------------
+    def _stop_now(self) -> None:
+        """Stop after this message; later messages are refused (callers re-resolve)."""
+        ActorRegistry.unregister(self.actor_ref)
+        self.actor_stopped.set()
+
+    def _crash(self, exc: Exception) -> object:
+        """Hand the connection to the supervisor for a restart from its snapshot."""
+        logger.error(
+            "connection actor for %r crashed: %r; restarting from its last published status",
+            self._cell.key, exc, exc_info=not isinstance(exc, InjectedCrash),
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        core = self._core
+        me = self.actor_ref
+
+        def hand_over(leftovers: list[Any]) -> None:
+            core.child_crashed(self._cell, me, exc, leftovers)
+
+        self.pooled_inbox.close(hand_over)
+        self._stop_now()
+        return RESTARTED

@@ -1,0 +1,169 @@
+"""The event manager actor: the subscription table, its indexes, and fan-out.
+
+Subscriptions are indexed by connection (or else scope) and by event type, so the cost
+of one event follows the subscriptions it can match, not all that exist. Delivery only
+appends to each target's queue or tells an actor; it never waits on a subscriber.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from brama_actors._events import Event, EventType
+from brama_actors._runtime import Pool, PooledActor
+from brama_actors._subscription import Subscription
+
+__all__ = ["EventManager", "Flush", "Publish", "Subscribe", "Unsubscribe", "UnsubscribeWhere"]
+
+logger = logging.getLogger("brama_actors")
+
+_ALL_TYPES = tuple(EventType)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    subscription: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    subscription_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscribeWhere:
+    owner: tuple[str, Any] | None
+    filters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    events: tuple[Event, ...]
+
+
+class Flush:
+    """Reply with futures that resolve once every target handled what it was given."""
+
+    __slots__ = ()
+
+
+class ListSubscriptions:
+    __slots__ = ()
+
+
+class EventManager(PooledActor):
+    """Holds the subscriptions of one system and fans events out to them."""
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(pool)
+        self._subs: dict[int, Subscription] = {}
+        # connection -> type -> subs; scope -> type -> subs; type -> subs
+        self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
+        self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
+        self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
+        self._filter_warned: set[int] = set()
+
+    # -- table -------------------------------------------------------------------------
+    def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
+        if sub.connection is not None:
+            table = self._by_connection.setdefault(sub.connection, {})
+        elif sub.scope is not None:
+            table = self._by_scope.setdefault(sub.scope, {})
+        else:
+            table = self._by_type
+        for kind in sub.events if sub.events is not None else _ALL_TYPES:
+            yield table.setdefault(kind, [])
+
+    def _add(self, sub: Subscription) -> None:
+        self._subs[sub.id] = sub
+        for bucket in self._buckets(sub):
+            bucket.append(sub)
+
+    def _remove(self, sub: Subscription) -> bool:
+        if self._subs.pop(sub.id, None) is None:
+            return False
+        for bucket in self._buckets(sub):
+            bucket.remove(sub)
+        self._filter_warned.discard(sub.id)
+        sub.target.close()
+        return True
+
+    def on_receive(self, message: Any) -> Any:
+        kind = type(message)
+        if kind is Publish:
+            self._publish(message.events)
+            return None
+        if kind is Subscribe:
+            self._add(message.subscription)
+            return None
+        if kind is Unsubscribe:
+            sub = self._subs.get(message.subscription_id)
+            return sub is not None and self._remove(sub)
+        if kind is UnsubscribeWhere:
+            return self._remove_where(message.owner, message.filters)
+        if kind is Flush:
+            return [m for m in (s.target.marker() for s in self._subs.values()) if m is not None]
+        if kind is ListSubscriptions:
+            return list(self._subs.values())
+        raise TypeError(f"unexpected message {message!r}")
+
+    def _remove_where(self, owner: tuple[str, Any] | None, filters: dict[str, Any]) -> int:
+        doomed = []
+        for sub in self._subs.values():
+            if owner is not None and sub.owner != owner:
+                continue
+            if any(getattr(sub, name) != value for name, value in filters.items()):
+                continue
+            doomed.append(sub)
+        for sub in doomed:
+            self._remove(sub)
+        return len(doomed)
+
+    def on_stop(self) -> None:
+        for sub in list(self._subs.values()):
+            sub.target.close()
+
+    # -- fan-out -----------------------------------------------------------------------
+    def _publish(self, events: tuple[Event, ...]) -> None:
+        by_connection = self._by_connection
+        by_scope = self._by_scope
+        by_type = self._by_type
+        dead: list[Subscription] = []
+        for event in events:
+            kind = event.event
+            candidates = by_type[kind]
+            table = by_connection.get(event.connection) if event.connection is not None else None
+            if table is not None:
+                extra = table.get(kind)
+                if extra:
+                    candidates = candidates + extra
+            if event.scope is not None:
+                table = by_scope.get(event.scope)
+                if table is not None:
+                    extra = table.get(kind)
+                    if extra:
+                        candidates = candidates + extra
+            for sub in candidates:
+                if sub.scope is not None and event.scope != sub.scope:
+                    continue
+                if sub.filter is not None and not self._guarded_filter(sub, event):
+                    continue
+                if not sub.target.deliver(event):
+                    dead.append(sub)
+        for sub in dead:
+            self._remove(sub)
+
+    def _guarded_filter(self, sub: Subscription, event: Event) -> bool:
+        try:
+            return bool(sub.filter(event))  # type: ignore[misc]
+        except Exception:
+            if sub.id not in self._filter_warned:
+                self._filter_warned.add(sub.id)
+                logger.exception(
+                    "filter of %r raised; treated as no match (logged once per subscription)",
+                    sub,
+                )
+            return False

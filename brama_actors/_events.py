@@ -1,0 +1,112 @@
+"""Event types and the frozen ``Event`` delivered to subscribers."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["CRITICAL_EVENTS", "Event", "EventType", "parse_event_types"]
+
+
+class EventType(str, enum.Enum):
+    """The 13 event types; ``EventType.STATE_CHANGE == "state_change"`` holds."""
+
+    STATE_CHANGE = "state_change"
+    REGISTRATION = "registration"
+    FAILURE = "failure"
+    SUCCESS = "success"
+    EXPIRY = "expiry"
+    CLEANUP = "cleanup"
+    CIRCUIT_OPENED = "circuit_opened"
+    CIRCUIT_CLOSED = "circuit_closed"
+    CIRCUIT_RESET = "circuit_reset"
+    CONNECTION_REGISTERED = "connection_registered"
+    CONNECTION_UNREGISTERED = "connection_unregistered"
+    CIRCUIT_HALF_OPENED = "circuit_half_opened"
+    CONNECTION_REMOVED = "connection_removed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: Events delivered at least once (API.md section 6).
+CRITICAL_EVENTS: frozenset[EventType] = frozenset(
+    {
+        EventType.STATE_CHANGE,
+        EventType.CIRCUIT_OPENED,
+        EventType.CIRCUIT_CLOSED,
+        EventType.CIRCUIT_RESET,
+        EventType.CIRCUIT_HALF_OPENED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One thing that happened to a connection.
+
+    Attributes:
+        event: the event type.
+        timestamp: milliseconds since the Unix epoch, from the system's clock.
+        connection: the connection's identifier (``None`` only for system-wide events).
+        scope: the connection's scope.
+        data: read-only details; always ``state`` and ``failure_count``.
+    """
+
+    event: EventType
+    timestamp: int
+    connection: str | None
+    scope: str | None
+    data: Mapping[str, Any]
+
+    @property
+    def critical(self) -> bool:
+        """True for events delivered at least once (``state_change``, ``circuit_*``)."""
+        return self.event in CRITICAL_EVENTS
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle; ship data as a plain dict.
+        return (_rebuild_event, (self.event, self.timestamp, self.connection, self.scope,
+                                 dict(self.data)))
+
+
+def _rebuild_event(
+    event: EventType, timestamp: int, connection: str | None, scope: str | None,
+    data: dict[str, Any],
+) -> Event:
+    return Event(event, timestamp, connection, scope, MappingProxyType(data))
+
+
+def parse_event_types(events: Any) -> frozenset[EventType] | None:
+    """Validate a subscription's ``events`` filter.
+
+    Raises:
+        ValueError: an unknown event name.
+        TypeError: not an iterable of names.
+    """
+    if events is None:
+        return None
+    if isinstance(events, str | EventType):
+        events = (events,)
+    try:
+        items = list(events)
+    except TypeError:
+        raise TypeError(f"events must be an iterable of event names, got {events!r}") from None
+    parsed = set()
+    for item in items:
+        if isinstance(item, EventType):
+            parsed.add(item)
+            continue
+        if not isinstance(item, str):
+            raise TypeError(f"events must contain event names (str), got {item!r}")
+        try:
+            parsed.add(EventType(item))
+        except ValueError:
+            valid = ", ".join(e.value for e in EventType)
+            raise ValueError(f"unknown event type {item!r}; valid: {valid}") from None
+    if not parsed:
+        raise ValueError("events must name at least one event type, got an empty collection")
+    return frozenset(parsed)

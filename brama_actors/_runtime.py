@@ -1,0 +1,258 @@
+"""A pooled actor runtime on Pykka's runtime hooks.
+
+Why: one ``ThreadingActor`` per connection costs an OS thread each; RESEARCH.md measured
+10k of them at +217 MiB, ~4.5 s to start and triple the ask latency. Here every actor of
+a system shares a small pool of daemon worker threads: an actor whose inbox receives a
+message is queued once on the pool, and a worker runs a bounded batch of its messages.
+One actor's messages are never processed by two workers at once, so the usual actor
+guarantee (one message at a time, in order) holds.
+
+It plugs into Pykka through the hooks documented "for implementors of new actor types"
+(``_create_actor_inbox``, ``_create_future``, ``_start_actor_loop``) and reuses Pykka's
+own per-message steps (``_handle_receive``, ``_handle_failure``, ``_stop``), so refs,
+proxies, ``tell``/``ask``/``stop`` and ``ActorRegistry`` behave as for a ThreadingActor.
+Those steps are private to Pykka, hence the pinned major version and tests/test_runtime.py.
+
+One deliberate difference: a ``BaseException`` escaping a handler stops only that actor.
+Pykka would call ``ActorRegistry.stop_all()`` and stop every actor in the process.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pykka
+from pykka import ActorDeadError, ThreadingFuture, messages
+
+__all__ = ["Pool", "PooledActor", "current_actor"]
+
+logger = logging.getLogger("brama_actors")
+
+# Messages one actor may process before it yields its worker to other actors.
+_BATCH = 64
+
+_local = threading.local()
+
+
+def current_actor() -> pykka.ActorRef[Any] | None:
+    """The ref of the pooled actor whose message this thread is processing, if any."""
+    return getattr(_local, "actor", None)
+
+
+class Pool:
+    """A fixed set of daemon worker threads that run pooled actors."""
+
+    def __init__(self, name: str, size: int = 4) -> None:
+        self._queue: queue.SimpleQueue[_PooledInbox | None] = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-worker-{i}", daemon=True)
+            for i in range(size)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The worker threads (for introspection and tests)."""
+        return tuple(self._threads)
+
+    def submit(self, inbox: _PooledInbox) -> None:
+        self._queue.put(inbox)
+
+    def _work(self) -> None:
+        while True:
+            inbox = self._queue.get()
+            if inbox is None:
+                return
+            inbox.run()
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Let workers finish what is queued, then end them (joined within ``timeout``)."""
+        for _ in self._threads:
+            self._queue.put(None)
+        current = threading.current_thread()
+        for thread in self._threads:
+            if thread is not current:
+                thread.join(timeout)
+
+
+def _reject(envelope: Any, actor_ref: Any) -> None:
+    if envelope.reply_to is None:
+        return
+    if isinstance(envelope.message, messages._ActorStop):  # noqa: SLF001
+        envelope.reply_to.set(None)
+        return
+    error = ActorDeadError(f"{actor_ref} stopped before handling the message")
+    envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
+
+
+class _PooledInbox:
+    """The inbox of one pooled actor: a deque plus a "queued on the pool" flag."""
+
+    __slots__ = ("_actor", "_closed", "_items", "_lock", "_pool", "_scheduled", "_started")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: collections.deque[Any] = collections.deque()
+        # True while the actor is queued on or running in the pool. Starts True so
+        # nothing runs before _start_actor_loop binds the actor.
+        self._scheduled = True
+        self._closed = False
+        self._started = False
+        self._actor: PooledActor | None = None
+        self._pool: Pool | None = None
+
+    # -- the ActorInbox protocol Pykka uses ------------------------------------------
+    def put(self, envelope: Any, /) -> None:
+        with self._lock:
+            if not self._closed:
+                self._items.append(envelope)
+                if self._scheduled:
+                    return
+                self._scheduled = True
+                pool = self._pool
+            else:
+                pool = None
+        if pool is None:
+            _reject(envelope, self._actor.actor_ref if self._actor else None)
+            return
+        pool.submit(self)
+
+    def get(self) -> Any:
+        with self._lock:
+            return self._items.popleft()
+
+    def empty(self) -> bool:
+        return not self._items
+
+    # -- runtime ---------------------------------------------------------------------
+    def idle(self) -> bool:
+        """True when no message is queued or being processed.
+
+        After a thread's ``put`` returns, this stays False until that message has been
+        processed, which lets readers skip a round trip when there is nothing pending.
+        """
+        return not self._scheduled
+
+    def bind(self, actor: PooledActor, pool: Pool) -> None:
+        with self._lock:
+            self._actor = actor
+            self._pool = pool
+        pool.submit(self)
+
+    def close(self, on_close: Callable[[list[Any]], None] | None = None) -> list[Any]:
+        """Refuse further messages and take the unprocessed ones.
+
+        ``on_close`` runs under the inbox lock with the taken envelopes, so anyone whose
+        message is refused after this can rely on what ``on_close`` did (e.g. telling
+        the supervisor) having happened first.
+        """
+        with self._lock:
+            self._closed = True
+            taken = list(self._items)
+            self._items.clear()
+            if on_close is not None:
+                on_close(taken)
+        return taken
+
+    def run(self) -> None:
+        actor = self._actor
+        assert actor is not None
+        _local.actor = actor.actor_ref
+        try:
+            if not self._started:
+                self._started = True
+                actor._actor_loop_setup()  # noqa: SLF001 - Pykka's on_start step
+            for _ in range(_BATCH):
+                if actor.actor_stopped.is_set():
+                    self._teardown(actor)
+                    return
+                with self._lock:
+                    if not self._items:
+                        self._scheduled = False
+                        return
+                    envelope = self._items.popleft()
+                _process(actor, envelope)
+            if actor.actor_stopped.is_set():
+                self._teardown(actor)
+                return
+            with self._lock:
+                if not self._items:
+                    self._scheduled = False
+                    return
+            assert self._pool is not None
+            self._pool.submit(self)
+        finally:
+            _local.actor = None
+
+    def _teardown(self, actor: PooledActor) -> None:
+        for envelope in self.close():
+            _reject(envelope, actor.actor_ref)
+        with self._lock:
+            self._scheduled = False
+
+
+def _process(actor: PooledActor, envelope: Any) -> None:
+    """Handle one envelope exactly as Pykka's ``_actor_loop_running`` does."""
+    try:
+        response = actor._handle_receive(envelope.message)  # noqa: SLF001
+        if envelope.reply_to is not None:
+            envelope.reply_to.set(response)
+    except Exception:
+        if envelope.reply_to is not None:
+            envelope.reply_to.set_exception()
+        else:
+            _fail(actor, *sys.exc_info())
+    except BaseException as exc:
+        # Contained: Pykka would stop every actor of the process here.
+        logger.error("%r in %s; stopping that actor only", exc, actor)
+        if envelope.reply_to is not None:
+            error = ActorDeadError(f"{actor} stopped by {exc!r}")
+            envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
+        _fail(actor, *sys.exc_info())
+
+
+def _fail(actor: PooledActor, *exc_info: Any) -> None:
+    actor._handle_failure(*exc_info)  # noqa: SLF001 - logs, unregisters, marks stopped
+    try:
+        actor.on_failure(*exc_info)
+    except Exception:
+        actor._handle_failure(*sys.exc_info())  # noqa: SLF001
+
+
+class PooledActor(pykka.Actor):
+    """A Pykka actor that runs on a :class:`Pool` instead of its own thread.
+
+    Args:
+        pool: the pool whose workers run this actor.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+        super().__init__()
+
+    @staticmethod
+    def _create_actor_inbox() -> _PooledInbox:
+        return _PooledInbox()
+
+    @staticmethod
+    def _create_future() -> pykka.Future[Any]:
+        return ThreadingFuture()
+
+    def _start_actor_loop(self) -> None:
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _PooledInbox)
+        inbox.bind(self, self._pool)
+
+    @property
+    def pooled_inbox(self) -> _PooledInbox:
+        """This actor's inbox, with the runtime's extra operations."""
+        inbox = self.actor_inbox
+        assert isinstance(inbox, _PooledInbox)
+        return inbox

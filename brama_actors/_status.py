@@ -1,0 +1,109 @@
+"""Circuit states and the frozen status snapshot each connection publishes."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = ["CircuitState", "ConnectionStatus", "ExpiryStrategy", "freeze_mapping"]
+
+
+class CircuitState(str, enum.Enum):
+    """The state of one connection's circuit; compares equal to its string value."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ExpiryStrategy(str, enum.Enum):
+    """How long an open circuit stays open (API.md section 4)."""
+
+    FIXED = "fixed"
+    PROGRESSIVE = "progressive"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def freeze_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """Return a read-only copy of ``value`` (a shared empty one for ``None``)."""
+    if not value:
+        return _EMPTY
+    return MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """An immutable snapshot of one connection, as published by its actor.
+
+    Times are integers, milliseconds since the Unix epoch, read from the system's
+    clock. ``expiry`` is the length of the current or last opening (section 4).
+    """
+
+    identifier: str
+    scope: str | None
+    type: str
+    state: CircuitState
+    failure_count: int
+    max_attempts: int
+    expiry: int
+    expiry_strategy: ExpiryStrategy
+    initial_expiry: int
+    max_expiry: int
+    backoff_factor: float
+    half_open_max_calls: int
+    opened_at: int | None
+    last_success_time: int | None
+    last_failure_time: int | None
+    state_changed_at: int
+    registered_at: int
+    total_successes: int = 0
+    total_failures: int = 0
+    metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def success_rate(self) -> float | None:
+        """Successes / (successes + failures); ``None`` before any report."""
+        total = self.total_successes + self.total_failures
+        if total == 0:
+            return None
+        return self.total_successes / total
+
+    @property
+    def last_activity(self) -> int:
+        """The latest of registration, last success, last failure and state change."""
+        return max(
+            self.registered_at,
+            self.state_changed_at,
+            self.last_success_time or 0,
+            self.last_failure_time or 0,
+        )
+
+    @property
+    def available(self) -> bool:
+        """True in ``closed`` and ``half_open``, False in ``open``."""
+        return self.state is not CircuitState.OPEN
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # MappingProxyType does not pickle; ship metadata as a plain dict.
+        values = [getattr(self, f) for f in _FIELDS]
+        values[-1] = dict(self.metadata)
+        return (_rebuild_status, tuple(values))
+
+
+_FIELDS = tuple(ConnectionStatus.__dataclass_fields__)
+
+
+def _rebuild_status(*values: Any) -> ConnectionStatus:
+    *head, metadata = values
+    return ConnectionStatus(*head, metadata=freeze_mapping(metadata))

@@ -1,0 +1,667 @@
+"""``Brama``: one running system, and the internals its actors share.
+
+The facade methods run in the caller's thread. Reads (``available``, ``connections``,
+often ``status``) use the published cells; writes go to the one actor that owns the
+connection. Every ``ask`` has a timeout, and a call that races with ``stop()`` ends in
+``SystemStopped``, never in a hang.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from types import MappingProxyType, TracebackType
+from typing import Any, Self
+
+import pykka
+from pykka import ActorDeadError, ActorRef
+
+from brama_actors import _circuit as rules
+from brama_actors._clock import Clock, SystemClock
+from brama_actors._config import (
+    CONNECTION_OPTIONS,
+    DEFAULTS,
+    GLOBAL_OPTIONS,
+    check_global,
+    resolve_settings,
+    validate_options,
+)
+from brama_actors._connection import Cell
+from brama_actors._errors import (
+    BramaError,
+    ConnectionNotFound,
+    InvalidConfiguration,
+    InvalidIdentifier,
+    SystemStopped,
+    describe,
+)
+from brama_actors._event_manager import (
+    EventManager,
+    Flush,
+    Publish,
+    Subscribe,
+    Unsubscribe,
+    UnsubscribeWhere,
+)
+from brama_actors._events import Event, EventType, parse_event_types
+from brama_actors._messages import (
+    GET_STATUS,
+    PING,
+    RESTARTED,
+    Apply,
+    ArmCrash,
+    Key,
+    Reconfigure,
+    Retire,
+)
+from brama_actors._runtime import Pool, current_actor
+from brama_actors._scheduler import Scheduler, Timer
+from brama_actors._status import CircuitState, ConnectionStatus
+from brama_actors._subscription import Subscription
+from brama_actors._supervisor import Crashed, Register, Supervisor, Sync
+from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
+
+__all__ = ["Brama", "Core"]
+
+logger = logging.getLogger("brama_actors")
+
+#: Seconds any internal ask waits before giving up; generous, since actors never block.
+ASK_TIMEOUT = 10.0
+#: Worker threads per system. Actors never block, so a few workers keep 2 cores busy.
+POOL_SIZE = 4
+
+_system_ids = itertools.count(1)
+
+
+class _StoppedCells(dict[Key, Cell]):
+    """Stands in for the cell table of a stopped system: every lookup raises."""
+
+    def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
+        raise SystemStopped("this Brama system is stopped")
+
+    def values(self) -> Any:  # type: ignore[override]
+        raise SystemStopped("this Brama system is stopped")
+
+
+_STOPPED = _StoppedCells()
+
+
+def _check_key(identifier: Any, scope: Any) -> Key:
+    if type(identifier) is not str or not identifier:
+        if not isinstance(identifier, str) or not identifier:
+            raise InvalidIdentifier(f"identifier must be a non-empty str, got {identifier!r}")
+        identifier = str(identifier)
+    if scope is not None and (not isinstance(scope, str) or not scope):
+        raise InvalidIdentifier(f"scope must be None or a non-empty str, got {scope!r}")
+    return (None if scope is None else str(scope), identifier)
+
+
+def _check_metadata(metadata: Any) -> Mapping[str, Any] | None:
+    if metadata is None or isinstance(metadata, Mapping):
+        return metadata
+    raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
+
+
+def _caller_actor() -> ActorRef[Any] | None:
+    """The Pykka actor whose message the current thread is handling, if any."""
+    ref = current_actor()
+    if ref is not None:
+        return ref
+    # A ThreadingActor's thread runs its bound _actor_loop; the stdlib keeps the target
+    # on the Thread while it runs. Pykka offers no public "current actor".
+    target = getattr(threading.current_thread(), "_target", None)
+    actor = getattr(target, "__self__", None)
+    if isinstance(actor, pykka.Actor):
+        return actor.actor_ref
+    return None
+
+
+def _owner() -> tuple[str, Any]:
+    actor = _caller_actor()
+    if actor is not None:
+        return ("actor", actor.actor_urn)
+    return ("thread", threading.get_ident())
+
+
+class Core:
+    """What the system's actors share: clock, scheduler, pool, cells, refs, config."""
+
+    def __init__(self, brama: Brama, clock: Clock, config: dict[str, Any], name: str) -> None:
+        self.brama = brama
+        self.clock = clock
+        self.config = config
+        self.name = name
+        self.cells: dict[Key, Cell] = {}
+        self.cells_lock = threading.Lock()
+        self.pool = Pool(name, POOL_SIZE)
+        self.scheduler = Scheduler(clock, f"{name}-scheduler")
+        self.em: ActorRef[EventManager] = EventManager.start(self.pool)
+        self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
+        self.stopping = False
+        self.sweep_timer: Timer | None = None
+
+    # -- used by actors ------------------------------------------------------------------
+    def emit(self, status: ConnectionStatus, specs: Iterable[rules.EventSpec], now: int) -> None:
+        """Build events for ``status``'s connection and tell them to the event manager."""
+        identifier = status.identifier
+        scope = status.scope
+        events = tuple(
+            Event(kind, now, identifier, scope, MappingProxyType(data)) for kind, data in specs
+        )
+        try:
+            self.em.tell(Publish(events))
+        except ActorDeadError:
+            if not self.stopping:
+                logger.error("event manager is gone; %d event(s) not delivered", len(events))
+
+    def add_cell(self, cell: Cell) -> None:
+        with self.cells_lock:
+            self.cells[cell.key] = cell
+
+    def remove_cell(self, cell: Cell) -> None:
+        with self.cells_lock:
+            if self.cells.get(cell.key) is cell:
+                del self.cells[cell.key]
+
+    def schedule_expiry(self, key: Key, deadline: int, opened_at: int) -> Timer:
+        def fire() -> list[Any] | None:
+            cell = self.cells.get(key)
+            if cell is None or cell.ref is None:
+                return None
+            return [cell.ref.ask(Apply(rules.Expire(opened_at)), block=False)]
+
+        return self.scheduler.schedule(deadline, fire)
+
+    def child_crashed(self, cell: Cell, ref: ActorRef[Any], exc: Exception,
+                      leftovers: list[Any]) -> None:
+        try:
+            self.supervisor.tell(Crashed(cell, ref, repr(exc), leftovers))
+        except ActorDeadError:
+            pass  # stopping
+
+    def restarted(self, child: str, identifier: str | None, scope: str | None,
+                  reason: str) -> None:
+        from brama_actors import _telemetry
+
+        _telemetry.execute(
+            ("brama", "supervisor", "restart"),
+            {"system_time": self.clock.now()},
+            {"child": child, "connection": identifier, "scope": scope, "reason": reason},
+        )
+
+    def give_up(self, reason: str) -> None:
+        """Stop the system from another thread (actors must not join their own pool)."""
+        logger.error("brama_actors supervisor gives up: %s; stopping the system", reason)
+        threading.Thread(
+            target=self.brama._shutdown, args=(reason,), name=f"{self.name}-give-up",
+            daemon=True,
+        ).start()
+
+    # -- cleanup sweep -------------------------------------------------------------------
+    def arm_sweep(self) -> None:
+        if self.sweep_timer is not None:
+            self.sweep_timer.cancel()
+        self.sweep_timer = self.scheduler.schedule(
+            self.clock.now() + self.config["cleanup_interval"], self._sweep
+        )
+
+    def _sweep(self) -> list[Any]:
+        threshold = self.config["inactive_threshold"]
+        now = self.clock.now()
+        waits = []
+        for cell in list(self.cells.values()):
+            if now - cell.status.last_activity > threshold and cell.ref is not None:
+                try:
+                    waits.append(cell.ref.ask(Retire(threshold), block=False))
+                except ActorDeadError:
+                    pass
+        if not self.stopping:
+            self.arm_sweep()
+        return waits
+
+
+class Brama:
+    """One running brama_actors system; create it with :meth:`Brama.start`.
+
+    Several systems can run in one process; they never see each other's connections,
+    subscriptions or events.
+    """
+
+    def __init__(self, *, _token: object = None, **_: Any) -> None:
+        if _token is not _START_TOKEN:
+            raise TypeError("create a system with Brama.start(**config)")
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._cells: dict[Key, Cell] = {}
+        self._parent: ActorRef[Any] | None = None
+        self._core: Core
+
+    # -- lifecycle -----------------------------------------------------------------------
+    @classmethod
+    def start(cls, *, clock: Clock | None = None, parent: ActorRef[Any] | None = None,
+              **config: Any) -> Brama:
+        """Start a system.
+
+        Args:
+            clock: the clock every timestamp, expiry and sweep uses (default: system).
+            parent: an actor told ``("brama_stopped", brama)`` / ``("brama_down", brama,
+                reason)`` when the system ends.
+            **config: options of API.md section 1.
+
+        Raises:
+            InvalidConfiguration: an unknown option or bad value.
+        """
+        explicit = validate_options(config, GLOBAL_OPTIONS)
+        check_global(explicit)
+        if clock is None:
+            clock = SystemClock()
+        elif not isinstance(clock, Clock):
+            raise InvalidConfiguration(f"clock must be a brama_actors Clock, got {clock!r}")
+        if parent is not None and not isinstance(parent, ActorRef):
+            raise InvalidConfiguration(f"parent must be a pykka ActorRef, got {parent!r}")
+        merged = {k: v for k, v in DEFAULTS.items()}
+        merged.update(explicit)
+        brama = cls(_token=_START_TOKEN)
+        brama._explicit = explicit
+        brama._parent = parent
+        name = f"brama-{next(_system_ids)}"
+        brama._core = Core(brama, clock, merged, name)
+        brama._cells = brama._core.cells
+        brama._core.arm_sweep()
+        return brama
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "stopped" if self._stopped else "running"
+        return f"<Brama {self._core.name} {state}, {len(self._core.cells)} connection(s)>"
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of this system."""
+        return self._core.clock
+
+    @property
+    def supervisor(self) -> ActorRef[Any]:
+        """The system supervisor's Pykka ``ActorRef``."""
+        return self._core.supervisor
+
+    @property
+    def stopped(self) -> bool:
+        """True once ``stop()`` was called (or the supervisor gave up)."""
+        return self._stopped
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every actor and thread of this system; idempotent.
+
+        Calls racing with ``stop()`` complete normally or raise ``SystemStopped``.
+        """
+        self._shutdown(None, timeout)
+
+    def _shutdown(self, reason: str | None, timeout: float = 10.0) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            self._cells = _STOPPED
+        core = self._core
+        core.stopping = True
+        deadline = time.monotonic() + timeout
+        core.scheduler.stop(timeout)
+        refs = [cell.ref for cell in list(core.cells.values()) if cell.ref is not None]
+        futures = [ref.stop(block=False) for ref in refs]
+        futures.append(core.supervisor.stop(block=False))
+        futures.append(core.em.stop(block=False))
+        for future in futures:
+            try:
+                future.get(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - a timeout here must not stop the shutdown
+                logger.warning("an actor of %s did not stop in time", core.name)
+                break
+        core.pool.shutdown(max(0.0, deadline - time.monotonic()))
+        for target in self._targets:
+            if isinstance(target, HandlerTarget):
+                target.close()
+                target.join(max(0.05, deadline - time.monotonic()))
+        self._targets.clear()
+        _forget_default(self)
+        parent = self._parent
+        if parent is not None:
+            message: tuple[Any, ...] = (
+                ("brama_stopped", self) if reason is None else ("brama_down", self, reason)
+            )
+            try:
+                parent.tell(message)
+            except ActorDeadError:
+                logger.warning("parent actor of %s is gone; not told %s", core.name, message[0])
+        elif reason is not None:
+            logger.error("%s stopped: %s", core.name, reason)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise SystemStopped("this Brama system is stopped")
+
+    def _cell(self, identifier: Any, scope: Any) -> Cell:
+        key = _check_key(identifier, scope)
+        cell = self._cells.get(key)
+        if cell is None:
+            raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+        return cell
+
+    def _ask_supervisor(self, message: Any) -> Any:
+        try:
+            return self._core.supervisor.ask(message, timeout=ASK_TIMEOUT)
+        except ActorDeadError:
+            raise SystemStopped("this Brama system is stopped") from None
+        except pykka.Timeout:
+            self._check_running()
+            raise BramaError("the supervisor did not answer within "
+                             f"{ASK_TIMEOUT} s") from None
+
+    def _call(self, identifier: Any, scope: Any, message: Any, *, block: bool = True) -> Any:
+        """Send ``message`` to a connection's actor, following it across a restart."""
+        key = _check_key(identifier, scope)
+        for _ in range(3):
+            cell = self._cells.get(key)
+            if cell is None:
+                raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+            ref = cell.ref
+            assert ref is not None
+            try:
+                if not block:
+                    ref.tell(message)
+                    return None
+                result = ref.ask(message, timeout=ASK_TIMEOUT)
+            except ActorDeadError:
+                result = RESTARTED
+            except pykka.Timeout:
+                self._check_running()
+                raise BramaError(
+                    f"connection {describe(key[1], key[0])} did not answer within {ASK_TIMEOUT} s"
+                ) from None
+            if result is not RESTARTED:
+                return result
+            self._check_running()
+            # The crashed actor told the supervisor before refusing us: once the
+            # supervisor has caught up, the cell points at the restarted actor.
+            self._ask_supervisor(Sync())
+        self._check_running()
+        raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+
+    # -- connections (API.md section 2) -----------------------------------------------
+    def register(self, identifier: str, *, scope: str | None = None, type: str = "general",  # noqa: A002
+                 max_attempts: int | None = None, expiry: int | None = None,
+                 expiry_strategy: str | None = None, initial_expiry: int | None = None,
+                 max_expiry: int | None = None, backoff_factor: float | None = None,
+                 half_open_max_calls: int | None = None,
+                 metadata: Mapping[str, Any] | None = None) -> ConnectionStatus:
+        """Register a connection and start its actor.
+
+        Raises:
+            InvalidIdentifier: bad identifier or scope.
+            InvalidConfiguration: a bad option value.
+            AlreadyRegistered: the connection exists.
+        """
+        key = _check_key(identifier, scope)
+        self._check_running()
+        if not isinstance(type, str) or not type:
+            raise InvalidConfiguration(f"type must be a non-empty str, got {type!r}")
+        _check_metadata(metadata)
+        given = validate_options(
+            {"max_attempts": max_attempts, "expiry": expiry, "expiry_strategy": expiry_strategy,
+             "initial_expiry": initial_expiry, "max_expiry": max_expiry,
+             "backoff_factor": backoff_factor, "half_open_max_calls": half_open_max_calls},
+            CONNECTION_OPTIONS, skip_none=True,
+        )
+        explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
+        explicit.update(given)
+        settings = resolve_settings(explicit)
+        status: ConnectionStatus = self._ask_supervisor(
+            Register(key, type, settings, explicit, metadata)
+        )
+        return status
+
+    def unregister(self, identifier: str, *, scope: str | None = None) -> bool:
+        """Remove a connection; True if it existed."""
+        try:
+            return bool(self._call(identifier, scope, Retire()))
+        except ConnectionNotFound:
+            return False
+
+    def available(self, identifier: str, *, scope: str | None = None) -> bool:
+        """True if the circuit is closed or half-open; False if open or not registered.
+
+        Reads the published status: no actor round trip, no lock.
+        """
+        try:
+            cell = self._cells.get((scope, identifier))
+        except TypeError:
+            cell = None  # unhashable: reported by the validation below
+        if cell is not None:
+            return cell.available
+        _check_key(identifier, scope)
+        return False
+
+    def success(self, identifier: str, *, scope: str | None = None,
+                metadata: Mapping[str, Any] | None = None) -> None:
+        """Report a success; applied asynchronously (``status()`` and ``drain()`` see it)."""
+        _check_metadata(metadata)
+        self._call(identifier, scope, Apply(rules.Success(metadata)), block=False)
+
+    def failure(self, identifier: str, *, scope: str | None = None, reason: Any = None,
+                metadata: Mapping[str, Any] | None = None) -> None:
+        """Report a failure; returns once applied (read-your-writes from any thread)."""
+        _check_metadata(metadata)
+        self._call(identifier, scope, Apply(rules.Failure(reason, metadata)))
+
+    def status(self, identifier: str, *, scope: str | None = None) -> ConnectionStatus:
+        """The connection's status, reflecting every report this thread made."""
+        cell = self._cell(identifier, scope)
+        inbox = cell.inbox
+        if inbox is not None and inbox.idle():
+            return cell.status  # nothing queued: the published status is current
+        status: ConnectionStatus = self._call(identifier, scope, GET_STATUS)
+        return status
+
+    _ALL: Any = object()
+
+    def connections(self, *, scope: Any = _ALL) -> list[ConnectionStatus]:
+        """Every connection's status, or those of one scope (``None``: unscoped)."""
+        self._check_running()
+        if scope is not Brama._ALL and scope is not None:
+            _check_key("x", scope)
+        cells = list(self._cells.values())
+        if scope is Brama._ALL:
+            return [cell.status for cell in cells]
+        return [cell.status for cell in cells if cell.key[0] == scope]
+
+    def open_circuit(self, identifier: str, *, scope: str | None = None, reason: Any = None,
+                     expiry: int | None = None) -> None:
+        """Open the circuit now (for ``expiry`` ms if given, else by strategy)."""
+        if expiry is not None:
+            validate_options({"expiry": expiry}, CONNECTION_OPTIONS)
+        self._call(identifier, scope, Apply(rules.Open(reason, expiry)))
+
+    def close_circuit(self, identifier: str, *, scope: str | None = None,
+                      reason: Any = None) -> None:
+        """Close the circuit, keeping its failure count."""
+        self._call(identifier, scope, Apply(rules.Close(reason)))
+
+    def reset_circuit(self, identifier: str, *, scope: str | None = None,
+                      reason: Any = None) -> None:
+        """Close the circuit and zero its failure count; always emits ``circuit_reset``."""
+        self._call(identifier, scope, Apply(rules.Reset(reason)))
+
+    def configure(self, identifier: str | None = None, *, scope: str | None = None,
+                  **options: Any) -> None:
+        """Change the system's defaults, or one connection's settings.
+
+        Raises:
+            InvalidConfiguration: unknown option or bad value; nothing is changed.
+            ConnectionNotFound: ``identifier`` is not registered.
+        """
+        if identifier is None:
+            if scope is not None:
+                raise InvalidConfiguration(
+                    f"scope={scope!r} needs an identifier; system options take no scope")
+            self._check_running()
+            new = validate_options(options, GLOBAL_OPTIONS)
+            with self._lock:
+                merged = {**self._explicit, **new}
+                check_global(merged)
+                self._explicit = merged
+                self._core.config.update(new)
+            if "cleanup_interval" in new:
+                self._core.arm_sweep()
+            return
+        new = validate_options(options, CONNECTION_OPTIONS)
+        cell = self._cell(identifier, scope)
+        explicit = {**cell.explicit, **new}
+        settings = resolve_settings(explicit)
+        self._call(identifier, scope, Reconfigure(explicit, settings))
+
+    # -- events (API.md sections 6 and 10) ------------------------------------------------
+    @property
+    def _targets(self) -> list[Target]:
+        targets: list[Target] | None = getattr(self, "_target_list", None)
+        if targets is None:
+            targets = self._target_list = []
+        return targets
+
+    def subscribe(self, *, events: Iterable[EventType | str] | None = None,
+                  connection: str | None = None, scope: str | None = None,
+                  filter: Callable[[Event], bool] | None = None,  # noqa: A002
+                  subscriber: ActorRef[Any] | None = None, handler: Any = None,
+                  batch_size: int | None = None, batch_timeout: int | None = None,
+                  max_pending: int = 10_000) -> Subscription:
+        """Subscribe to events; see API.md section 6.
+
+        Raises:
+            ValueError: unknown event names, both ``subscriber`` and ``handler``, or a bad
+                ``max_pending``.
+            TypeError: a filter or handler that is not callable, a subscriber that is not
+                an ``ActorRef``.
+        """
+        self._check_running()
+        kinds = parse_event_types(events)
+        if connection is not None or scope is not None:
+            _check_key(connection if connection is not None else "x", scope)
+        if filter is not None and not callable(filter):
+            raise TypeError(f"filter must be callable, got {filter!r}")
+        if subscriber is not None and handler is not None:
+            raise ValueError("give subscriber= or handler=, not both")
+        if type(max_pending) is bool or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be an int >= 1, got {max_pending!r}")
+        if batch_size is not None or batch_timeout is not None:
+            raise NotImplementedError("batched delivery is not available yet")
+        target: Target
+        if handler is not None:
+            method = getattr(handler, "handle_event", None)
+            if not callable(method) and not callable(handler):
+                raise TypeError(
+                    f"handler must have a handle_event(event) method or be callable, got {handler!r}")
+            target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
+            self._targets.append(target)
+        else:
+            if subscriber is None:
+                subscriber = _caller_actor()
+            if subscriber is not None:
+                if not isinstance(subscriber, ActorRef):
+                    raise TypeError(f"subscriber must be a pykka ActorRef, got {subscriber!r}")
+                target = ActorTarget(subscriber, max_pending)
+            else:
+                target = InboxTarget(max_pending)
+        sub = Subscription(self, target, events=kinds, connection=connection, scope=scope,
+                           filter=filter, subscriber=subscriber, owner=_owner())
+        try:
+            self._core.em.ask(Subscribe(sub), timeout=ASK_TIMEOUT)
+        except ActorDeadError:
+            target.close()
+            raise SystemStopped("this Brama system is stopped") from None
+        return sub
+
+    def unsubscribe(self, subscription: Subscription | None = None, *,
+                    connection: str | None = None, scope: str | None = None,
+                    events: Iterable[EventType | str] | None = None,
+                    subscriber: ActorRef[Any] | None = None) -> Any:
+        """Remove one subscription (-> bool) or the caller's matching ones (-> int)."""
+        self._check_running()
+        if subscription is not None:
+            if not isinstance(subscription, Subscription):
+                raise TypeError(f"expected a Subscription, got {subscription!r}")
+            if subscription._brama is not self:
+                return False
+            message: Any = Unsubscribe(subscription.id)
+        else:
+            filters: dict[str, Any] = {}
+            if connection is not None:
+                filters["connection"] = connection
+            if scope is not None:
+                filters["scope"] = scope
+            if events is not None:
+                filters["events"] = parse_event_types(events)
+            owner: tuple[str, Any] | None = _owner()
+            if subscriber is not None:
+                filters["subscriber"] = subscriber
+                owner = None
+            message = UnsubscribeWhere(owner, filters)
+        try:
+            return self._core.em.ask(message, timeout=ASK_TIMEOUT)
+        except ActorDeadError:
+            raise SystemStopped("this Brama system is stopped") from None
+
+    def drain(self, timeout: float = 1.0) -> None:
+        """Wait until every event caused by calls that returned before now was handed over.
+
+        Raises:
+            TimeoutError: not done within ``timeout`` seconds.
+        """
+        self._check_running()
+        deadline = time.monotonic() + timeout
+        futures = [
+            cell.ref.ask(PING, block=False)
+            for cell in list(self._cells.values())
+            if cell.ref is not None and cell.inbox is not None and not cell.inbox.idle()
+        ]
+        _wait_all(futures, deadline)
+        try:
+            markers = self._core.em.ask(Flush(), timeout=max(0.001, deadline - time.monotonic()))
+        except pykka.Timeout:
+            raise TimeoutError(f"drain did not complete within {timeout} s") from None
+        _wait_all(markers, deadline)
+
+    # -- test seam -----------------------------------------------------------------------
+    def _inject_crash(self, identifier: str, *, scope: str | None = None, times: int = 1) -> None:
+        self._call(identifier, scope, ArmCrash(times))
+
+
+def _wait_all(futures: Iterable[Any], deadline: float) -> None:
+    for future in futures:
+        remaining = deadline - time.monotonic()
+        try:
+            future.get(timeout=max(0.0, remaining))
+        except pykka.Timeout:
+            raise TimeoutError("drain did not complete in time") from None
+        except ActorDeadError:
+            pass
+
+
+_START_TOKEN = object()
+
+
+def _forget_default(brama: Brama) -> None:
+    from brama_actors import _default
+
+    _default.forget(brama)
+
+
+_unused = CircuitState
