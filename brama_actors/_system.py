@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any, Self
@@ -74,6 +75,9 @@ ASK_TIMEOUT = 10.0
 POOL_SIZE = 4
 
 _system_ids = itertools.count(1)
+
+#: Every system not yet stopped, so tests and atexit can find them.
+running: weakref.WeakSet[Brama] = weakref.WeakSet()
 
 
 class _StoppedCells(dict[Key, Cell]):
@@ -271,6 +275,7 @@ class Brama:
         brama._core = Core(brama, clock, merged, name)
         brama._cells = brama._core.cells
         brama._core.arm_sweep()
+        running.add(brama)
         return brama
 
     def __enter__(self) -> Self:
@@ -333,6 +338,7 @@ class Brama:
                 target.join(max(0.05, deadline - time.monotonic()))
         self._targets.clear()
         _forget_default(self)
+        running.discard(self)
         parent = self._parent
         if parent is not None:
             message: tuple[Any, ...] = (

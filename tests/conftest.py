@@ -1,0 +1,46 @@
+"""Shared fixtures: every test ends with no brama system, actor or thread left over."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pykka
+import pytest
+
+import brama_actors
+from brama_actors import _system
+from brama_actors.testing import ManualClock
+
+
+def _brama_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("brama-") and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    """Stop every system and actor after each test and check no brama thread survives."""
+    yield
+    brama_actors.stop()
+    for brama in list(_system.running):
+        brama.stop()
+    pykka.ActorRegistry.stop_all(timeout=5)
+    leftover = _brama_threads()
+    for thread in leftover:
+        thread.join(5)
+    still = [t.name for t in _brama_threads()]
+    assert not still, f"threads left running: {still}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A manual clock at a fixed start time."""
+    return ManualClock(start_ms=1_700_000_000_000)
+
+
+@pytest.fixture
+def system(clock: ManualClock) -> Iterator[brama_actors.Brama]:
+    """A fresh system on a manual clock, stopped after the test."""
+    brama = brama_actors.Brama.start(clock=clock)
+    yield brama
+    brama.stop()
