@@ -146,7 +146,7 @@ def configure(identifier: str | None = None, *, scope: str | None = None,
 
 def subscribe(*, events: Iterable[EventType | str] | None = None,
               connection: str | None = None, scope: str | None = None,
-              filter: Callable[[Event], bool] | None = None,  # noqa: A002
+              filter: Callable[[Event], bool] | None = None,
               subscriber: Any = None, handler: Any = None, batch_size: int | None = None,
               batch_timeout: int | None = None, max_pending: int = 10_000) -> Subscription:
     """``Brama.subscribe`` on the default system."""

@@ -262,7 +262,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
 
     if type(op) is Failure:
         count = status.failure_count + 1
-        counters = {
+        counters: dict[str, Any] = {
             "failure_count": count,
             "last_failure_time": now,
             "total_failures": status.total_failures + 1,

@@ -92,7 +92,9 @@ def _check_one(name: str, value: Any) -> Any:
                 f"({type(value).__name__})"
             )
         if not math.isfinite(value) or value < 1.0:
-            raise InvalidConfiguration(f"backoff_factor must be a finite number >= 1.0, got {value!r}")
+            raise InvalidConfiguration(
+                f"backoff_factor must be a finite number >= 1.0, got {value!r}"
+            )
         return float(value)
     if name == "expiry_strategy":
         if not isinstance(value, str):

@@ -147,7 +147,8 @@ class ConnectionActor(PooledActor):
             return False
         core = self._core
         now = core.clock.now()
-        if inactive_threshold is not None and now - self._status.last_activity <= inactive_threshold:
+        idle = now - self._status.last_activity
+        if inactive_threshold is not None and idle <= inactive_threshold:
             return False  # active again since the sweep looked
         self._retired = True
         core.remove_cell(self._cell)

@@ -11,7 +11,7 @@ from typing import Any
 __all__ = ["CRITICAL_EVENTS", "Event", "EventType", "parse_event_types"]
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """The 13 event types; ``EventType.STATE_CHANGE == "state_change"`` holds."""
 
     STATE_CHANGE = "state_change"
@@ -27,9 +27,6 @@ class EventType(str, enum.Enum):
     CONNECTION_UNREGISTERED = "connection_unregistered"
     CIRCUIT_HALF_OPENED = "circuit_half_opened"
     CONNECTION_REMOVED = "connection_removed"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 #: Events delivered at least once (API.md section 6).

@@ -85,7 +85,7 @@ class Pool:
 def _reject(envelope: Any, actor_ref: Any) -> None:
     if envelope.reply_to is None:
         return
-    if isinstance(envelope.message, messages._ActorStop):  # noqa: SLF001
+    if isinstance(envelope.message, messages._ActorStop):
         envelope.reply_to.set(None)
         return
     error = ActorDeadError(f"{actor_ref} stopped before handling the message")
@@ -168,7 +168,7 @@ class _PooledInbox:
         try:
             if not self._started:
                 self._started = True
-                actor._actor_loop_setup()  # noqa: SLF001 - Pykka's on_start step
+                actor._actor_loop_setup()
             for _ in range(_BATCH):
                 if actor.actor_stopped.is_set():
                     self._teardown(actor)
@@ -201,7 +201,7 @@ class _PooledInbox:
 def _process(actor: PooledActor, envelope: Any) -> None:
     """Handle one envelope exactly as Pykka's ``_actor_loop_running`` does."""
     try:
-        response = actor._handle_receive(envelope.message)  # noqa: SLF001
+        response = actor._handle_receive(envelope.message)
         if envelope.reply_to is not None:
             envelope.reply_to.set(response)
     except Exception:
@@ -219,11 +219,11 @@ def _process(actor: PooledActor, envelope: Any) -> None:
 
 
 def _fail(actor: PooledActor, *exc_info: Any) -> None:
-    actor._handle_failure(*exc_info)  # noqa: SLF001 - logs, unregisters, marks stopped
+    actor._handle_failure(*exc_info)
     try:
         actor.on_failure(*exc_info)
     except Exception:
-        actor._handle_failure(*sys.exc_info())  # noqa: SLF001
+        actor._handle_failure(*sys.exc_info())
 
 
 class PooledActor(pykka.Actor):

@@ -11,25 +11,19 @@ from typing import Any
 __all__ = ["CircuitState", "ConnectionStatus", "ExpiryStrategy", "freeze_mapping"]
 
 
-class CircuitState(str, enum.Enum):
+class CircuitState(enum.StrEnum):
     """The state of one connection's circuit; compares equal to its string value."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
 
-    def __str__(self) -> str:
-        return self.value
 
-
-class ExpiryStrategy(str, enum.Enum):
+class ExpiryStrategy(enum.StrEnum):
     """How long an open circuit stays open (API.md section 4)."""
 
     FIXED = "fixed"
     PROGRESSIVE = "progressive"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -105,5 +99,6 @@ _FIELDS = tuple(ConnectionStatus.__dataclass_fields__)
 
 
 def _rebuild_status(*values: Any) -> ConnectionStatus:
-    *head, metadata = values
-    return ConnectionStatus(*head, metadata=freeze_mapping(metadata))
+    fields = dict(zip(_FIELDS, values, strict=True))
+    fields["metadata"] = freeze_mapping(fields["metadata"])
+    return ConnectionStatus(**fields)

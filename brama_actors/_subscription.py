@@ -55,7 +55,7 @@ class Subscription:
         events: frozenset[EventType] | None,
         connection: str | None,
         scope: str | None,
-        filter: Callable[[Event], bool] | None,  # noqa: A002 - the contract's name
+        filter: Callable[[Event], bool] | None,
         subscriber: Any,
         owner: tuple[str, Any],
     ) -> None:
@@ -137,7 +137,7 @@ class Subscription:
 
     def unsubscribe(self) -> bool:
         """Remove this subscription; False if it was already removed."""
-        return self._brama.unsubscribe(self)
+        return bool(self._brama.unsubscribe(self))
 
     def __enter__(self) -> Subscription:
         return self

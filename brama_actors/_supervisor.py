@@ -80,7 +80,9 @@ class Supervisor(PooledActor):
         core = self._core
         scope, identifier = message.key
         if message.key in core.cells:
-            raise AlreadyRegistered(f"connection {describe(identifier, scope)} is already registered")
+            raise AlreadyRegistered(
+                f"connection {describe(identifier, scope)} is already registered"
+            )
         now = core.clock.now()
         status = rules.initial_status(identifier, scope, message.kind, message.settings,
                                       message.metadata, now)
@@ -120,4 +122,4 @@ class Supervisor(PooledActor):
         restarts.append(now)
         while restarts and restarts[0] <= now - window:
             restarts.popleft()
-        return len(restarts) <= core.config["max_restarts"]
+        return len(restarts) <= int(core.config["max_restarts"])

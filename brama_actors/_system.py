@@ -83,10 +83,10 @@ running: weakref.WeakSet[Brama] = weakref.WeakSet()
 class _StoppedCells(dict[Key, Cell]):
     """Stands in for the cell table of a stopped system: every lookup raises."""
 
-    def get(self, key: Any, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: Any, default: Any = None) -> Any:
         raise SystemStopped("this Brama system is stopped")
 
-    def values(self) -> Any:  # type: ignore[override]
+    def values(self) -> Any:
         raise SystemStopped("this Brama system is stopped")
 
 
@@ -241,6 +241,8 @@ class Brama:
         self._stopped = False
         self._cells: dict[Key, Cell] = {}
         self._parent: ActorRef[Any] | None = None
+        self._explicit: dict[str, Any] = {}
+        self._targets: list[Target] = []
         self._core: Core
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -266,7 +268,7 @@ class Brama:
             raise InvalidConfiguration(f"clock must be a brama_actors Clock, got {clock!r}")
         if parent is not None and not isinstance(parent, ActorRef):
             raise InvalidConfiguration(f"parent must be a pykka ActorRef, got {parent!r}")
-        merged = {k: v for k, v in DEFAULTS.items()}
+        merged = dict(DEFAULTS)
         merged.update(explicit)
         brama = cls(_token=_START_TOKEN)
         brama._explicit = explicit
@@ -328,7 +330,7 @@ class Brama:
         for future in futures:
             try:
                 future.get(timeout=max(0.0, deadline - time.monotonic()))
-            except Exception:  # noqa: BLE001 - a timeout here must not stop the shutdown
+            except Exception:
                 logger.warning("an actor of %s did not stop in time", core.name)
                 break
         core.pool.shutdown(max(0.0, deadline - time.monotonic()))
@@ -404,7 +406,7 @@ class Brama:
         raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
 
     # -- connections (API.md section 2) -----------------------------------------------
-    def register(self, identifier: str, *, scope: str | None = None, type: str = "general",  # noqa: A002
+    def register(self, identifier: str, *, scope: str | None = None, type: str = "general",
                  max_attempts: int | None = None, expiry: int | None = None,
                  expiry_strategy: str | None = None, initial_expiry: int | None = None,
                  max_expiry: int | None = None, backoff_factor: float | None = None,
@@ -536,16 +538,9 @@ class Brama:
         self._call(identifier, scope, Reconfigure(explicit, settings))
 
     # -- events (API.md sections 6 and 10) ------------------------------------------------
-    @property
-    def _targets(self) -> list[Target]:
-        targets: list[Target] | None = getattr(self, "_target_list", None)
-        if targets is None:
-            targets = self._target_list = []
-        return targets
-
     def subscribe(self, *, events: Iterable[EventType | str] | None = None,
                   connection: str | None = None, scope: str | None = None,
-                  filter: Callable[[Event], bool] | None = None,  # noqa: A002
+                  filter: Callable[[Event], bool] | None = None,
                   subscriber: ActorRef[Any] | None = None, handler: Any = None,
                   batch_size: int | None = None, batch_timeout: int | None = None,
                   max_pending: int = 10_000) -> Subscription:
@@ -574,7 +569,8 @@ class Brama:
             method = getattr(handler, "handle_event", None)
             if not callable(method) and not callable(handler):
                 raise TypeError(
-                    f"handler must have a handle_event(event) method or be callable, got {handler!r}")
+                    "handler must have a handle_event(event) method or be callable, "
+                    f"got {handler!r}")
             target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
             self._targets.append(target)
         else:

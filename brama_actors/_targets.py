@@ -238,7 +238,7 @@ class HandlerTarget(Target):
         for attempt in range(attempts):
             try:
                 self._call(event)
-            except BaseException as exc:  # noqa: BLE001 - contained: nothing escapes a runner
+            except BaseException as exc:
                 if attempt + 1 < attempts and not self._stop_event.is_set():
                     self._stop_event.wait(backoff)
                     backoff *= 2

@@ -44,3 +44,22 @@ def system(clock: ManualClock) -> Iterator[brama_actors.Brama]:
     brama = brama_actors.Brama.start(clock=clock)
     yield brama
     brama.stop()
+
+
+def collect(sub: brama_actors.Subscription) -> list[brama_actors.Event]:
+    """Everything already in an inbox subscription (call after ``drain()``)."""
+    import queue
+
+    events = []
+    while True:
+        try:
+            item = sub.get(timeout=0)
+        except queue.Empty:
+            return events
+        assert isinstance(item, brama_actors.Event)
+        events.append(item)
+
+
+def kinds(events: list[brama_actors.Event]) -> list[str]:
+    """The event types of ``events`` as plain strings."""
+    return [e.event.value for e in events]

@@ -1,0 +1,59 @@
+"""The public surface is exactly what API.md names (plus documented additions)."""
+
+from __future__ import annotations
+
+import brama_actors
+
+CONTRACT = {
+    "Brama", "ConnectionStatus", "CircuitState", "Event", "EventType", "Subscription",
+    "start", "stop", "register", "unregister", "available", "success", "failure", "status",
+    "connections", "open_circuit", "close_circuit", "reset_circuit", "configure",
+    "subscribe", "unsubscribe", "drain",
+    "BramaError", "InvalidConfiguration", "InvalidIdentifier", "AlreadyRegistered",
+    "ConnectionNotFound", "SystemStopped", "CircuitOpenError", "NodeUnavailable",
+    "AuthenticationFailed",
+}
+# Documented additions beyond API.md (docs/changelog.md).
+ADDITIONS = {"ExpiryStrategy", "SubscriptionStatistics"}
+# Named by API.md but built by later milestones (guards, processes, monitors).
+PLANNED = {"circuit_breaker", "connect", "spawn", "serve", "ConnectionMonitor"}
+
+
+def test_all_is_the_contract() -> None:
+    """__all__ holds the contract's names (minus planned ones) and documented additions."""
+    exported = set(brama_actors.__all__)
+    assert exported - PLANNED == CONTRACT | ADDITIONS
+    assert (CONTRACT | ADDITIONS) <= exported
+
+
+def test_every_exported_name_exists() -> None:
+    """Every name in __all__ is defined and public objects say they come from the package."""
+    for name in brama_actors.__all__:
+        obj = getattr(brama_actors, name)
+        module = getattr(obj, "__module__", "")
+        assert module.startswith("brama_actors"), (name, module)
+
+
+def test_errors_tree() -> None:
+    """The error classes have the bases API.md section 8 names."""
+    e = brama_actors
+    assert issubclass(e.InvalidConfiguration, e.BramaError)
+    assert issubclass(e.InvalidConfiguration, ValueError)
+    assert issubclass(e.InvalidIdentifier, ValueError)
+    assert issubclass(e.ConnectionNotFound, LookupError)
+    for name in ("AlreadyRegistered", "SystemStopped", "CircuitOpenError", "NodeUnavailable",
+                 "AuthenticationFailed"):
+        assert issubclass(getattr(e, name), e.BramaError)
+
+
+def test_enums_are_strings() -> None:
+    """CircuitState and EventType compare equal to their string values."""
+    assert brama_actors.CircuitState.OPEN == "open"
+    assert brama_actors.CircuitState.HALF_OPEN == "half_open"
+    assert brama_actors.EventType.STATE_CHANGE == "state_change"
+    assert len(brama_actors.EventType) == 13
+
+
+def test_version() -> None:
+    """__version__ comes from the installed metadata."""
+    assert brama_actors.__version__ != "0+unknown"

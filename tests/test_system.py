@@ -1,0 +1,558 @@
+"""The system and its connections (API.md sections 1, 2, 3 and 5) on a real actor system."""
+
+from __future__ import annotations
+
+import pickle
+import threading
+
+import pytest
+
+import brama_actors
+from brama_actors import (
+    AlreadyRegistered,
+    Brama,
+    CircuitState,
+    ConnectionNotFound,
+    InvalidIdentifier,
+    SystemStopped,
+)
+from brama_actors.testing import ManualClock
+from tests.conftest import collect, kinds
+
+T0 = 1_700_000_000_000
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+
+def test_context_manager_stops() -> None:
+    """`with Brama.start()` stops the system on exit and leaves no brama thread."""
+    with Brama.start() as brama:
+        brama.register("a")
+        assert any(t.name.startswith("brama-") for t in threading.enumerate())
+    assert brama.stopped
+    assert not [t for t in threading.enumerate() if t.name.startswith("brama-")]
+
+
+def test_stop_is_idempotent_and_calls_raise() -> None:
+    """stop() twice is fine; every call afterwards raises SystemStopped."""
+    brama = Brama.start(clock=ManualClock())
+    brama.register("a")
+    brama.stop()
+    brama.stop()
+    for call in (
+        lambda: brama.register("b"),
+        lambda: brama.available("a"),
+        lambda: brama.success("a"),
+        lambda: brama.failure("a"),
+        lambda: brama.status("a"),
+        lambda: brama.connections(),
+        lambda: brama.open_circuit("a"),
+        lambda: brama.close_circuit("a"),
+        lambda: brama.reset_circuit("a"),
+        lambda: brama.unregister("a"),
+        lambda: brama.configure(max_attempts=2),
+        lambda: brama.configure("a", max_attempts=2),
+        lambda: brama.subscribe(),
+        lambda: brama.drain(),
+    ):
+        with pytest.raises(SystemStopped):
+            call()
+
+
+def test_all_threads_are_daemon_threads() -> None:
+    """Every thread a system starts is a daemon thread, so it cannot hang interpreter exit."""
+    with Brama.start() as brama:
+        brama.register("a")
+        brama.subscribe(handler=lambda event: None)
+        ours = [t for t in threading.enumerate() if t.name.startswith("brama-")]
+        assert ours
+        assert all(t.daemon for t in ours)
+
+
+def test_systems_are_isolated(clock: ManualClock) -> None:
+    """Two systems never see each other's connections, subscriptions or events."""
+    one = Brama.start(clock=clock)
+    two = Brama.start(clock=clock)
+    sub_two = two.subscribe()
+    one.register("db")
+    assert not two.available("db")
+    with pytest.raises(ConnectionNotFound):
+        two.status("db")
+    two.register("db", max_attempts=1)
+    one.failure("db")
+    assert two.available("db")
+    one.drain()
+    two.drain()
+    assert kinds(collect(sub_two)) == ["registration", "connection_registered"]
+
+
+def test_brama_cannot_be_constructed_directly() -> None:
+    """Brama() must go through Brama.start()."""
+    with pytest.raises(TypeError, match="Brama.start"):
+        Brama()
+
+
+def test_clock_and_supervisor_properties(system: Brama, clock: ManualClock) -> None:
+    """brama.clock is the injected clock; brama.supervisor a live ActorRef."""
+    assert system.clock is clock
+    assert system.supervisor.is_alive()
+
+
+# -- connections ---------------------------------------------------------------------------
+
+
+def test_register_returns_status(system: Brama) -> None:
+    """register returns the new connection's closed status with the given settings."""
+    status = system.register("db", scope="eu", type="database", max_attempts=3,
+                             metadata={"host": "x"})
+    assert status.identifier == "db"
+    assert status.scope == "eu"
+    assert status.type == "database"
+    assert status.state is CircuitState.CLOSED
+    assert status.state == "closed"
+    assert status.failure_count == 0
+    assert status.max_attempts == 3
+    assert status.registered_at == T0
+    assert status.state_changed_at == T0
+    assert status.opened_at is None
+    assert status.success_rate is None
+    assert dict(status.metadata) == {"host": "x"}
+    with pytest.raises(TypeError):
+        status.metadata["y"] = 1  # type: ignore[index]
+
+
+def test_register_twice_raises(system: Brama) -> None:
+    """Registering an existing (identifier, scope) raises AlreadyRegistered."""
+    system.register("db")
+    with pytest.raises(AlreadyRegistered, match="'db'"):
+        system.register("db")
+    system.register("db", scope="eu")
+    with pytest.raises(AlreadyRegistered, match="'eu'"):
+        system.register("db", scope="eu")
+
+
+@pytest.mark.parametrize("identifier", ["", None, 3, b"db", ["db"], ("db",)])
+def test_bad_identifier(system: Brama, identifier: object) -> None:
+    """Identifiers must be non-empty str: anything else raises InvalidIdentifier."""
+    for call in (
+        lambda: system.register(identifier),  # type: ignore[arg-type]
+        lambda: system.available(identifier),  # type: ignore[arg-type]
+        lambda: system.failure(identifier),  # type: ignore[arg-type]
+        lambda: system.success(identifier),  # type: ignore[arg-type]
+        lambda: system.status(identifier),  # type: ignore[arg-type]
+        lambda: system.unregister(identifier),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(InvalidIdentifier):
+            call()
+
+
+@pytest.mark.parametrize("scope", ["", 3, b"eu", ["eu"]])
+def test_bad_scope(system: Brama, scope: object) -> None:
+    """Scopes must be None or non-empty str."""
+    with pytest.raises(InvalidIdentifier):
+        system.register("db", scope=scope)  # type: ignore[arg-type]
+    with pytest.raises(InvalidIdentifier):
+        system.available("db", scope=scope)  # type: ignore[arg-type]
+
+
+def test_same_identifier_two_scopes(system: Brama) -> None:
+    """The same identifier in two scopes is two independent connections."""
+    system.register("db", scope="eu", max_attempts=1)
+    system.register("db", scope="us", max_attempts=1)
+    system.failure("db", scope="eu")
+    assert not system.available("db", scope="eu")
+    assert system.available("db", scope="us")
+    assert not system.available("db")
+
+
+def test_unknown_connection_errors(system: Brama) -> None:
+    """Operations on an unknown connection raise ConnectionNotFound (a LookupError)."""
+    for call in (
+        lambda: system.success("x"),
+        lambda: system.failure("x"),
+        lambda: system.status("x", scope="s"),
+        lambda: system.open_circuit("x"),
+        lambda: system.close_circuit("x"),
+        lambda: system.reset_circuit("x"),
+        lambda: system.configure("x", max_attempts=1),
+    ):
+        with pytest.raises(ConnectionNotFound) as info:
+            call()
+        assert isinstance(info.value, LookupError)
+        assert "'x'" in str(info.value)
+    assert system.available("x") is False
+    assert system.unregister("x") is False
+
+
+def test_unregister(system: Brama) -> None:
+    """unregister returns True once, removes the connection and allows re-registration."""
+    system.register("db")
+    assert system.unregister("db") is True
+    assert system.unregister("db") is False
+    assert system.available("db") is False
+    with pytest.raises(ConnectionNotFound):
+        system.failure("db")
+    assert system.register("db").failure_count == 0
+
+
+def test_connections_listing(system: Brama) -> None:
+    """connections() lists all, or those of one scope (None = unscoped)."""
+    system.register("a")
+    system.register("b", scope="eu")
+    system.register("c", scope="eu")
+    assert {s.identifier for s in system.connections()} == {"a", "b", "c"}
+    assert [s.identifier for s in system.connections(scope=None)] == ["a"]
+    assert sorted(s.identifier for s in system.connections(scope="eu")) == ["b", "c"]
+    assert system.connections(scope="us") == []
+
+
+def test_status_is_frozen_and_picklable(system: Brama) -> None:
+    """ConnectionStatus is a frozen, picklable snapshot."""
+    status = system.register("db", metadata={"k": [1]})
+    with pytest.raises(AttributeError):
+        status.failure_count = 3  # type: ignore[misc]
+    assert pickle.loads(pickle.dumps(status)) == status
+
+
+def test_bad_metadata(system: Brama) -> None:
+    """metadata must be a mapping."""
+    with pytest.raises(TypeError, match="metadata"):
+        system.register("db", metadata=[1, 2])  # type: ignore[arg-type]
+    system.register("db")
+    with pytest.raises(TypeError, match="metadata"):
+        system.failure("db", metadata="x")  # type: ignore[arg-type]
+
+
+# -- circuit behaviour through the actors ---------------------------------------------
+
+
+def test_failures_open_the_circuit(system: Brama) -> None:
+    """max_attempts consecutive failures open the circuit; available() turns False."""
+    system.register("db", max_attempts=3)
+    for _ in range(2):
+        system.failure("db")
+        assert system.available("db")
+    system.failure("db", reason="timeout")
+    assert not system.available("db")
+    status = system.status("db")
+    assert status.state == "open"
+    assert status.failure_count == 3
+    assert status.total_failures == 3
+    assert status.opened_at == T0
+
+
+def test_success_resets_count(system: Brama) -> None:
+    """A success in closed resets failure_count, so failures must be consecutive."""
+    system.register("db", max_attempts=2)
+    system.failure("db")
+    system.success("db")
+    assert system.status("db").failure_count == 0
+    system.failure("db")
+    assert system.available("db")
+    assert system.status("db").success_rate == pytest.approx(1 / 3)
+
+
+def test_expiry_moves_to_half_open_then_success_closes(system: Brama, clock: ManualClock) -> None:
+    """An open circuit goes half_open at its deadline by itself; a success closes it."""
+    system.register("db", max_attempts=1, expiry=1000)
+    system.failure("db")
+    clock.advance(999)
+    assert system.status("db").state == "open"
+    clock.advance(1)
+    assert system.status("db").state == "half_open"
+    assert system.available("db")
+    system.success("db")
+    assert system.status("db").state == "closed"
+
+
+def test_half_open_failure_reopens_with_fresh_expiry(system: Brama, clock: ManualClock) -> None:
+    """A failure in half_open opens again with a fresh deadline."""
+    system.register("db", max_attempts=1, expiry=1000)
+    system.failure("db")
+    clock.advance(1000)
+    system.failure("db", reason="still down")
+    status = system.status("db")
+    assert status.state == "open"
+    assert status.opened_at == T0 + 1000
+    clock.advance(999)
+    assert system.status("db").state == "open"
+    clock.advance(1)
+    assert system.status("db").state == "half_open"
+
+
+def test_progressive_expiry(system: Brama, clock: ManualClock) -> None:
+    """Progressive strategy: initial 100, factor 2, max 1000; two failures -> 400 ms."""
+    system.register("db", expiry_strategy="progressive", initial_expiry=100,
+                    backoff_factor=2.0, max_expiry=1000, max_attempts=10)
+    system.failure("db")
+    system.failure("db")
+    system.open_circuit("db")
+    assert system.status("db").expiry == 400
+    clock.advance(399)
+    assert not system.available("db")
+    clock.advance(1)
+    assert system.available("db")
+
+
+def test_manual_open_with_expiry(system: Brama, clock: ManualClock) -> None:
+    """open_circuit(expiry=...) opens for that long and shows it in status.expiry."""
+    system.register("db")
+    system.open_circuit("db", expiry=50, reason="maintenance")
+    assert system.status("db").expiry == 50
+    clock.advance(50)
+    assert system.status("db").state == "half_open"
+
+
+def test_open_on_open_restarts_opening(system: Brama, clock: ManualClock) -> None:
+    """open_circuit on an open circuit moves opened_at and the deadline."""
+    system.register("db", expiry=100)
+    system.open_circuit("db")
+    clock.advance(60)
+    system.open_circuit("db")
+    assert system.status("db").opened_at == T0 + 60
+    clock.advance(60)
+    assert system.status("db").state == "open"
+    clock.advance(40)
+    assert system.status("db").state == "half_open"
+
+
+def test_manual_close_cancels_expiry(system: Brama, clock: ManualClock) -> None:
+    """close_circuit closes now; the old deadline does nothing later."""
+    sub = system.subscribe()
+    system.register("db", max_attempts=1, expiry=100)
+    system.failure("db")
+    system.close_circuit("db")
+    assert system.status("db").failure_count == 1
+    clock.advance(1000)
+    system.drain()
+    assert "expiry" not in kinds(collect(sub))
+    assert system.status("db").state == "closed"
+
+
+def test_reset(system: Brama) -> None:
+    """reset_circuit closes and zeroes failure_count."""
+    system.register("db", max_attempts=1)
+    system.failure("db")
+    system.reset_circuit("db")
+    status = system.status("db")
+    assert (status.state, status.failure_count) == ("closed", 0)
+
+
+def test_open_circuit_rejects_bad_expiry(system: Brama) -> None:
+    """open_circuit(expiry=0) raises InvalidConfiguration and leaves the circuit closed."""
+    system.register("db")
+    with pytest.raises(brama_actors.InvalidConfiguration, match="expiry"):
+        system.open_circuit("db", expiry=0)
+    assert system.available("db")
+
+
+# -- read-your-writes ---------------------------------------------------------------------
+
+
+def test_failure_visible_from_other_thread(system: Brama) -> None:
+    """After failure() returns, available() in another thread reflects it."""
+    system.register("db", max_attempts=1)
+    system.failure("db")
+    seen: list[bool] = []
+    thread = threading.Thread(target=lambda: seen.append(system.available("db")))
+    thread.start()
+    thread.join(5)
+    assert seen == [False]
+
+
+def test_success_visible_to_same_thread(system: Brama) -> None:
+    """After success() returns, status() from the same thread reflects it."""
+    system.register("db")
+    for i in range(1, 200):
+        system.success("db")
+        assert system.status("db").total_successes == i
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+def test_event_sequence_for_a_full_cycle(system: Brama, clock: ManualClock) -> None:
+    """Each operation emits the events of API.md section 5, in order."""
+    sub = system.subscribe(connection="db")
+    system.register("db", max_attempts=2, expiry=100)
+    system.failure("db", reason="a")
+    system.failure("db", reason="b")
+    system.failure("db", reason="c")
+    system.success("db")
+    clock.advance(100)
+    system.success("db")
+    system.open_circuit("db")
+    system.open_circuit("db")
+    system.close_circuit("db")
+    system.close_circuit("db")
+    system.reset_circuit("db")
+    system.open_circuit("db")
+    system.reset_circuit("db")
+    system.unregister("db")
+    system.drain()
+    assert kinds(collect(sub)) == [
+        "registration", "connection_registered",
+        "failure",
+        "failure", "circuit_opened", "state_change",
+        "failure",
+        "success",
+        "expiry", "circuit_half_opened", "state_change",
+        "success", "circuit_closed", "state_change",
+        "circuit_opened", "state_change",
+        "circuit_opened",
+        "circuit_closed", "state_change",
+        "circuit_reset",
+        "circuit_opened", "state_change",
+        "circuit_reset", "state_change",
+        "connection_unregistered", "connection_removed",
+    ]
+
+
+def test_event_fields_and_data(system: Brama, clock: ManualClock) -> None:
+    """Events carry timestamp, connection, scope and the documented data keys."""
+    sub = system.subscribe()
+    system.register("db", scope="eu", max_attempts=1, expiry=100, metadata={"m": 1})
+    clock.advance(5)
+    system.failure("db", scope="eu", reason="boom")
+    system.drain()
+    events = collect(sub)
+    registration = events[0]
+    assert registration.connection == "db"
+    assert registration.scope == "eu"
+    assert registration.timestamp == T0
+    for key in ("type", "max_attempts", "expiry", "expiry_strategy", "initial_expiry",
+                "max_expiry", "backoff_factor", "half_open_max_calls", "metadata",
+                "state", "failure_count"):
+        assert key in registration.data
+    failure, opened, change = events[2:]
+    assert failure.timestamp == T0 + 5
+    assert failure.data["state"] == "open"
+    assert failure.data["reason"] == "boom"
+    assert opened.data["reason"] == "Threshold exceeded"
+    assert opened.data["opened_at"] == T0 + 5
+    assert opened.data["expiry"] == 100
+    assert change.data["previous_state"] == "closed"
+    assert change.data["new_state"] == "open"
+    assert change.event == "state_change"
+    with pytest.raises(TypeError):
+        change.data["x"] = 1  # type: ignore[index]
+
+
+def test_manual_reasons(system: Brama) -> None:
+    """Manual calls carry the given reason, else 'Manually opened/closed/reset'."""
+    sub = system.subscribe(events=["state_change"])
+    system.register("db")
+    system.open_circuit("db")
+    system.close_circuit("db")
+    system.open_circuit("db", reason="deploy")
+    system.reset_circuit("db")
+    system.drain()
+    assert [e.data["reason"] for e in collect(sub)] == [
+        "Manually opened", "Manually closed", "deploy", "Manually reset"]
+
+
+def test_subscription_filters(system: Brama) -> None:
+    """events, connection and scope filters combine."""
+    by_type = system.subscribe(events=["failure"])
+    by_conn = system.subscribe(connection="a")
+    by_scope = system.subscribe(scope="eu")
+    combined = system.subscribe(events=["failure"], connection="a", scope="eu")
+    system.register("a")
+    system.register("a", scope="eu")
+    system.register("b", scope="eu")
+    system.failure("a")
+    system.failure("a", scope="eu")
+    system.failure("b", scope="eu")
+    system.drain()
+    assert [(e.connection, e.scope) for e in collect(by_type)] == [
+        ("a", None), ("a", "eu"), ("b", "eu")]
+    assert {e.scope for e in collect(by_conn)} == {None, "eu"}
+    assert {e.connection for e in collect(by_scope)} == {"a", "b"}
+    assert [(e.event, e.connection, e.scope) for e in collect(combined)] == [
+        ("failure", "a", "eu")]
+
+
+def test_unknown_event_name_rejected(system: Brama) -> None:
+    """subscribe(events=[unknown]) raises ValueError at subscribe time."""
+    with pytest.raises(ValueError, match="nope"):
+        system.subscribe(events=["state_change", "nope"])
+
+
+def test_unsubscribe_stops_delivery(system: Brama) -> None:
+    """After unsubscribe(sub) no more events arrive; a second unsubscribe is False."""
+    sub = system.subscribe()
+    assert system.unsubscribe(sub) is True
+    assert system.unsubscribe(sub) is False
+    system.register("a")
+    system.drain()
+    assert collect(sub) == []
+
+
+# -- cleanup -------------------------------------------------------------------------------
+
+
+def test_cleanup_removes_inactive(clock: ManualClock) -> None:
+    """The sweep removes connections inactive longer than inactive_threshold."""
+    brama = Brama.start(clock=clock, cleanup_interval=1000, inactive_threshold=3500)
+    sub = brama.subscribe(events=["cleanup", "connection_removed"])
+    brama.register("idle")
+    brama.register("busy")
+    clock.advance(1000)
+    clock.advance(1000)
+    brama.success("busy")
+    clock.advance(1000)
+    assert {s.identifier for s in brama.connections()} == {"idle", "busy"}
+    clock.advance(1000)  # idle: 4000 ms since registration
+    assert [s.identifier for s in brama.connections()] == ["busy"]
+    brama.drain()
+    events = collect(sub)
+    assert kinds(events) == ["cleanup", "connection_removed"]
+    assert all(e.connection == "idle" and e.data["reason"] == "inactive" for e in events)
+
+
+def test_fresh_registration_is_active(clock: ManualClock) -> None:
+    """A connection registered just before the sweep is not removed."""
+    brama = Brama.start(clock=clock, cleanup_interval=1000, inactive_threshold=500)
+    clock.advance(999)
+    brama.register("new")
+    clock.advance(1)
+    assert [s.identifier for s in brama.connections()] == ["new"]
+
+
+# -- stop while reporting -------------------------------------------------------------------
+
+
+def test_stop_while_threads_report() -> None:
+    """stop() during reporting from 8 threads returns; reporters get SystemStopped."""
+    brama = Brama.start(max_attempts=1_000_000)
+    for i in range(8):
+        brama.register(f"c{i}")
+    started = threading.Barrier(9)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def report(i: int) -> None:
+        started.wait(5)
+        try:
+            while True:
+                brama.failure(f"c{i}")
+                brama.success(f"c{i}")
+                brama.available(f"c{i}")
+        except SystemStopped:
+            with lock:
+                outcomes.append("stopped")
+        except Exception as exc:  # pragma: no cover - reported by the assertion
+            with lock:
+                outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=report, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    started.wait(5)
+    brama.status("c0")
+    brama.stop(timeout=10)
+    for thread in threads:
+        thread.join(10)
+    assert not any(t.is_alive() for t in threads)
+    assert outcomes == ["stopped"] * 8
