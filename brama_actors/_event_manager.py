@@ -8,19 +8,69 @@ appends to each target's queue or tells an actor; it never waits on a subscriber
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brama_actors._events import Event, EventType
 from brama_actors._runtime import Pool, PooledActor
 from brama_actors._subscription import Subscription
 
-__all__ = ["EventManager", "Flush", "Publish", "Subscribe", "Unsubscribe", "UnsubscribeWhere"]
+if TYPE_CHECKING:
+    from brama_actors._system import Core
+
+__all__ = [
+    "EventManager",
+    "Flush",
+    "Interest",
+    "Publish",
+    "Subscribe",
+    "Unsubscribe",
+    "UnsubscribeWhere",
+]
 
 logger = logging.getLogger("brama_actors")
 
 _ALL_TYPES = tuple(EventType)
+
+
+_NOTHING: frozenset[EventType] = frozenset()
+
+
+class Interest:
+    """Which events anybody subscribes to: lets emitters skip what nobody wants.
+
+    Immutable; the event manager publishes a new one whenever the table changes, so
+    connection actors and reporting threads read it without locks.
+    """
+
+    __slots__ = ("_by_connection", "_by_scope", "_everywhere", "_somewhere")
+
+    def __init__(self, everywhere: frozenset[EventType],
+                 by_connection: Mapping[str, frozenset[EventType]],
+                 by_scope: Mapping[str, frozenset[EventType]]) -> None:
+        self._everywhere = everywhere
+        self._by_connection = dict(by_connection)
+        self._by_scope = dict(by_scope)
+        somewhere = set(everywhere)
+        for kinds in (*self._by_connection.values(), *self._by_scope.values()):
+            somewhere |= kinds
+        self._somewhere = frozenset(somewhere)
+
+    def wants(self, kind: EventType, connection: str | None, scope: str | None) -> bool:
+        """True if some subscription may want ``kind`` for this connection."""
+        if kind not in self._somewhere:
+            return False
+        if kind in self._everywhere:
+            return True
+        if connection is not None and kind in self._by_connection.get(connection, _NOTHING):
+            return True
+        return scope is not None and kind in self._by_scope.get(scope, _NOTHING)
+
+    NONE: Interest
+
+
+Interest.NONE = Interest(_NOTHING, {}, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +107,9 @@ class ListSubscriptions:
 class EventManager(PooledActor):
     """Holds the subscriptions of one system and fans events out to them."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, core: Core) -> None:
         super().__init__(pool)
+        self._core = core
         self._subs: dict[int, Subscription] = {}
         # connection -> type -> subs; scope -> type -> subs; type -> subs
         self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
@@ -81,6 +132,25 @@ class EventManager(PooledActor):
         self._subs[sub.id] = sub
         for bucket in self._buckets(sub):
             bucket.append(sub)
+        self._publish_interest()
+
+    def _publish_interest(self) -> None:
+        everywhere: set[EventType] = set()
+        by_connection: dict[str, set[EventType]] = {}
+        by_scope: dict[str, set[EventType]] = {}
+        for sub in self._subs.values():
+            kinds = sub.events if sub.events is not None else _ALL_TYPES
+            if sub.connection is not None:
+                by_connection.setdefault(sub.connection, set()).update(kinds)
+            elif sub.scope is not None:
+                by_scope.setdefault(sub.scope, set()).update(kinds)
+            else:
+                everywhere.update(kinds)
+        self._core.interest = Interest(
+            frozenset(everywhere),
+            {k: frozenset(v) for k, v in by_connection.items()},
+            {k: frozenset(v) for k, v in by_scope.items()},
+        )
 
     def _remove(self, sub: Subscription) -> bool:
         if self._subs.pop(sub.id, None) is None:
@@ -89,6 +159,7 @@ class EventManager(PooledActor):
             bucket.remove(sub)
         self._filter_warned.discard(sub.id)
         sub.target.close()
+        self._publish_interest()
         return True
 
     def on_receive(self, message: Any) -> Any:

@@ -212,10 +212,10 @@ def _process(actor: PooledActor, envelope: Any) -> None:
     except BaseException as exc:
         # Contained: Pykka would stop every actor of the process here.
         logger.error("%r in %s; stopping that actor only", exc, actor)
+        _fail(actor, *sys.exc_info())  # before replying: the asker sees it stopped
         if envelope.reply_to is not None:
             error = ActorDeadError(f"{actor} stopped by {exc!r}")
             envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
-        _fail(actor, *sys.exc_info())
 
 
 def _fail(actor: PooledActor, *exc_info: Any) -> None:

@@ -21,6 +21,7 @@ import pykka
 from pykka import ActorDeadError, ActorRef
 
 from brama_actors import _circuit as rules
+from brama_actors import _telemetry
 from brama_actors._clock import Clock, SystemClock
 from brama_actors._config import (
     CONNECTION_OPTIONS,
@@ -42,6 +43,7 @@ from brama_actors._errors import (
 from brama_actors._event_manager import (
     EventManager,
     Flush,
+    Interest,
     Publish,
     Subscribe,
     Unsubscribe,
@@ -60,7 +62,7 @@ from brama_actors._messages import (
 )
 from brama_actors._runtime import Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
-from brama_actors._status import CircuitState, ConnectionStatus
+from brama_actors._status import ConnectionStatus
 from brama_actors._subscription import Subscription
 from brama_actors._supervisor import Crashed, Register, Supervisor, Sync
 from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
@@ -140,9 +142,11 @@ class Core:
         self.name = name
         self.cells: dict[Key, Cell] = {}
         self.cells_lock = threading.Lock()
+        # Replaced whole by the event manager whenever subscriptions change.
+        self.interest = Interest.NONE
         self.pool = Pool(name, POOL_SIZE)
         self.scheduler = Scheduler(clock, f"{name}-scheduler")
-        self.em: ActorRef[EventManager] = EventManager.start(self.pool)
+        self.em: ActorRef[EventManager] = EventManager.start(self.pool, self)
         self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
         self.stopping = False
         self.sweep_timer: Timer | None = None
@@ -152,8 +156,15 @@ class Core:
         """Build events for ``status``'s connection and tell them to the event manager."""
         identifier = status.identifier
         scope = status.scope
+        interest = self.interest
+        if _telemetry.active():
+            wanted = list(specs)
+        else:
+            wanted = [s for s in specs if interest.wants(s[0], identifier, scope)]
+            if not wanted:
+                return  # nobody listens: build nothing, send nothing
         events = tuple(
-            Event(kind, now, identifier, scope, MappingProxyType(data)) for kind, data in specs
+            Event(kind, now, identifier, scope, MappingProxyType(data)) for kind, data in wanted
         )
         try:
             self.em.tell(Publish(events))
@@ -188,8 +199,6 @@ class Core:
 
     def restarted(self, child: str, identifier: str | None, scope: str | None,
                   reason: str) -> None:
-        from brama_actors import _telemetry
-
         _telemetry.execute(
             ("brama", "supervisor", "restart"),
             {"system_time": self.clock.now()},
@@ -217,7 +226,8 @@ class Core:
         now = self.clock.now()
         waits = []
         for cell in list(self.cells.values()):
-            if now - cell.status.last_activity > threshold and cell.ref is not None:
+            idle = now - max(cell.status.last_activity, cell.quiet_last)
+            if idle > threshold and cell.ref is not None:
                 try:
                     waits.append(cell.ref.ask(Retire(threshold), block=False))
                 except ActorDeadError:
@@ -462,6 +472,17 @@ class Brama:
     def success(self, identifier: str, *, scope: str | None = None,
                 metadata: Mapping[str, Any] | None = None) -> None:
         """Report a success; applied asynchronously (``status()`` and ``drain()`` see it)."""
+        try:
+            cell = self._cells.get((scope, identifier))
+        except TypeError:
+            cell = None
+        if (cell is not None and cell.quiet
+                and not self._core.interest.wants(_SUCCESS, identifier, scope)
+                and not _telemetry.active()):
+            # Changes nothing but counters and nobody listens: no actor message needed.
+            _check_metadata(metadata)
+            cell.add_quiet_success(self._core.clock.now())
+            return
         _check_metadata(metadata)
         self._call(identifier, scope, Apply(rules.Success(metadata)), block=False)
 
@@ -476,7 +497,7 @@ class Brama:
         cell = self._cell(identifier, scope)
         inbox = cell.inbox
         if inbox is not None and inbox.idle():
-            return cell.status  # nothing queued: the published status is current
+            return cell.current_status()  # nothing queued: the published status is current
         status: ConnectionStatus = self._call(identifier, scope, GET_STATUS)
         return status
 
@@ -489,8 +510,8 @@ class Brama:
             _check_key("x", scope)
         cells = list(self._cells.values())
         if scope is Brama._ALL:
-            return [cell.status for cell in cells]
-        return [cell.status for cell in cells if cell.key[0] == scope]
+            return [cell.current_status() for cell in cells]
+        return [cell.current_status() for cell in cells if cell.key[0] == scope]
 
     def open_circuit(self, identifier: str, *, scope: str | None = None, reason: Any = None,
                      expiry: int | None = None) -> None:
@@ -658,6 +679,7 @@ def _wait_all(futures: Iterable[Any], deadline: float) -> None:
 
 
 _START_TOKEN = object()
+_SUCCESS = EventType.SUCCESS
 
 
 def _forget_default(brama: Brama) -> None:
@@ -666,4 +688,3 @@ def _forget_default(brama: Brama) -> None:
     _default.forget(brama)
 
 
-_unused = CircuitState

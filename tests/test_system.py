@@ -556,3 +556,81 @@ def test_stop_while_threads_report() -> None:
         thread.join(10)
     assert not any(t.is_alive() for t in threads)
     assert outcomes == ["stopped"] * 8
+
+
+# -- quiet successes and the interest table -----------------------------------------------
+
+
+def test_quiet_successes_are_counted(system: Brama, clock: ManualClock) -> None:
+    """Successes on a healthy circuit nobody listens to still count and time-stamp."""
+    system.register("db")
+    cell = system._core.cells[(None, "db")]
+    for _ in range(100):
+        system.success("db")
+    assert cell.inbox is not None and cell.inbox.idle()  # no actor message was needed
+    clock.advance(7)
+    system.success("db")
+    status = system.status("db")
+    assert status.total_successes == 101
+    assert status.last_success_time == T0 + 7
+    assert system.connections()[0].total_successes == 101
+    system.failure("db")  # the actor folds the counters in before applying the failure
+    status = system.status("db")
+    assert (status.total_successes, status.total_failures) == (101, 1)
+
+
+def test_success_events_when_someone_listens(system: Brama) -> None:
+    """Once a success subscription exists, every success is emitted again."""
+    system.register("db")
+    system.success("db")
+    sub = system.subscribe(events=["success"], connection="db")
+    system.success("db")
+    system.success("db", metadata={"latency_ms": 3})
+    system.drain()
+    events = collect(sub)
+    assert kinds(events) == ["success", "success"]
+    assert events[1].data["metadata"] == {"latency_ms": 3}
+    assert system.status("db").total_successes == 3
+
+
+def test_quiet_successes_count_as_activity(clock: ManualClock) -> None:
+    """The cleanup sweep sees quiet successes as activity."""
+    brama = Brama.start(clock=clock, cleanup_interval=1000, inactive_threshold=1500)
+    brama.register("db")
+    clock.advance(1000)
+    brama.success("db")
+    clock.advance(1000)
+    assert [s.identifier for s in brama.connections()] == ["db"]
+
+
+def test_success_after_failure_resets_count_from_any_thread(system: Brama) -> None:
+    """After a failure the next success goes to the actor and resets failure_count."""
+    system.register("db", max_attempts=3)
+    system.failure("db")
+    system.failure("db")
+    system.success("db")
+    assert system.status("db").failure_count == 0
+    system.failure("db")
+    system.failure("db")
+    assert system.available("db")
+
+
+def test_events_nobody_wants_are_not_built(system: Brama) -> None:
+    """With no subscription the event manager receives nothing; with one, only its kinds."""
+    published: list[int] = []
+    em = system._core.em
+    original = em.tell
+
+    def spy(message: object) -> None:
+        published.append(len(getattr(message, "events", ())))
+        original(message)
+
+    em.tell = spy  # type: ignore[method-assign]
+    system.register("db", max_attempts=1)
+    system.failure("db")
+    assert published == []
+    sub = system.subscribe(events=["state_change"])
+    system.reset_circuit("db")
+    system.drain()
+    assert published == [1]
+    assert kinds(collect(sub)) == ["state_change"]
