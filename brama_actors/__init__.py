@@ -27,6 +27,7 @@ from brama_actors._errors import (
     SystemStopped,
 )
 from brama_actors._events import Event, EventType
+from brama_actors._guard import Guard, GuardBlock, circuit_breaker
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
 from brama_actors._subscription import Subscription, SubscriptionStatistics
 from brama_actors._system import Brama
@@ -50,6 +51,8 @@ __all__ = [
     "Event",
     "EventType",
     "ExpiryStrategy",
+    "Guard",
+    "GuardBlock",
     "InvalidConfiguration",
     "InvalidIdentifier",
     "NodeUnavailable",
@@ -57,11 +60,13 @@ __all__ = [
     "SubscriptionStatistics",
     "SystemStopped",
     "available",
+    "circuit_breaker",
     "close_circuit",
     "configure",
     "connections",
     "drain",
     "failure",
+    "guard",
     "open_circuit",
     "register",
     "reset_circuit",
@@ -159,6 +164,14 @@ def subscribe(*, events: Iterable[EventType | str] | None = None,
 def unsubscribe(subscription: Subscription | None = None, **filters: Any) -> Any:
     """``Brama.unsubscribe`` on the default system."""
     return _default.get().unsubscribe(subscription, **filters)
+
+
+def guard(identifier: str, *, scope: str | None = None,
+          error_handler: Callable[[Any], Any] | None = None, register: bool = True,
+          exclude: Any = (), **register_options: Any) -> GuardBlock:
+    """``Brama.guard`` on the default system (looked up when the block is entered)."""
+    return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
+                            register=register, exclude=exclude, **register_options))
 
 
 def drain(timeout: float = 1.0) -> None:

@@ -26,6 +26,14 @@ class Clock:
         """Return the current time in ms since the Unix epoch."""
         raise NotImplementedError
 
+    def raw(self) -> float:
+        """A cheaper reading for hot paths; convert it later with ``from_raw``."""
+        return self.now()
+
+    def from_raw(self, raw: float) -> int:
+        """Convert a ``raw()`` reading to ms since the Unix epoch."""
+        return int(raw)
+
     def attach(self, scheduler: Scheduler) -> bool:
         """Offer to drive ``scheduler``'s timers.
 
@@ -42,15 +50,21 @@ class Clock:
 class SystemClock(Clock):
     """Epoch milliseconds that advance monotonically from the moment of creation."""
 
-    __slots__ = ("_anchor",)
+    __slots__ = ("_anchor", "raw")
 
     def __init__(self) -> None:
         # One wall-clock read anchors the epoch; everything after is monotonic.
         self._anchor = time.time() - time.monotonic()
+        # The hot path stores monotonic seconds (~20 ns) and converts them later.
+        self.raw = time.monotonic  # type: ignore[method-assign]
 
     def now(self) -> int:
         """Return the current time in ms since the Unix epoch."""
         return int((self._anchor + time.monotonic()) * 1000)
+
+    def from_raw(self, raw: float) -> int:
+        """Convert a ``time.monotonic()`` reading to ms since the Unix epoch."""
+        return int((self._anchor + raw) * 1000)
 
     def __repr__(self) -> str:
         return "SystemClock()"

@@ -44,7 +44,7 @@ class Interest:
     connection actors and reporting threads read it without locks.
     """
 
-    __slots__ = ("_by_connection", "_by_scope", "_everywhere", "_somewhere")
+    __slots__ = ("_by_connection", "_by_scope", "_everywhere", "_somewhere", "successes")
 
     def __init__(self, everywhere: frozenset[EventType],
                  by_connection: Mapping[str, frozenset[EventType]],
@@ -56,6 +56,8 @@ class Interest:
         for kinds in (*self._by_connection.values(), *self._by_scope.values()):
             somewhere |= kinds
         self._somewhere = frozenset(somewhere)
+        #: Anyone at all wants ``success`` events (the guarded-call fast path's test).
+        self.successes = EventType.SUCCESS in somewhere
 
     def wants(self, kind: EventType, connection: str | None, scope: str | None) -> bool:
         """True if some subscription may want ``kind`` for this connection."""

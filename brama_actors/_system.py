@@ -50,6 +50,7 @@ from brama_actors._event_manager import (
     UnsubscribeWhere,
 )
 from brama_actors._events import Event, EventType, parse_event_types
+from brama_actors._guard import Guard, GuardBlock
 from brama_actors._messages import (
     GET_STATUS,
     PING,
@@ -226,7 +227,7 @@ class Core:
         now = self.clock.now()
         waits = []
         for cell in list(self.cells.values()):
-            idle = now - max(cell.status.last_activity, cell.quiet_last)
+            idle = now - max(cell.status.last_activity, cell.quiet_last(self.clock))
             if idle > threshold and cell.ref is not None:
                 try:
                     waits.append(cell.ref.ask(Retire(threshold), block=False))
@@ -253,6 +254,7 @@ class Brama:
         self._parent: ActorRef[Any] | None = None
         self._explicit: dict[str, Any] = {}
         self._targets: list[Target] = []
+        self._guards: dict[Key, Guard] = {}
         self._core: Core
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -476,12 +478,11 @@ class Brama:
             cell = self._cells.get((scope, identifier))
         except TypeError:
             cell = None
-        if (cell is not None and cell.quiet
-                and not self._core.interest.wants(_SUCCESS, identifier, scope)
-                and not _telemetry.active()):
+        if (cell is not None and cell.quiet and not _telemetry.HANDLERS
+                and not self._core.interest.wants(_SUCCESS, identifier, scope)):
             # Changes nothing but counters and nobody listens: no actor message needed.
             _check_metadata(metadata)
-            cell.add_quiet_success(self._core.clock.now())
+            cell.add_quiet_success(self._core.clock.raw())
             return
         _check_metadata(metadata)
         self._call(identifier, scope, Apply(rules.Success(metadata)), block=False)
@@ -497,7 +498,8 @@ class Brama:
         cell = self._cell(identifier, scope)
         inbox = cell.inbox
         if inbox is not None and inbox.idle():
-            return cell.current_status()  # nothing queued: the published status is current
+            # Nothing queued or running: the published status is current.
+            return cell.current_status(self._core.clock)
         status: ConnectionStatus = self._call(identifier, scope, GET_STATUS)
         return status
 
@@ -509,9 +511,10 @@ class Brama:
         if scope is not Brama._ALL and scope is not None:
             _check_key("x", scope)
         cells = list(self._cells.values())
+        clock = self._core.clock
         if scope is Brama._ALL:
-            return [cell.current_status() for cell in cells]
-        return [cell.current_status() for cell in cells if cell.key[0] == scope]
+            return [cell.current_status(clock) for cell in cells]
+        return [cell.current_status(clock) for cell in cells if cell.key[0] == scope]
 
     def open_circuit(self, identifier: str, *, scope: str | None = None, reason: Any = None,
                      expiry: int | None = None) -> None:
@@ -661,6 +664,29 @@ class Brama:
         except pykka.Timeout:
             raise TimeoutError(f"drain did not complete within {timeout} s") from None
         _wait_all(markers, deadline)
+
+    # -- guarding calls (API.md section 9) --------------------------------------------
+    def guard(self, identifier: str, *, scope: str | None = None,
+              error_handler: Callable[[Any], Any] | None = None, register: bool = True,
+              exclude: Any = (), **register_options: Any) -> GuardBlock:
+        """A context manager (``with`` and ``async with``) that guards a block.
+
+        Raises on entry ``CircuitOpenError`` when the circuit refuses the call; records
+        the block's outcome on exit, with the rules of the ``circuit_breaker`` decorator.
+        """
+        if error_handler is None and register and not exclude and not register_options:
+            # The common form: reuse one validated Guard per connection.
+            key = (scope, identifier)
+            try:
+                template = self._guards.get(key)
+            except TypeError:
+                template = None
+            if template is None:
+                template = Guard(identifier, scope=scope, brama=self)
+                self._guards[key] = template
+            return GuardBlock(template)
+        return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler, brama=self,
+                                register=register, exclude=exclude, **register_options))
 
     # -- test seam -----------------------------------------------------------------------
     def _inject_crash(self, identifier: str, *, scope: str | None = None, times: int = 1) -> None:

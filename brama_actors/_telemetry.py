@@ -21,7 +21,9 @@ Name = tuple[str, ...]
 Handler = Callable[[Name, Mapping[str, Any], Mapping[str, Any]], Any]
 
 _lock = threading.Lock()
-_handlers: dict[str, tuple[Name, Handler]] = {}
+#: handler id -> (prefix, function). Mutated in place, never rebound, so hot paths may
+#: test its truthiness directly.
+HANDLERS: dict[str, tuple[Name, Handler]] = {}
 
 
 def _check_name(prefix: Any) -> Name:
@@ -45,34 +47,34 @@ def attach(handler_id: str, prefix: tuple[str, ...] | list[str] | str, function:
         raise TypeError(f"function must be callable, got {function!r}")
     name = _check_name(prefix)
     with _lock:
-        if handler_id in _handlers:
+        if handler_id in HANDLERS:
             raise ValueError(f"telemetry handler {handler_id!r} is already attached")
-        _handlers[handler_id] = (name, function)
+        HANDLERS[handler_id] = (name, function)
 
 
 def detach(handler_id: str) -> bool:
     """Detach a handler; True if it was attached."""
     with _lock:
-        return _handlers.pop(handler_id, None) is not None
+        return HANDLERS.pop(handler_id, None) is not None
 
 
 def handlers() -> dict[str, tuple[Name, Handler]]:
     """A copy of the attached handlers: id -> (prefix, function)."""
     with _lock:
-        return dict(_handlers)
+        return dict(HANDLERS)
 
 
 def active() -> bool:
     """True if any handler is attached (lets emitters skip building telemetry)."""
-    return bool(_handlers)
+    return bool(HANDLERS)
 
 
 def execute(name: Name, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
     """Run every handler whose prefix matches ``name``, in the calling thread."""
-    if not _handlers:
+    if not HANDLERS:
         return
     with _lock:
-        matching = [(hid, fn) for hid, (prefix, fn) in _handlers.items()
+        matching = [(hid, fn) for hid, (prefix, fn) in HANDLERS.items()
                     if name[: len(prefix)] == prefix]
     for handler_id, function in matching:
         try:

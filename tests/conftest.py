@@ -12,6 +12,8 @@ import brama_actors
 from brama_actors import _system
 from brama_actors.testing import ManualClock
 
+pytest_plugins = ["pytester"]
+
 
 def _brama_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("brama-") and t.is_alive()]

@@ -1,0 +1,384 @@
+"""Guarding calls: the ``circuit_breaker`` decorator and the ``guard`` context manager.
+
+The decision path is the cheapest the contract allows: one dict lookup and two attribute
+reads to decide, the user's call in the caller's own thread (no lock held across it), and
+on success a counter bump when the circuit is healthy and nobody listens for ``success``
+events. Only failures, half-open trials and state-changing successes talk to the actor.
+
+Exceptions: an ``Exception`` is recorded as a failure (``reason=repr(exc)``) and
+re-raised unchanged; a type listed in ``exclude`` is re-raised without being recorded; a
+``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, ``asyncio.CancelledError``)
+passes through untouched and records nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from brama_actors import _circuit as rules
+from brama_actors import _default, _telemetry
+from brama_actors._config import CONNECTION_OPTIONS, validate_options
+from brama_actors._errors import (
+    AlreadyRegistered,
+    CircuitOpenError,
+    ConnectionNotFound,
+    describe,
+)
+from brama_actors._events import EventType
+from brama_actors._messages import Apply
+from brama_actors._status import CircuitState
+
+if TYPE_CHECKING:
+    from brama_actors._connection import Cell
+    from brama_actors._system import Brama
+
+__all__ = ["Guard", "GuardBlock", "circuit_breaker"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_SUCCESS = EventType.SUCCESS
+_HALF_OPEN = CircuitState.HALF_OPEN
+_REGISTER_EXTRA = frozenset({"type", "metadata"})
+
+
+def _check_exclude(exclude: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(exclude, type):
+        exclude = (exclude,)
+    try:
+        excluded = tuple(exclude)
+    except TypeError:
+        raise TypeError(f"exclude must be exception types, got {exclude!r}") from None
+    for item in excluded:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"exclude must contain exception types, got {item!r}")
+    return excluded
+
+
+def _check_register_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    settings = {k: v for k, v in options.items() if k not in _REGISTER_EXTRA}
+    validate_options(settings, CONNECTION_OPTIONS, skip_none=True)
+    return dict(options)
+
+
+class Guard:
+    """The decision logic shared by the decorator and the context manager.
+
+    Args:
+        identifier: the connection.
+        scope: its scope.
+        error_handler: ``result -> "success" | "failure" | ("failure", reason) | "ignore"``.
+        brama: the system (``None``: the default system, looked up at each call).
+        register: register the connection on first use if it is unknown.
+        exclude: exception types re-raised without being recorded.
+        register_options: options for that registration.
+    """
+
+    __slots__ = ("_brama", "_error_handler", "_exclude", "_key", "_register",
+                 "_register_options", "identifier", "scope")
+
+    def __init__(self, identifier: str, *, scope: str | None = None,
+                 error_handler: Callable[[Any], Any] | None = None,
+                 brama: Brama | None = None, register: bool = True,
+                 exclude: Any = (), **register_options: Any) -> None:
+        from brama_actors._system import _check_key
+
+        self._key = _check_key(identifier, scope)
+        self.identifier = identifier
+        self.scope = scope
+        if error_handler is not None and not callable(error_handler):
+            raise TypeError(f"error_handler must be callable, got {error_handler!r}")
+        if not isinstance(register, bool):
+            raise TypeError(f"register must be a bool, got {register!r}")
+        self._error_handler = error_handler
+        self._brama = brama
+        self._register = register
+        self._exclude = _check_exclude(exclude)
+        self._register_options = _check_register_options(register_options)
+
+    def __repr__(self) -> str:
+        return f"<Guard {describe(self.identifier, self.scope)}>"
+
+    # -- deciding --------------------------------------------------------------------
+    def _system(self) -> Brama:
+        brama = self._brama
+        return _default.get() if brama is None else brama
+
+    def _cell(self, brama: Brama) -> Cell:
+        cell = brama._cells.get(self._key)
+        if cell is not None:
+            return cell
+        if not self._register:
+            raise ConnectionNotFound(
+                f"connection {describe(self.identifier, self.scope)} is not registered "
+                "(register=False)")
+        try:
+            brama.register(self.identifier, scope=self.scope, **self._register_options)
+        except AlreadyRegistered:
+            pass  # another thread registered it first
+        cell = brama._cells.get(self._key)
+        if cell is None:  # unregistered again at once: report it as unknown
+            raise ConnectionNotFound(
+                f"connection {describe(self.identifier, self.scope)} is not registered")
+        return cell
+
+    def enter(self) -> tuple[Brama, Cell, bool]:
+        """Decide whether a call may run; returns (system, cell, holds a trial permit).
+
+        Raises:
+            CircuitOpenError: the circuit is open, or half-open with every trial taken.
+        """
+        brama = self._system()
+        cell = self._cell(brama)
+        if not cell.available:
+            raise CircuitOpenError(
+                f"circuit for {describe(self.identifier, self.scope)} is open", cell.status)
+        if cell.status.state is not _HALF_OPEN:
+            return brama, cell, False
+        with cell.lock:
+            if cell.trials >= cell.status.half_open_max_calls:
+                full = True
+            else:
+                cell.trials += 1
+                full = False
+        if full:
+            raise CircuitOpenError(
+                f"circuit for {describe(self.identifier, self.scope)} is half-open and "
+                f"its {cell.status.half_open_max_calls} trial call(s) are running",
+                cell.status)
+        return brama, cell, True
+
+    def release(self, cell: Cell) -> None:
+        """Give back a half-open trial permit."""
+        with cell.lock:
+            if cell.trials > 0:
+                cell.trials -= 1
+
+    # -- recording -------------------------------------------------------------------
+    def succeeded(self, brama: Brama, cell: Cell, trial: bool) -> None:
+        """Record a success; synchronous for a trial, so its permit is released after."""
+        if not trial and cell.quiet and not _telemetry.HANDLERS:
+            core = brama._core
+            if not core.interest.successes or not core.interest.wants(
+                    _SUCCESS, self._key[1], self._key[0]):
+                cell.add_quiet_success(core.clock.raw())
+                return
+        brama._call(self._key[1], self._key[0], Apply(rules.Success()), block=trial)
+
+    def failed(self, brama: Brama, reason: Any) -> None:
+        """Record a failure (returns once applied)."""
+        brama._call(self._key[1], self._key[0], Apply(rules.Failure(reason)))
+
+    def judge(self, brama: Brama, cell: Cell, trial: bool, result: Any) -> None:
+        """Apply ``error_handler`` to a returned result and record its verdict.
+
+        Raises:
+            TypeError: the handler returned something other than the four verdicts.
+        """
+        handler = self._error_handler
+        if handler is None:
+            self.succeeded(brama, cell, trial)
+            return
+        verdict = handler(result)
+        if verdict == "success" and isinstance(verdict, str):
+            self.succeeded(brama, cell, trial)
+        elif verdict == "failure" and isinstance(verdict, str):
+            self.failed(brama, None)
+        elif verdict == "ignore" and isinstance(verdict, str):
+            return
+        elif (isinstance(verdict, tuple) and len(verdict) == 2
+              and verdict[0] == "failure" and isinstance(verdict[0], str)):
+            self.failed(brama, verdict[1])
+        else:
+            raise TypeError(
+                "error_handler must return 'success', 'failure', ('failure', reason) or "
+                f"'ignore', got {verdict!r}")
+
+    def record_exception(self, brama: Brama, exc: Exception) -> None:
+        """Record an exception raised by the guarded code unless it is excluded."""
+        if self._exclude and isinstance(exc, self._exclude):
+            return
+        self.failed(brama, repr(exc))
+
+    def exit(self, entered: tuple[Brama, Cell, bool], exc: BaseException | None) -> None:
+        """Record the outcome of a guarded block entered with ``enter()``."""
+        brama, cell, trial = entered
+        try:
+            if exc is None:
+                self.succeeded(brama, cell, trial)
+            elif isinstance(exc, Exception):
+                self.record_exception(brama, exc)
+            # A BaseException passes through and records nothing.
+        finally:
+            if trial:
+                self.release(cell)
+
+    # -- decorator -------------------------------------------------------------------
+    def wrap(self, function: Callable[P, R]) -> Callable[P, R]:
+        """Wrap a function or ``async def`` coroutine function."""
+        if inspect.iscoroutinefunction(function):
+            return cast("Callable[P, R]", self._wrap_async(function))
+        enter = self.enter
+        judge = self.judge
+        record_exception = self.record_exception
+        release = self.release
+        key = self._key
+        fixed = self._brama
+        handlers = _telemetry.HANDLERS
+        defaults = _default
+
+        def general(brama: Brama, args: Any, kwargs: Any) -> R:
+            brama, cell, trial = enter()
+            try:
+                result = function(*args, **kwargs)
+            except Exception as exc:
+                try:
+                    record_exception(brama, exc)
+                finally:
+                    if trial:
+                        release(cell)
+                raise
+            except BaseException:
+                if trial:
+                    release(cell)
+                raise
+            try:
+                judge(brama, cell, trial, result)
+            finally:
+                if trial:
+                    release(cell)
+            return result
+
+        if self._error_handler is not None:
+
+            @functools.wraps(function)
+            def guarded_judged(*args: P.args, **kwargs: P.kwargs) -> R:
+                return general(fixed if fixed is not None else defaults.get(), args, kwargs)
+
+            guarded_judged.__brama_guard__ = self  # type: ignore[attr-defined]
+            return guarded_judged
+
+        @functools.wraps(function)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            # The fast path, inlined: a healthy circuit nobody listens to for successes.
+            brama = fixed if fixed is not None else defaults.get()
+            cell = brama._cells.get(key)
+            if cell is None or not cell.quiet:
+                return general(brama, args, kwargs)
+            try:
+                result = function(*args, **kwargs)
+            except Exception as exc:
+                record_exception(brama, exc)
+                raise
+            core = brama._core
+            if cell.quiet and not handlers and not core.interest.successes:
+                next(cell.quiet_counter)
+                cell.quiet_raw = core.clock.raw()
+            else:
+                judge(brama, cell, False, result)
+            return result
+
+        guarded.__brama_guard__ = self  # type: ignore[attr-defined]
+        return guarded
+
+    def _wrap_async(self, function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        enter = self.enter
+        judge = self.judge
+        record_exception = self.record_exception
+        release = self.release
+
+        @functools.wraps(function)
+        async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            brama, cell, trial = enter()
+            try:
+                result = await function(*args, **kwargs)
+            except Exception as exc:
+                try:
+                    record_exception(brama, exc)
+                finally:
+                    if trial:
+                        release(cell)
+                raise
+            except BaseException:
+                if trial:
+                    release(cell)
+                raise
+            try:
+                judge(brama, cell, trial, result)
+            finally:
+                if trial:
+                    release(cell)
+            return result
+
+        guarded.__brama_guard__ = self  # type: ignore[attr-defined]
+        return guarded
+
+
+class GuardBlock:
+    """One use of a guard as a context manager (``with`` / ``async with``).
+
+    Returned by ``guard(...)``: a tiny per-block object, so the validated ``Guard`` it
+    uses can be shared by every block and thread.
+    """
+
+    __slots__ = ("_entered", "guard")
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+        self._entered: tuple[Brama, Cell, bool] | None = None
+
+    def __repr__(self) -> str:
+        return f"<GuardBlock {describe(self.guard.identifier, self.guard.scope)}>"
+
+    def __enter__(self) -> GuardBlock:
+        if self._entered is not None:
+            raise RuntimeError(f"{self!r} is already in use; call guard() for each block")
+        self._entered = self.guard.enter()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        entered, self._entered = self._entered, None
+        assert entered is not None
+        self.guard.exit(entered, exc)
+
+    async def __aenter__(self) -> GuardBlock:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def circuit_breaker(identifier: str, scope: str | None = None,
+                    error_handler: Callable[[Any], Any] | None = None,
+                    brama: Brama | None = None, register: bool = True,
+                    exclude: Any = (), **register_options: Any) -> Callable[[Callable[P, R]],
+                                                                            Callable[P, R]]:
+    """Decorate a function (or ``async def``) so calls go through the circuit.
+
+    Args:
+        identifier: the connection.
+        scope: its scope.
+        error_handler: decides on a returned value: ``"success"``, ``"failure"``,
+            ``("failure", reason)`` or ``"ignore"``.
+        brama: the system (default: the default system).
+        register: register the connection on first use (with ``register_options``).
+        exclude: exception types that are re-raised without counting as failures.
+        **register_options: ``type``, ``metadata`` and connection options for that
+            registration.
+
+    Raises:
+        InvalidIdentifier: bad identifier or scope (at decoration time).
+        InvalidConfiguration: a bad registration option (at decoration time).
+        TypeError: a non-callable error_handler or a non-exception in ``exclude``.
+    """
+    guard = Guard(identifier, scope=scope, error_handler=error_handler, brama=brama,
+                  register=register, exclude=exclude, **register_options)
+    return guard.wrap
+
+
