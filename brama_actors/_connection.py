@@ -112,12 +112,16 @@ class Cell:
 class ConnectionActor(PooledActor):
     """Owns the circuit of one ``(identifier, scope)``.
 
+    It has nothing to do on start, so it only takes a worker when a message arrives.
+
     Args:
         core: the system's shared internals.
         cell: the connection's cell; the actor starts from its published status, which
             is how a restart resumes exactly where the crashed actor left off.
         leftovers: envelopes the crashed predecessor had not processed yet.
     """
+
+    lazy_start = True
 
     def __init__(self, core: Core, cell: Cell, leftovers: list[Any] = ()) -> None:  # type: ignore[assignment]
         super().__init__(core.pool)
@@ -130,8 +134,7 @@ class ConnectionActor(PooledActor):
         self._retired = False
         for envelope in leftovers:
             self.actor_inbox.put(envelope)
-
-    def on_start(self) -> None:
+        # A restarted actor owns the current opening's deadline from the start.
         status = self._status
         if status.state is CircuitState.OPEN and status.opened_at is not None:
             self._arm(status.opened_at + status.expiry, status.opened_at)

@@ -164,14 +164,14 @@ class Guard:
         if not trial and cell.quiet and not _telemetry.HANDLERS:
             core = brama._core
             if not core.interest.successes or not core.interest.wants(
-                    _SUCCESS, self._key[1], self._key[0]):
+                    _SUCCESS, self.identifier, self.scope):
                 cell.add_quiet_success(core.clock.raw())
                 return
-        brama._call(self._key[1], self._key[0], Apply(rules.Success()), block=trial)
+        brama._call(self.identifier, self.scope, Apply(rules.Success()), block=trial)
 
     def failed(self, brama: Brama, reason: Any) -> None:
         """Record a failure (returns once applied)."""
-        brama._call(self._key[1], self._key[0], Apply(rules.Failure(reason)))
+        brama._call(self.identifier, self.scope, Apply(rules.Failure(reason)))
 
     def judge(self, brama: Brama, cell: Cell, trial: bool, result: Any) -> None:
         """Apply ``error_handler`` to a returned result and record its verdict.

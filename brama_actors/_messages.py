@@ -9,7 +9,21 @@ from typing import Any
 from brama_actors._circuit import Input
 from brama_actors._config import Settings
 
-Key = tuple[str | None, str]  # (scope, identifier)
+#: A connection's key: the identifier alone when unscoped (the common case, and the
+#: cheapest to look up on the hot path), else ``(scope, identifier)``.
+Key = str | tuple[str, str]
+
+
+def make_key(identifier: str, scope: str | None) -> Key:
+    """The key of an (already validated) identifier and scope."""
+    return identifier if scope is None else (scope, identifier)
+
+
+def split_key(key: Key) -> tuple[str, str | None]:
+    """``(identifier, scope)`` of a key."""
+    if isinstance(key, str):
+        return key, None
+    return key[1], key[0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ import queue
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import pykka
 from pykka import ActorDeadError, ThreadingFuture, messages
@@ -140,10 +140,15 @@ class _PooledInbox:
         """
         return not self._scheduled
 
-    def bind(self, actor: PooledActor, pool: Pool) -> None:
+    def bind(self, actor: PooledActor, pool: Pool, *, lazy: bool = False) -> None:
         with self._lock:
             self._actor = actor
             self._pool = pool
+            if lazy and not self._items:
+                # on_start runs before the first message instead of now: saves a
+                # worker wake-up per actor when thousands are started at once.
+                self._scheduled = False
+                return
         pool.submit(self)
 
     def close(self, on_close: Callable[[list[Any]], None] | None = None) -> list[Any]:
@@ -233,6 +238,9 @@ class PooledActor(pykka.Actor):
         pool: the pool whose workers run this actor.
     """
 
+    #: Run ``on_start`` just before the first message rather than right away.
+    lazy_start: ClassVar[bool] = False
+
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         super().__init__()
@@ -248,7 +256,7 @@ class PooledActor(pykka.Actor):
     def _start_actor_loop(self) -> None:
         inbox = self.actor_inbox
         assert isinstance(inbox, _PooledInbox)
-        inbox.bind(self, self._pool)
+        inbox.bind(self, self._pool, lazy=self.lazy_start)
 
     @property
     def pooled_inbox(self) -> _PooledInbox:

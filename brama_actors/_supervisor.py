@@ -1,4 +1,7 @@
-"""The supervisor actor: starts connection actors and restarts the ones that crash.
+"""The supervisor actor: restarts the connection actors that crash.
+
+(Connection actors are started in the registering thread under the registry lock, see
+``Core.register``: an ask to the supervisor cost three times the work itself.)
 
 A restarted connection actor resumes from its cell's last published status, with the
 messages its predecessor had not processed yet, so nothing already published is emitted
@@ -11,35 +14,22 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from brama_actors import _circuit as rules
-from brama_actors._config import Settings
 from brama_actors._connection import Cell, ConnectionActor
-from brama_actors._errors import AlreadyRegistered, describe
-from brama_actors._messages import Key
+from brama_actors._errors import describe
+from brama_actors._messages import split_key
 from brama_actors._runtime import Pool, PooledActor
-from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
     from pykka import ActorRef
 
     from brama_actors._system import Core
 
-__all__ = ["Crashed", "Register", "Supervisor", "Sync"]
+__all__ = ["Crashed", "Supervisor", "Sync"]
 
 logger = logging.getLogger("brama_actors")
-
-
-@dataclass(frozen=True, slots=True)
-class Register:
-    key: Key
-    kind: str
-    settings: Settings
-    explicit: Mapping[str, Any]
-    metadata: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +57,6 @@ class Supervisor(PooledActor):
 
     def on_receive(self, message: Any) -> Any:
         kind = type(message)
-        if kind is Register:
-            return self._register(message)
         if kind is Crashed:
             self._restart(message)
             return None
@@ -76,30 +64,12 @@ class Supervisor(PooledActor):
             return None
         raise TypeError(f"unexpected message {message!r}")
 
-    def _register(self, message: Register) -> ConnectionStatus:
-        core = self._core
-        scope, identifier = message.key
-        if message.key in core.cells:
-            raise AlreadyRegistered(
-                f"connection {describe(identifier, scope)} is already registered"
-            )
-        now = core.clock.now()
-        status = rules.initial_status(identifier, scope, message.kind, message.settings,
-                                      message.metadata, now)
-        cell = Cell(message.key, status, message.settings, dict(message.explicit))
-        ref = ConnectionActor.start(core, cell)
-        cell.inbox = ref.actor_inbox  # type: ignore[assignment]
-        cell.ref = ref
-        core.add_cell(cell)
-        core.emit(status, rules.registration_events(status, message.settings), now)
-        return status
-
     def _restart(self, message: Crashed) -> None:
         core = self._core
         cell = message.cell
         if self._gave_up or core.cells.get(cell.key) is not cell or cell.ref is not message.ref:
             return  # removed, stopping, or already restarted
-        scope, identifier = cell.key
+        identifier, scope = split_key(cell.key)
         if not self._within_intensity():
             self._gave_up = True
             reason = (f"more than {core.config['max_restarts']} restarts within "

@@ -27,12 +27,14 @@ from brama_actors._config import (
     CONNECTION_OPTIONS,
     DEFAULTS,
     GLOBAL_OPTIONS,
+    Settings,
     check_global,
     resolve_settings,
     validate_options,
 )
-from brama_actors._connection import Cell
+from brama_actors._connection import Cell, ConnectionActor
 from brama_actors._errors import (
+    AlreadyRegistered,
     BramaError,
     ConnectionNotFound,
     InvalidConfiguration,
@@ -60,12 +62,14 @@ from brama_actors._messages import (
     Key,
     Reconfigure,
     Retire,
+    make_key,
+    split_key,
 )
 from brama_actors._runtime import Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._status import ConnectionStatus
 from brama_actors._subscription import Subscription
-from brama_actors._supervisor import Crashed, Register, Supervisor, Sync
+from brama_actors._supervisor import Crashed, Supervisor, Sync
 from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
 
 __all__ = ["Brama", "Core"]
@@ -103,7 +107,11 @@ def _check_key(identifier: Any, scope: Any) -> Key:
         identifier = str(identifier)
     if scope is not None and (not isinstance(scope, str) or not scope):
         raise InvalidIdentifier(f"scope must be None or a non-empty str, got {scope!r}")
-    return (None if scope is None else str(scope), identifier)
+    return make_key(identifier, None if scope is None else str(scope))
+
+
+def _not_found(key: Key) -> ConnectionNotFound:
+    return ConnectionNotFound(f"connection {describe(*split_key(key))} is not registered")
 
 
 def _check_metadata(metadata: Any) -> Mapping[str, Any] | None:
@@ -173,9 +181,34 @@ class Core:
             if not self.stopping:
                 logger.error("event manager is gone; %d event(s) not delivered", len(events))
 
-    def add_cell(self, cell: Cell) -> None:
+    def register(self, key: Key, kind: str, settings: Settings, explicit: dict[str, Any],
+                 metadata: Mapping[str, Any] | None) -> ConnectionStatus:
+        """Start a connection's actor and publish its cell, in the caller's thread.
+
+        Why not a message to the supervisor: the ask round trip and the thread hand-offs
+        cost ~3x the work itself (tests/benchmarks/bench_scale.py). The registry lock
+        makes check-and-insert atomic; the supervisor still owns restarts.
+
+        Raises:
+            AlreadyRegistered: the key is taken.
+        """
+        identifier, scope = split_key(key)
         with self.cells_lock:
-            self.cells[cell.key] = cell
+            if self.stopping:
+                raise SystemStopped("this Brama system is stopped")
+            if key in self.cells:
+                raise AlreadyRegistered(
+                    f"connection {describe(identifier, scope)} is already registered")
+            now = self.clock.now()
+            status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
+            cell = Cell(key, status, settings, explicit)
+            ref = ConnectionActor.start(self, cell)
+            cell.inbox = ref.actor_inbox  # type: ignore[assignment]
+            cell.ref = ref
+            # Events first, then the cell: nothing the actor emits can overtake them.
+            self.emit(status, rules.registration_events(status, settings), now)
+            self.cells[key] = cell
+        return status
 
     def remove_cell(self, cell: Cell) -> None:
         with self.cells_lock:
@@ -374,7 +407,7 @@ class Brama:
         key = _check_key(identifier, scope)
         cell = self._cells.get(key)
         if cell is None:
-            raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+            raise _not_found(key)
         return cell
 
     def _ask_supervisor(self, message: Any) -> Any:
@@ -393,7 +426,7 @@ class Brama:
         for _ in range(3):
             cell = self._cells.get(key)
             if cell is None:
-                raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+                raise _not_found(key)
             ref = cell.ref
             assert ref is not None
             try:
@@ -406,7 +439,7 @@ class Brama:
             except pykka.Timeout:
                 self._check_running()
                 raise BramaError(
-                    f"connection {describe(key[1], key[0])} did not answer within {ASK_TIMEOUT} s"
+                    f"connection {describe(*split_key(key))} did not answer within {ASK_TIMEOUT} s"
                 ) from None
             if result is not RESTARTED:
                 return result
@@ -415,7 +448,7 @@ class Brama:
             # supervisor has caught up, the cell points at the restarted actor.
             self._ask_supervisor(Sync())
         self._check_running()
-        raise ConnectionNotFound(f"connection {describe(key[1], key[0])} is not registered")
+        raise _not_found(key)
 
     # -- connections (API.md section 2) -----------------------------------------------
     def register(self, identifier: str, *, scope: str | None = None, type: str = "general",
@@ -445,10 +478,7 @@ class Brama:
         explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
         explicit.update(given)
         settings = resolve_settings(explicit)
-        status: ConnectionStatus = self._ask_supervisor(
-            Register(key, type, settings, explicit, metadata)
-        )
-        return status
+        return self._core.register(key, type, settings, explicit, metadata)
 
     def unregister(self, identifier: str, *, scope: str | None = None) -> bool:
         """Remove a connection; True if it existed."""
@@ -463,7 +493,7 @@ class Brama:
         Reads the published status: no actor round trip, no lock.
         """
         try:
-            cell = self._cells.get((scope, identifier))
+            cell = self._cells.get(identifier if scope is None else (scope, identifier))
         except TypeError:
             cell = None  # unhashable: reported by the validation below
         if cell is not None:
@@ -475,7 +505,7 @@ class Brama:
                 metadata: Mapping[str, Any] | None = None) -> None:
         """Report a success; applied asynchronously (``status()`` and ``drain()`` see it)."""
         try:
-            cell = self._cells.get((scope, identifier))
+            cell = self._cells.get(identifier if scope is None else (scope, identifier))
         except TypeError:
             cell = None
         if (cell is not None and cell.quiet and not _telemetry.HANDLERS
@@ -514,7 +544,7 @@ class Brama:
         clock = self._core.clock
         if scope is Brama._ALL:
             return [cell.current_status(clock) for cell in cells]
-        return [cell.current_status(clock) for cell in cells if cell.key[0] == scope]
+        return [cell.current_status(clock) for cell in cells if cell.status.scope == scope]
 
     def open_circuit(self, identifier: str, *, scope: str | None = None, reason: Any = None,
                      expiry: int | None = None) -> None:
@@ -676,7 +706,7 @@ class Brama:
         """
         if error_handler is None and register and not exclude and not register_options:
             # The common form: reuse one validated Guard per connection.
-            key = (scope, identifier)
+            key = identifier if scope is None else (scope, identifier)
             try:
                 template = self._guards.get(key)
             except TypeError:

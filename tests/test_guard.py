@@ -462,7 +462,7 @@ def test_many_threads_hammering_half_open(system: Brama, clock: ManualClock) -> 
         thread.join(10)
     assert len(outcomes) == 400
     assert system.status("api").state == "closed"
-    assert system._core.cells[(None, "api")].trials == 0
+    assert system._core.cells["api"].trials == 0
 
 
 def test_set_state_then_guard(system: Brama) -> None:

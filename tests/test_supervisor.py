@@ -61,8 +61,8 @@ def test_other_connections_untouched(system: Brama) -> None:
     inject_crash("a", brama=system)
     system.failure("a")
     refs_after = {c.key: c.ref for c in system._core.cells.values()}
-    assert refs_after[(None, "b")] is refs_before[(None, "b")]
-    assert refs_after[(None, "a")] is not refs_before[(None, "a")]
+    assert refs_after["b"] is refs_before["b"]
+    assert refs_after["a"] is not refs_before["a"]
     assert system.status("b").failure_count == 1
     assert system.status("a").failure_count == 1
 

@@ -564,7 +564,7 @@ def test_stop_while_threads_report() -> None:
 def test_quiet_successes_are_counted(system: Brama, clock: ManualClock) -> None:
     """Successes on a healthy circuit nobody listens to still count and time-stamp."""
     system.register("db")
-    cell = system._core.cells[(None, "db")]
+    cell = system._core.cells["db"]
     for _ in range(100):
         system.success("db")
     assert cell.inbox is not None and cell.inbox.idle()  # no actor message was needed
