@@ -7,13 +7,19 @@ appends to each target's queue or tells an actor; it never waits on a subscriber
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from brama_actors._events import Event, EventType
+from pykka import ActorRegistry
+
+from brama_actors import _telemetry
+from brama_actors._events import CRITICAL_EVENTS, Event, EventType
+from brama_actors._messages import RESTARTED, ArmCrash, InjectedCrash
 from brama_actors._runtime import Pool, PooledActor
+from brama_actors._scheduler import Timer
 from brama_actors._subscription import Subscription
 
 if TYPE_CHECKING:
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EventManager",
     "Flush",
+    "FlushBatch",
     "Interest",
     "Publish",
     "Subscribe",
@@ -96,8 +103,17 @@ class Publish:
     events: tuple[Event, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class FlushBatch:
+    """A batch timer fired: flush that subscription's batch if it is still the same."""
+
+    subscription_id: int
+    token: int
+
+
 class Flush:
-    """Reply with futures that resolve once every target handled what it was given."""
+    """Flush pending batches; reply with futures that resolve once every target
+    handled what it was given."""
 
     __slots__ = ()
 
@@ -106,10 +122,29 @@ class ListSubscriptions:
     __slots__ = ()
 
 
-class EventManager(PooledActor):
-    """Holds the subscriptions of one system and fans events out to them."""
+class _Batch:
+    __slots__ = ("events", "timer", "token")
 
-    def __init__(self, pool: Pool, core: Core) -> None:
+    def __init__(self, token: int) -> None:
+        self.events: list[Event] = []
+        self.timer: Timer | None = None
+        self.token = token
+
+
+class EventManager(PooledActor):
+    """Holds the subscriptions of one system and fans events out to them.
+
+    Args:
+        pool: the pool that runs it.
+        core: the system's internals.
+        table: subscriptions to start with (a restart after a crash keeps them).
+        redeliver: critical events that a crashed predecessor had accepted but maybe not
+            handed over yet; delivered first (at least once).
+        leftovers: envelopes the predecessor had not processed.
+    """
+
+    def __init__(self, pool: Pool, core: Core, table: Iterable[Subscription] = (),
+                 redeliver: tuple[Event, ...] = (), leftovers: Iterable[Any] = ()) -> None:
         super().__init__(pool)
         self._core = core
         self._subs: dict[int, Subscription] = {}
@@ -118,6 +153,20 @@ class EventManager(PooledActor):
         self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
         self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
         self._filter_warned: set[int] = set()
+        self._batches: dict[int, _Batch] = {}
+        self._tokens = itertools.count(1)
+        self._crashes_armed = 0
+        self._redeliver = redeliver
+        for sub in table:
+            self._add(sub, publish=False)
+        self._publish_interest()
+        for envelope in leftovers:
+            self.actor_inbox.put(envelope)
+
+    def on_start(self) -> None:
+        if self._redeliver:
+            events, self._redeliver = self._redeliver, ()
+            self._publish(events)
 
     # -- table -------------------------------------------------------------------------
     def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
@@ -130,11 +179,12 @@ class EventManager(PooledActor):
         for kind in sub.events if sub.events is not None else _ALL_TYPES:
             yield table.setdefault(kind, [])
 
-    def _add(self, sub: Subscription) -> None:
+    def _add(self, sub: Subscription, publish: bool = True) -> None:
         self._subs[sub.id] = sub
         for bucket in self._buckets(sub):
             bucket.append(sub)
-        self._publish_interest()
+        if publish:
+            self._publish_interest()
 
     def _publish_interest(self) -> None:
         everywhere: set[EventType] = set()
@@ -160,14 +210,31 @@ class EventManager(PooledActor):
         for bucket in self._buckets(sub):
             bucket.remove(sub)
         self._filter_warned.discard(sub.id)
+        self._flush_batch(sub)
         sub.target.close()
         self._publish_interest()
         return True
 
+    # -- messages ----------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
+        if self._crashes_armed and type(message) is not ArmCrash:
+            self._crashes_armed -= 1
+            return self._crash(InjectedCrash("crash injected through the test seam"), message)
+        try:
+            return self._handle(message)
+        except Exception as exc:
+            return self._crash(exc, message)
+
+    def _handle(self, message: Any) -> Any:
         kind = type(message)
         if kind is Publish:
             self._publish(message.events)
+            return None
+        if kind is FlushBatch:
+            sub = self._subs.get(message.subscription_id)
+            batch = self._batches.get(message.subscription_id)
+            if sub is not None and batch is not None and batch.token == message.token:
+                self._flush_batch(sub)
             return None
         if kind is Subscribe:
             self._add(message.subscription)
@@ -178,9 +245,18 @@ class EventManager(PooledActor):
         if kind is UnsubscribeWhere:
             return self._remove_where(message.owner, message.filters)
         if kind is Flush:
-            return [m for m in (s.target.marker() for s in self._subs.values()) if m is not None]
+            for sub in list(self._subs.values()):
+                self._flush_batch(sub)
+            markers = [s.target.marker() for s in self._subs.values()]
+            telemetry = self._core.telemetry_target
+            if telemetry is not None:
+                markers.append(telemetry.marker())
+            return [m for m in markers if m is not None]
         if kind is ListSubscriptions:
             return list(self._subs.values())
+        if kind is ArmCrash:
+            self._crashes_armed = message.times
+            return None
         raise TypeError(f"unexpected message {message!r}")
 
     def _remove_where(self, owner: tuple[str, Any] | None, filters: dict[str, Any]) -> int:
@@ -197,7 +273,33 @@ class EventManager(PooledActor):
 
     def on_stop(self) -> None:
         for sub in list(self._subs.values()):
+            self._flush_batch(sub)
             sub.target.close()
+
+    def _crash(self, exc: Exception, message: Any) -> object:
+        """Hand the table to the supervisor for a restart; keep accepted critical events."""
+        logger.error("event manager crashed: %r; restarting with its subscriptions", exc,
+                     exc_info=not isinstance(exc, InjectedCrash))
+        redeliver: tuple[Event, ...] = ()
+        if type(message) is Publish:
+            redeliver = tuple(e for e in message.events if e.event in CRITICAL_EVENTS)
+        # Pending batches travel as redeliveries too (their critical events at least once).
+        for batch in self._batches.values():
+            if batch.timer is not None:
+                batch.timer.cancel()
+            redeliver += tuple(batch.events)
+        self._batches.clear()
+        core = self._core
+        me = self.actor_ref
+        table = list(self._subs.values())
+
+        def hand_over(leftovers: list[Any]) -> None:
+            core.event_manager_crashed(me, table, redeliver, leftovers, repr(exc))
+
+        self.pooled_inbox.close(hand_over)
+        ActorRegistry.unregister(me)
+        self.actor_stopped.set()
+        return RESTARTED
 
     # -- fan-out -----------------------------------------------------------------------
     def _publish(self, events: tuple[Event, ...]) -> None:
@@ -205,6 +307,9 @@ class EventManager(PooledActor):
         by_scope = self._by_scope
         by_type = self._by_type
         dead: list[Subscription] = []
+        core = self._core
+        if _telemetry.HANDLERS:
+            core.telemetry().deliver(events)
         for event in events:
             kind = event.event
             candidates = by_type[kind]
@@ -224,9 +329,31 @@ class EventManager(PooledActor):
                     continue
                 if sub.filter is not None and not self._guarded_filter(sub, event):
                     continue
-                if not sub.target.deliver(event):
+                if sub.batch_size is not None or sub.batch_timeout is not None:
+                    self._batch(sub, event)
+                elif not sub.target.deliver(event):
                     dead.append(sub)
         for sub in dead:
+            self._remove(sub)
+
+    def _batch(self, sub: Subscription, event: Event) -> None:
+        batch = self._batches.get(sub.id)
+        if batch is None:
+            batch = self._batches[sub.id] = _Batch(next(self._tokens))
+        batch.events.append(event)
+        if sub.batch_size is not None and len(batch.events) >= sub.batch_size:
+            self._flush_batch(sub)
+        elif len(batch.events) == 1 and sub.batch_timeout is not None:
+            batch.timer = self._core.schedule_batch_flush(sub.id, batch.token,
+                                                          sub.batch_timeout)
+
+    def _flush_batch(self, sub: Subscription) -> None:
+        batch = self._batches.pop(sub.id, None)
+        if batch is None:
+            return
+        if batch.timer is not None:
+            batch.timer.cancel()
+        if batch.events and not sub.target.deliver(tuple(batch.events)):
             self._remove(sub)
 
     def _guarded_filter(self, sub: Subscription, event: Event) -> bool:

@@ -44,8 +44,8 @@ class Subscription:
     manager (unsubscribes on exit).
     """
 
-    __slots__ = ("__weakref__", "_brama", "connection", "events", "filter", "id", "owner",
-                 "scope", "subscriber", "target")
+    __slots__ = ("__weakref__", "_brama", "batch_size", "batch_timeout", "connection", "events",
+                 "filter", "id", "owner", "scope", "subscriber", "target")
 
     def __init__(
         self,
@@ -58,6 +58,8 @@ class Subscription:
         filter: Callable[[Event], bool] | None,
         subscriber: Any,
         owner: tuple[str, Any],
+        batch_size: int | None = None,
+        batch_timeout: int | None = None,
     ) -> None:
         self.id: int = next(_ids)
         self._brama = brama
@@ -68,6 +70,8 @@ class Subscription:
         self.filter = filter
         self.subscriber = subscriber
         self.owner = owner
+        self.batch_size = batch_size
+        self.batch_timeout = batch_timeout
 
     def __repr__(self) -> str:
         parts = [f"id={self.id}"]
@@ -112,15 +116,15 @@ class Subscription:
         """
         return await self._inbox().aget(timeout)
 
-    def __iter__(self) -> Iterator[Event]:
+    def __iter__(self) -> Iterator[Event | tuple[Event, ...]]:
         inbox = self._inbox()
         while True:
             yield inbox.get(None)
 
-    def __aiter__(self) -> AsyncIterator[Event]:
+    def __aiter__(self) -> AsyncIterator[Event | tuple[Event, ...]]:
         return self._aiter()
 
-    async def _aiter(self) -> AsyncIterator[Event]:
+    async def _aiter(self) -> AsyncIterator[Event | tuple[Event, ...]]:
         inbox = self._inbox()
         while True:
             yield await inbox.aget(None)

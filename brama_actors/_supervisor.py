@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from brama_actors._system import Core
 
-__all__ = ["Crashed", "Supervisor", "Sync"]
+__all__ = ["Crashed", "EventManagerCrashed", "Forward", "Supervisor", "Sync"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -38,6 +38,22 @@ class Crashed:
     ref: ActorRef[Any]
     reason: str
     leftovers: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EventManagerCrashed:
+    ref: ActorRef[Any]
+    table: list[Any]
+    redeliver: tuple[Any, ...]
+    leftovers: list[Any]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A message told to a crashed event manager, to pass on to its successor."""
+
+    message: Any
 
 
 class Sync:
@@ -59,6 +75,12 @@ class Supervisor(PooledActor):
         kind = type(message)
         if kind is Crashed:
             self._restart(message)
+            return None
+        if kind is EventManagerCrashed:
+            self._restart_event_manager(message)
+            return None
+        if kind is Forward:
+            self._core.tell_event_manager(message.message)
             return None
         if kind is Sync:
             return None
@@ -83,6 +105,24 @@ class Supervisor(PooledActor):
         logger.warning("restarted connection actor for %s after %s",
                        describe(identifier, scope), message.reason)
         core.restarted("connection", identifier, scope, message.reason)
+
+    def _restart_event_manager(self, message: EventManagerCrashed) -> None:
+        from brama_actors._event_manager import EventManager
+
+        core = self._core
+        if self._gave_up or core.em is not message.ref:
+            return
+        if not self._within_intensity():
+            self._gave_up = True
+            core.give_up(f"more than {core.config['max_restarts']} restarts within "
+                         f"{core.config['restart_window']} ms (last: event manager: "
+                         f"{message.reason})")
+            return
+        core.em = EventManager.start(core.pool, core, message.table, message.redeliver,
+                                     message.leftovers)
+        logger.warning("restarted the event manager after %s (%d subscriptions kept)",
+                       message.reason, len(message.table))
+        core.restarted("event_manager", None, None, message.reason)
 
     def _within_intensity(self) -> bool:
         core = self._core

@@ -45,6 +45,7 @@ from brama_actors._errors import (
 from brama_actors._event_manager import (
     EventManager,
     Flush,
+    FlushBatch,
     Interest,
     Publish,
     Subscribe,
@@ -69,8 +70,14 @@ from brama_actors._runtime import Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._status import ConnectionStatus
 from brama_actors._subscription import Subscription
-from brama_actors._supervisor import Crashed, Supervisor, Sync
-from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
+from brama_actors._supervisor import Crashed, EventManagerCrashed, Forward, Supervisor, Sync
+from brama_actors._targets import (
+    ActorTarget,
+    HandlerTarget,
+    InboxTarget,
+    Target,
+    TelemetryTarget,
+)
 
 __all__ = ["Brama", "Core"]
 
@@ -159,6 +166,7 @@ class Core:
         self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
         self.stopping = False
         self.sweep_timer: Timer | None = None
+        self.telemetry_target: TelemetryTarget | None = None
 
     # -- used by actors ------------------------------------------------------------------
     def emit(self, status: ConnectionStatus, specs: Iterable[rules.EventSpec], now: int) -> None:
@@ -175,11 +183,49 @@ class Core:
         events = tuple(
             Event(kind, now, identifier, scope, MappingProxyType(data)) for kind, data in wanted
         )
+        self.tell_event_manager(Publish(events))
+
+    def tell_event_manager(self, message: Any) -> None:
+        """Tell the event manager; if it just crashed, the supervisor passes it on."""
         try:
-            self.em.tell(Publish(events))
+            self.em.tell(message)
         except ActorDeadError:
-            if not self.stopping:
-                logger.error("event manager is gone; %d event(s) not delivered", len(events))
+            if self.stopping:
+                return
+            try:
+                # The crashed manager told the supervisor before refusing us, so the
+                # supervisor sees this after it has started the successor.
+                self.supervisor.tell(Forward(message))
+            except ActorDeadError:
+                pass
+
+    def telemetry(self) -> TelemetryTarget:
+        """The system's telemetry runner, started on first use."""
+        target = self.telemetry_target
+        if target is None:
+            with self.cells_lock:
+                target = self.telemetry_target
+                if target is None:
+                    target = self.telemetry_target = TelemetryTarget(f"{self.name}-telemetry")
+        return target
+
+    def schedule_batch_flush(self, subscription_id: int, token: int, delay: int) -> Timer:
+        """Flush a subscription's batch ``delay`` ms from now (system clock)."""
+        def fire() -> list[Any] | None:
+            try:
+                return [self.em.ask(FlushBatch(subscription_id, token), block=False)]
+            except ActorDeadError:
+                return None
+
+        return self.scheduler.schedule(self.clock.now() + delay, fire)
+
+    def event_manager_crashed(self, ref: ActorRef[Any], table: list[Any],
+                              redeliver: tuple[Event, ...], leftovers: list[Any],
+                              reason: str) -> None:
+        try:
+            self.supervisor.tell(EventManagerCrashed(ref, table, redeliver, leftovers, reason))
+        except ActorDeadError:
+            pass  # stopping
 
     def register(self, key: Key, kind: str, settings: Settings, explicit: dict[str, Any],
                  metadata: Mapping[str, Any] | None) -> ConnectionStatus:
@@ -379,10 +425,12 @@ class Brama:
                 logger.warning("an actor of %s did not stop in time", core.name)
                 break
         core.pool.shutdown(max(0.0, deadline - time.monotonic()))
+        if core.telemetry_target is not None:
+            self._targets.append(core.telemetry_target)
         for target in self._targets:
-            if isinstance(target, HandlerTarget):
-                target.close()
-                target.join(max(0.05, deadline - time.monotonic()))
+            target.close()
+        for target in self._targets:
+            target.join(max(0.05, deadline - time.monotonic()))
         self._targets.clear()
         _forget_default(self)
         running.discard(self)
@@ -616,8 +664,10 @@ class Brama:
             raise ValueError("give subscriber= or handler=, not both")
         if type(max_pending) is bool or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be an int >= 1, got {max_pending!r}")
-        if batch_size is not None or batch_timeout is not None:
-            raise NotImplementedError("batched delivery is not available yet")
+        for name, value in (("batch_size", batch_size), ("batch_timeout", batch_timeout)):
+            if value is not None and (type(value) is bool or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         target: Target
         if handler is not None:
             method = getattr(handler, "handle_event", None)
@@ -626,6 +676,7 @@ class Brama:
                     "handler must have a handle_event(event) method or be callable, "
                     f"got {handler!r}")
             target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
+            self._targets = [t for t in self._targets if not t.closed]
             self._targets.append(target)
         else:
             if subscriber is None:
@@ -637,12 +688,13 @@ class Brama:
             else:
                 target = InboxTarget(max_pending)
         sub = Subscription(self, target, events=kinds, connection=connection, scope=scope,
-                           filter=filter, subscriber=subscriber, owner=_owner())
+                           filter=filter, subscriber=subscriber, owner=_owner(),
+                           batch_size=batch_size, batch_timeout=batch_timeout)
         try:
-            self._core.em.ask(Subscribe(sub), timeout=ASK_TIMEOUT)
-        except ActorDeadError:
+            self._ask_event_manager(Subscribe(sub), ASK_TIMEOUT)
+        except BaseException:
             target.close()
-            raise SystemStopped("this Brama system is stopped") from None
+            raise
         return sub
 
     def unsubscribe(self, subscription: Subscription | None = None, *,
@@ -670,10 +722,27 @@ class Brama:
                 filters["subscriber"] = subscriber
                 owner = None
             message = UnsubscribeWhere(owner, filters)
-        try:
-            return self._core.em.ask(message, timeout=ASK_TIMEOUT)
-        except ActorDeadError:
-            raise SystemStopped("this Brama system is stopped") from None
+        return self._ask_event_manager(message, ASK_TIMEOUT)
+
+    def _ask_event_manager(self, message: Any, timeout: float) -> Any:
+        """Ask the event manager, following it across a restart."""
+        deadline = time.monotonic() + timeout
+        for _ in range(3):
+            try:
+                result = self._core.em.ask(
+                    message, timeout=max(0.001, deadline - time.monotonic()))
+            except ActorDeadError:
+                result = RESTARTED
+            except pykka.Timeout:
+                self._check_running()
+                raise TimeoutError(
+                    f"the event manager did not answer within {timeout} s") from None
+            if result is not RESTARTED:
+                return result
+            self._check_running()
+            self._ask_supervisor(Sync())
+        self._check_running()
+        raise BramaError("the event manager keeps crashing")
 
     def drain(self, timeout: float = 1.0) -> None:
         """Wait until every event caused by calls that returned before now was handed over.
@@ -689,10 +758,7 @@ class Brama:
             if cell.ref is not None and cell.inbox is not None and not cell.inbox.idle()
         ]
         _wait_all(futures, deadline)
-        try:
-            markers = self._core.em.ask(Flush(), timeout=max(0.001, deadline - time.monotonic()))
-        except pykka.Timeout:
-            raise TimeoutError(f"drain did not complete within {timeout} s") from None
+        markers = self._ask_event_manager(Flush(), max(0.001, deadline - time.monotonic()))
         _wait_all(markers, deadline)
 
     # -- guarding calls (API.md section 9) --------------------------------------------
@@ -721,6 +787,9 @@ class Brama:
     # -- test seam -----------------------------------------------------------------------
     def _inject_crash(self, identifier: str, *, scope: str | None = None, times: int = 1) -> None:
         self._call(identifier, scope, ArmCrash(times))
+
+    def _inject_event_manager_crash(self, times: int = 1) -> None:
+        self._ask_event_manager(ArmCrash(times), ASK_TIMEOUT)
 
 
 def _wait_all(futures: Iterable[Any], deadline: float) -> None:

@@ -1,8 +1,9 @@
 """Where a subscription's events go: an inbox, a Pykka actor, or a handler runner.
 
-Every target has a bounded queue of ``max_pending`` events. The event manager only ever
-appends to it (never waits), so a slow subscriber delays nobody but itself. When a queue
-is full its oldest non-critical event is dropped; critical events are never dropped.
+An item is one ``Event`` or, for a batched subscription, a tuple of events. Every target
+has a bounded queue of ``max_pending`` items. The event manager only ever appends to it
+(never waits), so a slow subscriber delays nobody but itself. When a queue is full its
+oldest non-critical item is dropped; an item holding a critical event is never dropped.
 """
 
 from __future__ import annotations
@@ -10,21 +11,45 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from pykka import ActorDeadError, ActorRef, ThreadingFuture
 
+from brama_actors import _telemetry
 from brama_actors._events import CRITICAL_EVENTS, Event
 
-__all__ = ["ActorTarget", "HandlerTarget", "InboxTarget", "Stats", "Target"]
+__all__ = [
+    "ActorTarget",
+    "HandlerTarget",
+    "InboxTarget",
+    "Item",
+    "Stats",
+    "Target",
+    "TelemetryTarget",
+    "is_critical",
+]
 
 logger = logging.getLogger("brama_actors")
 
-#: How often a handler is retried on a critical event, and the first backoff (s).
+#: How often a handler is retried on a critical item, and the first backoff (s).
 CRITICAL_RETRIES = 3
 RETRY_BACKOFF = 0.01
+
+Item = Event | tuple[Event, ...]
+
+
+def is_critical(item: Item) -> bool:
+    """True if the item is, or holds, a critical event (delivered at least once)."""
+    if isinstance(item, Event):
+        return item.event in CRITICAL_EVENTS
+    return any(event.event in CRITICAL_EVENTS for event in item)
+
+
+def _count(item: Item) -> int:
+    return 1 if isinstance(item, Event) else len(item)
 
 
 class Stats:
@@ -38,24 +63,16 @@ class Stats:
         self.failed = 0
 
 
-def _drop_oldest_noncritical(queue: collections.deque[Any]) -> bool:
-    for index, item in enumerate(queue):
-        if isinstance(item, Event) and item.event not in CRITICAL_EVENTS:
-            del queue[index]
-            return True
-    return False
-
-
 class Target:
-    """Base class: receives events from the event manager thread."""
+    """Base class: receives items from the event manager thread."""
 
     def __init__(self, max_pending: int) -> None:
         self.max_pending = max_pending
         self.stats = Stats()
         self.closed = False
 
-    def deliver(self, event: Event) -> bool:
-        """Hand ``event`` over; False if the target is gone for good."""
+    def deliver(self, item: Item) -> bool:
+        """Hand ``item`` over; False if the target is gone for good."""
         raise NotImplementedError
 
     def pending(self) -> int:
@@ -68,28 +85,48 @@ class Target:
     def close(self) -> None:
         self.closed = True
 
+    def join(self, timeout: float) -> None:
+        """Wait for the target's own thread, if it has one."""
 
-class InboxTarget(Target):
-    """A queue the subscriber reads with ``get``/iteration/``aget``."""
+
+class _Queued(Target):
+    """A target with its own deque, condition and drop-oldest-non-critical policy."""
 
     def __init__(self, max_pending: int) -> None:
         super().__init__(max_pending)
         self._cond = threading.Condition(threading.Lock())
-        self._items: collections.deque[Event] = collections.deque()
+        self._items: collections.deque[Any] = collections.deque()
+
+    def _enqueue(self, item: Any, critical: bool) -> bool:
+        """Append under the lock; False if the item itself was dropped."""
+        items = self._items
+        if len(items) >= self.max_pending:
+            for index, queued in enumerate(items):
+                if not isinstance(queued, tuple | Event) or is_critical(queued):
+                    continue
+                del items[index]
+                self.stats.dropped += _count(queued)
+                break
+            else:
+                if not critical:
+                    self.stats.dropped += _count(item)
+                    return False
+        items.append(item)
+        self._cond.notify()
+        return True
+
+
+class InboxTarget(_Queued):
+    """A queue the subscriber reads with ``get``/iteration/``aget``."""
+
+    def __init__(self, max_pending: int) -> None:
+        super().__init__(max_pending)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
 
-    def deliver(self, event: Event) -> bool:
+    def deliver(self, item: Item) -> bool:
         with self._cond:
-            items = self._items
-            if len(items) >= self.max_pending:
-                if _drop_oldest_noncritical(items):
-                    self.stats.dropped += 1
-                elif event.event not in CRITICAL_EVENTS:
-                    self.stats.dropped += 1
-                    return True
-            items.append(event)
-            self.stats.delivered += 1
-            self._cond.notify()
+            if self._enqueue(item, is_critical(item)):
+                self.stats.delivered += _count(item)
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             try:
@@ -101,29 +138,21 @@ class InboxTarget(Target):
     def pending(self) -> int:
         return len(self._items)
 
-    def get(self, timeout: float | None) -> Event:
-        import queue
-
+    def get(self, timeout: float | None) -> Item:
         with self._cond:
             if not self._cond.wait_for(lambda: self._items, timeout):
                 raise queue.Empty
-            return self._items.popleft()
+            item: Item = self._items.popleft()
+            return item
 
-    def get_nowait(self) -> Event | None:
-        with self._cond:
-            if self._items:
-                return self._items.popleft()
-            return None
-
-    async def aget(self, timeout: float | None) -> Event:
-        import queue
-
+    async def aget(self, timeout: float | None) -> Item:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             with self._cond:
                 if self._items:
-                    return self._items.popleft()
+                    item: Item = self._items.popleft()
+                    return item
                 future: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, future))
             remaining = None if deadline is None else deadline - loop.time()
@@ -134,7 +163,8 @@ class InboxTarget(Target):
             except TimeoutError:
                 with self._cond:
                     if self._items:
-                        return self._items.popleft()
+                        item = self._items.popleft()
+                        return item
                 raise queue.Empty from None
 
 
@@ -144,60 +174,73 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 
 class ActorTarget(Target):
-    """A Pykka actor, told ``("brama_event", event)``."""
+    """A Pykka actor, told ``("brama_event", event)`` or ``("brama_events", batch)``.
+
+    The actor's own inbox is the queue: when it already holds ``max_pending`` messages,
+    new non-critical items are dropped (what was told cannot be taken back).
+    """
 
     def __init__(self, ref: ActorRef[Any], max_pending: int) -> None:
         super().__init__(max_pending)
         self.ref = ref
 
-    def deliver(self, event: Event) -> bool:
+    def pending(self) -> int:
+        inbox = self.ref.actor_inbox
+        size = getattr(inbox, "qsize", None)
+        if size is not None:
+            return int(size())
         try:
-            self.ref.tell(("brama_event", event))
+            return len(inbox)  # type: ignore[arg-type]
+        except TypeError:
+            return 0
+
+    def deliver(self, item: Item) -> bool:
+        if not self.ref.is_alive():
+            return False
+        if self.max_pending and self.pending() >= self.max_pending and not is_critical(item):
+            self.stats.dropped += _count(item)
+            return True
+        message = ("brama_event", item) if isinstance(item, Event) else ("brama_events", item)
+        try:
+            self.ref.tell(message)
         except ActorDeadError:
             return False
-        self.stats.delivered += 1
+        self.stats.delivered += _count(item)
         return True
 
 
 _MARK = object()
 
 
-class HandlerTarget(Target):
+class HandlerTarget(_Queued):
     """Runs a handler (object with ``handle_event`` or a callable) in its own thread.
 
     One runner per subscription: a handler that blocks forever holds only its own
-    thread, and a raising handler breaks nobody else's delivery.
+    thread, and a raising handler breaks nobody else's delivery. A critical item the
+    handler raises on is retried (``CRITICAL_RETRIES`` times, backing off); then it is
+    counted as failed, logged, and reported as telemetry
+    ``("brama", "subscriber", "failure")``. ``BaseException`` is contained too.
     """
 
-    def __init__(self, handler: Any, max_pending: int, name: str,
-                 on_failure: Callable[[Target, Event, BaseException], None] | None = None) -> None:
+    def __init__(self, handler: Any, max_pending: int, name: str, label: str = "") -> None:
         super().__init__(max_pending)
         method = getattr(handler, "handle_event", None)
         self._call: Callable[[Any], Any] = method if callable(method) else handler
-        self._cond = threading.Condition(threading.Lock())
-        self._items: collections.deque[Any] = collections.deque()
-        self._on_failure = on_failure
+        self._label = label or repr(handler)
         self._stop_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def deliver(self, event: Event) -> bool:
+    def deliver(self, item: Item) -> bool:
         with self._cond:
             if self.closed:
                 return False
-            items = self._items
-            if len(items) >= self.max_pending:
-                if _drop_oldest_noncritical(items):
-                    self.stats.dropped += 1
-                elif event.event not in CRITICAL_EVENTS:
-                    self.stats.dropped += 1
-                    return True
-            items.append(event)
-            self._cond.notify()
+            self._enqueue(item, is_critical(item))
         return True
 
     def pending(self) -> int:
-        return sum(1 for item in self._items if isinstance(item, Event))
+        return sum(1 for item in self._items if item is not None and not isinstance(
+            item, list))
 
     def marker(self) -> ThreadingFuture[None]:
         future: ThreadingFuture[None] = ThreadingFuture()
@@ -205,7 +248,7 @@ class HandlerTarget(Target):
             if self.closed:
                 future.set(None)
                 return future
-            self._items.append((_MARK, future))
+            self._items.append([_MARK, future])  # a list: never taken for an item
             self._cond.notify()
         return future
 
@@ -227,30 +270,69 @@ class HandlerTarget(Target):
                 if not self._items:
                     return
                 item = self._items.popleft()
-            if not isinstance(item, Event):
+            if isinstance(item, list):
                 item[1].set(None)
                 continue
             self._handle(item)
 
-    def _handle(self, event: Event) -> None:
-        attempts = 1 + (CRITICAL_RETRIES if event.event in CRITICAL_EVENTS else 0)
+    def _handle(self, item: Item) -> None:
+        attempts = 1 + (CRITICAL_RETRIES if is_critical(item) else 0)
         backoff = RETRY_BACKOFF
         for attempt in range(attempts):
             try:
-                self._call(event)
+                self._call(item)
             except BaseException as exc:
                 if attempt + 1 < attempts and not self._stop_event.is_set():
                     self._stop_event.wait(backoff)
                     backoff *= 2
                     continue
-                with self._cond:
-                    self.stats.failed += 1
-                logger.error("brama_actors handler %r failed on %s after %d attempt(s)",
-                             self._call, event.event.value, attempt + 1, exc_info=exc)
-                if self._on_failure is not None:
-                    self._on_failure(self, event, exc)
+                self._failed(item, exc, attempt + 1)
                 return
             else:
                 with self._cond:
-                    self.stats.delivered += 1
+                    self.stats.delivered += _count(item)
                 return
+
+    def _failed(self, item: Item, exc: BaseException, attempts: int) -> None:
+        with self._cond:
+            self.stats.failed += _count(item)
+        first = item if isinstance(item, Event) else item[0]
+        logger.error("brama_actors handler %s failed on %s after %d attempt(s)",
+                     self._label, first.event.value, attempts, exc_info=exc)
+        _telemetry.execute(
+            ("brama", "subscriber", "failure"),
+            {"system_time": first.timestamp, "attempts": attempts},
+            {"subscriber": self._label, "event": item, "error": exc},
+        )
+
+
+class TelemetryTarget(HandlerTarget):
+    """Fires ``("brama", "connection", <type>)`` telemetry for every event, in its thread.
+
+    It tracks when each connection last changed state, to measure ``duration`` (ms spent
+    in the previous state) on ``state_change``.
+    """
+
+    def __init__(self, name: str, max_pending: int = 100_000) -> None:
+        self._since: dict[tuple[str | None, str | None], int] = {}
+        super().__init__(self._fire, max_pending, name, "telemetry")
+
+    def _fire(self, item: Item) -> None:
+        for event in (item,) if isinstance(item, Event) else item:
+            key = (event.scope, event.connection)
+            measurements: dict[str, Any] = {"system_time": event.timestamp}
+            kind = event.event.value
+            if kind == "state_change":
+                since = self._since.get(key)
+                if since is not None:
+                    measurements["duration"] = event.timestamp - since
+                self._since[key] = event.timestamp
+            elif kind == "registration":
+                self._since[key] = event.timestamp
+            elif kind == "connection_removed":
+                self._since.pop(key, None)
+            _telemetry.execute(
+                ("brama", "connection", kind),
+                measurements,
+                {"connection": event.connection, "scope": event.scope, "data": event.data},
+            )

@@ -27,6 +27,7 @@ __all__ = [
     "SystemClock",
     "add_failures",
     "inject_crash",
+    "inject_event_manager_crash",
     "set_state",
     "simulate_failures",
     "simulate_recovery",
@@ -142,3 +143,17 @@ def inject_crash(identifier: str, *, scope: str | None = None, times: int = 1,
     if type(times) is bool or not isinstance(times, int) or times < 1:
         raise ValueError(f"times must be an int >= 1, got {times!r}")
     _system(brama)._inject_crash(identifier, scope=scope, times=times)
+
+
+def inject_event_manager_crash(*, times: int = 1, brama: Brama | None = None) -> None:
+    """Make the system's event manager crash at the start of its next ``times`` messages.
+
+    The supervisor restarts it with its subscription table; critical events of the
+    message it crashed on (and of pending batches) are delivered after the restart.
+
+    Raises:
+        ValueError: ``times`` is not an int >= 1.
+    """
+    if type(times) is bool or not isinstance(times, int) or times < 1:
+        raise ValueError(f"times must be an int >= 1, got {times!r}")
+    _system(brama)._inject_event_manager_crash(times)
