@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from brama_actors import _default
+from brama_actors import _default, telemetry
 from brama_actors._errors import (
     AlreadyRegistered,
     AuthenticationFailed,
@@ -28,6 +28,7 @@ from brama_actors._errors import (
 )
 from brama_actors._events import Event, EventType
 from brama_actors._guard import Guard, GuardBlock, circuit_breaker
+from brama_actors._monitor import ConnectionMonitor
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
 from brama_actors._subscription import Subscription, SubscriptionStatistics
 from brama_actors._system import Brama
@@ -46,6 +47,7 @@ __all__ = [
     "BramaError",
     "CircuitOpenError",
     "CircuitState",
+    "ConnectionMonitor",
     "ConnectionNotFound",
     "ConnectionStatus",
     "Event",
@@ -74,6 +76,7 @@ __all__ = [
     "status",
     "stop",
     "subscribe",
+    "telemetry",
     "success",
     "unregister",
     "unsubscribe",

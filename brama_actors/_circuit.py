@@ -120,8 +120,10 @@ class Transition:
 
 def opening_expiry(settings: Settings, failure_count: int) -> int:
     """The length in ms of an opening that starts with ``failure_count`` failures."""
-    if settings.expiry_strategy is ExpiryStrategy.FIXED:
+    if settings.expiry_strategy == ExpiryStrategy.FIXED:
         return settings.expiry
+    if settings.backoff_factor == 1.0:
+        return min(settings.initial_expiry, settings.max_expiry)
     try:
         # float() first: an int factor to a huge power would be exact and very slow.
         length = settings.initial_expiry * float(settings.backoff_factor) ** failure_count
@@ -331,8 +333,9 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
             "backoff_factor": s.backoff_factor,
             "half_open_max_calls": s.half_open_max_calls,
         }
-        if state is not OPEN:
-            # While open, status.expiry is the current opening's length; keep it.
+        if status.opened_at is None:
+            # status.expiry is the current or last opening's length; before any
+            # opening it shows the configured expiry.
             changes["expiry"] = s.expiry
         return Transition(dataclasses.replace(status, **changes), ())
 

@@ -117,7 +117,11 @@ class _Queued(Target):
 
 
 class InboxTarget(_Queued):
-    """A queue the subscriber reads with ``get``/iteration/``aget``."""
+    """A queue the subscriber reads with ``get``/iteration/``aget``.
+
+    ``delivered`` counts what the reader took out, so that for every subscription
+    delivered + dropped + failed + pending is the number of matching events.
+    """
 
     def __init__(self, max_pending: int) -> None:
         super().__init__(max_pending)
@@ -125,8 +129,7 @@ class InboxTarget(_Queued):
 
     def deliver(self, item: Item) -> bool:
         with self._cond:
-            if self._enqueue(item, is_critical(item)):
-                self.stats.delivered += _count(item)
+            self._enqueue(item, is_critical(item))
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             try:
@@ -136,14 +139,18 @@ class InboxTarget(_Queued):
         return True
 
     def pending(self) -> int:
-        return len(self._items)
+        return sum(_count(item) for item in list(self._items))
+
+    def _take(self) -> Item:
+        item: Item = self._items.popleft()
+        self.stats.delivered += _count(item)
+        return item
 
     def get(self, timeout: float | None) -> Item:
         with self._cond:
             if not self._cond.wait_for(lambda: self._items, timeout):
                 raise queue.Empty
-            item: Item = self._items.popleft()
-            return item
+            return self._take()
 
     async def aget(self, timeout: float | None) -> Item:
         loop = asyncio.get_running_loop()
@@ -151,8 +158,7 @@ class InboxTarget(_Queued):
         while True:
             with self._cond:
                 if self._items:
-                    item: Item = self._items.popleft()
-                    return item
+                    return self._take()
                 future: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, future))
             remaining = None if deadline is None else deadline - loop.time()
@@ -163,8 +169,7 @@ class InboxTarget(_Queued):
             except TimeoutError:
                 with self._cond:
                     if self._items:
-                        item = self._items.popleft()
-                        return item
+                        return self._take()
                 raise queue.Empty from None
 
 
@@ -239,8 +244,7 @@ class HandlerTarget(_Queued):
         return True
 
     def pending(self) -> int:
-        return sum(1 for item in self._items if item is not None and not isinstance(
-            item, list))
+        return sum(_count(item) for item in list(self._items) if not isinstance(item, list))
 
     def marker(self) -> ThreadingFuture[None]:
         future: ThreadingFuture[None] = ThreadingFuture()

@@ -1,0 +1,14 @@
+"""Telemetry in the manner of Erlang's ``:telemetry`` (API.md section 7).
+
+Every event fires ``("brama", "connection", <event type>)`` with measurements
+``system_time`` (and ``duration`` in ms spent in the previous state, on
+``state_change``) and metadata ``connection``, ``scope``, ``data``. Supervisor restarts
+fire ``("brama", "supervisor", "restart")``; handler failures of subscriptions fire
+``("brama", "subscriber", "failure")``. Handlers are process-wide and run in a
+per-system telemetry thread, never inside an actor. A handler that raises is detached
+and reported as ``("brama", "telemetry", "handler_failure")``.
+"""
+
+from brama_actors._telemetry import attach, detach, handlers
+
+__all__ = ["attach", "detach", "handlers"]
