@@ -145,7 +145,7 @@ class ConnectionActor(PooledActor):
             return self._crash(InjectedCrash("crash injected through the test seam"))
         try:
             return self._handle(message)
-        except Exception as exc:
+        except BaseException as exc:  # even KeyboardInterrupt: restart, never strand it
             return self._crash(exc)
 
     # -- message handling --------------------------------------------------------------
@@ -236,7 +236,7 @@ class ConnectionActor(PooledActor):
         ActorRegistry.unregister(self.actor_ref)
         self.actor_stopped.set()
 
-    def _crash(self, exc: Exception) -> object:
+    def _crash(self, exc: BaseException) -> object:
         """Hand the connection to the supervisor for a restart from its snapshot."""
         logger.error(
             "connection actor for %r crashed: %r; restarting from its last published status",

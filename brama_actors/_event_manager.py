@@ -222,7 +222,7 @@ class EventManager(PooledActor):
             return self._crash(InjectedCrash("crash injected through the test seam"), message)
         try:
             return self._handle(message)
-        except Exception as exc:
+        except BaseException as exc:  # even KeyboardInterrupt: restart, never strand it
             return self._crash(exc, message)
 
     def _handle(self, message: Any) -> Any:
@@ -276,7 +276,7 @@ class EventManager(PooledActor):
             self._flush_batch(sub)
             sub.target.close()
 
-    def _crash(self, exc: Exception, message: Any) -> object:
+    def _crash(self, exc: BaseException, message: Any) -> object:
         """Hand the table to the supervisor for a restart; keep accepted critical events."""
         logger.error("event manager crashed: %r; restarting with its subscriptions", exc,
                      exc_info=not isinstance(exc, InjectedCrash))

@@ -270,7 +270,7 @@ class Core:
 
         return self.scheduler.schedule(deadline, fire)
 
-    def child_crashed(self, cell: Cell, ref: ActorRef[Any], exc: Exception,
+    def child_crashed(self, cell: Cell, ref: ActorRef[Any], exc: BaseException,
                       leftovers: list[Any]) -> None:
         try:
             self.supervisor.tell(Crashed(cell, ref, repr(exc), leftovers))
@@ -288,10 +288,16 @@ class Core:
     def give_up(self, reason: str) -> None:
         """Stop the system from another thread (actors must not join their own pool)."""
         logger.error("brama_actors supervisor gives up: %s; stopping the system", reason)
-        threading.Thread(
-            target=self.brama._shutdown, args=(reason,), name=f"{self.name}-give-up",
-            daemon=True,
-        ).start()
+        # Calls are refused at once; the teardown runs on its own thread because an
+        # actor cannot wait for the pool it runs on to end.
+        brama = self.brama
+        if brama._mark_stopped():
+            thread = threading.Thread(
+                target=brama._teardown, args=(reason,), name=f"{self.name}-give-up",
+                daemon=True,
+            )
+            brama._teardown_thread = thread
+            thread.start()
 
     # -- cleanup sweep -------------------------------------------------------------------
     def arm_sweep(self) -> None:
@@ -329,6 +335,8 @@ class Brama:
             raise TypeError("create a system with Brama.start(**config)")
         self._lock = threading.Lock()
         self._stopped = False
+        self._down = threading.Event()
+        self._teardown_thread: threading.Thread | None = None
         self._cells: dict[Key, Cell] = {}
         self._parent: ActorRef[Any] | None = None
         self._explicit: dict[str, Any] = {}
@@ -404,12 +412,27 @@ class Brama:
         """
         self._shutdown(None, timeout)
 
-    def _shutdown(self, reason: str | None, timeout: float = 10.0) -> None:
+    def _mark_stopped(self) -> bool:
+        """Refuse calls from now on; True for the caller that did it first."""
         with self._lock:
             if self._stopped:
-                return
+                return False
             self._stopped = True
             self._cells = _STOPPED
+            return True
+
+    def _shutdown(self, reason: str | None, timeout: float = 10.0) -> None:
+        if self._mark_stopped():
+            self._teardown(reason, timeout)
+        else:
+            # Someone else (e.g. the supervisor giving up) is tearing down: wait for it,
+            # so that stop() returning still means no thread is left.
+            self._down.wait(timeout)
+            thread = self._teardown_thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def _teardown(self, reason: str | None, timeout: float = 10.0) -> None:
         core = self._core
         core.stopping = True
         deadline = time.monotonic() + timeout
@@ -434,6 +457,7 @@ class Brama:
         self._targets.clear()
         _forget_default(self)
         running.discard(self)
+        self._down.set()
         parent = self._parent
         if parent is not None:
             message: tuple[Any, ...] = (

@@ -174,3 +174,81 @@ def test_normal_stop_tells_parent(clock: ManualClock) -> None:
     assert got.wait(5)
     assert inbox == [("brama_stopped", brama)]
     parent.stop()
+
+
+def test_giving_up_leaves_no_thread(clock: ManualClock) -> None:
+    """After the supervisor gives up, no thread of the system is left running."""
+    import threading as _threading
+
+    brama = Brama.start(clock=clock, max_restarts=0)
+    brama.register("db")
+    brama.subscribe(handler=lambda e: None)
+    inject_crash("db", brama=brama)
+    with pytest.raises(SystemStopped):
+        brama.failure("db")
+    name = brama._core.name
+    brama.stop()  # waits for the supervisor's teardown to finish
+    assert not [t.name for t in _threading.enumerate() if t.name.startswith(name + "-")]
+    assert brama.stopped
+    with pytest.raises(SystemStopped):
+        brama.available("db")
+
+
+def test_giving_up_without_parent_logs_error(clock: ManualClock,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """Without a parent, giving up is logged at ERROR and the system stops."""
+    brama = Brama.start(clock=clock, max_restarts=0)
+    brama.register("db")
+    inject_crash("db", brama=brama)
+    with caplog.at_level("ERROR", logger="brama_actors"), pytest.raises(SystemStopped):
+        brama.failure("db")
+    brama.stop()
+    assert any("gives up" in r.getMessage() for r in caplog.records)
+
+
+def test_event_manager_restart_counts_and_reports(clock: ManualClock) -> None:
+    """An event manager restart is telemetry with child="event_manager" and counts."""
+    from brama_actors.testing import inject_event_manager_crash
+
+    seen: list[Any] = []
+    _telemetry.attach("t-em", ("brama", "supervisor", "restart"),
+                      lambda name, meas, meta: seen.append(dict(meta)))
+    try:
+        brama = Brama.start(clock=clock, max_restarts=1)
+        inject_event_manager_crash(brama=brama)
+        brama.subscribe()
+        assert not brama.stopped
+        inject_event_manager_crash(brama=brama)
+        with pytest.raises(SystemStopped):
+            brama.subscribe()
+    finally:
+        _telemetry.detach("t-em")
+    assert seen[0]["child"] == "event_manager"
+    assert (seen[0]["connection"], seen[0]["scope"]) == (None, None)
+
+
+def test_base_exception_in_connection_actor_restarts_it(
+    system: Brama, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A BaseException inside a connection actor restarts it like any crash."""
+    from brama_actors._connection import ConnectionActor
+    from brama_actors._supervisor import Sync
+
+    system.register("db", max_attempts=5)
+    cell = system._core.cells["db"]
+    old = cell.ref
+    original = ConnectionActor._handle
+
+    def explode(self: ConnectionActor, message: Any) -> Any:
+        if message == "boom":
+            raise KeyboardInterrupt
+        return original(self, message)
+
+    monkeypatch.setattr(ConnectionActor, "_handle", explode)
+    assert old is not None
+    old.ask("boom", timeout=5)
+    system._ask_supervisor(Sync())
+    assert cell.ref is not old
+    system.failure("db")
+    assert system.status("db").failure_count == 1
+    assert system.unregister("db") is True
