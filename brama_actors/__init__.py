@@ -76,8 +76,8 @@ __all__ = [
     "status",
     "stop",
     "subscribe",
-    "telemetry",
     "success",
+    "telemetry",
     "unregister",
     "unsubscribe",
 ]

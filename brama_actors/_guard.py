@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from brama_actors import _circuit as rules
 from brama_actors import _default, _telemetry
 from brama_actors._config import CONNECTION_OPTIONS, validate_options
+from brama_actors._connection import Cell
 from brama_actors._errors import (
     AlreadyRegistered,
     CircuitOpenError,
@@ -33,7 +34,6 @@ from brama_actors._messages import Apply
 from brama_actors._status import CircuitState
 
 if TYPE_CHECKING:
-    from brama_actors._connection import Cell
     from brama_actors._system import Brama
 
 __all__ = ["Guard", "GuardBlock", "circuit_breaker"]
@@ -83,7 +83,7 @@ class Guard:
 
     def __init__(self, identifier: str, *, scope: str | None = None,
                  error_handler: Callable[[Any], Any] | None = None,
-                 brama: Brama | None = None, register: bool = True,
+                 brama: Any = None, register: bool = True,
                  exclude: Any = (), **register_options: Any) -> None:
         from brama_actors._system import _check_key
 
@@ -104,11 +104,11 @@ class Guard:
         return f"<Guard {describe(self.identifier, self.scope)}>"
 
     # -- deciding --------------------------------------------------------------------
-    def _system(self) -> Brama:
+    def _system(self) -> Any:
         brama = self._brama
         return _default.get() if brama is None else brama
 
-    def _cell(self, brama: Brama) -> Cell:
+    def _cell(self, brama: Any) -> Cell:
         cell = brama._cells.get(self._key)
         if cell is not None:
             return cell
@@ -126,13 +126,18 @@ class Guard:
                 f"connection {describe(self.identifier, self.scope)} is not registered")
         return cell
 
-    def enter(self) -> tuple[Brama, Cell, bool]:
+    def enter(self) -> tuple[Any, Any, bool]:
         """Decide whether a call may run; returns (system, cell, holds a trial permit).
 
         Raises:
             CircuitOpenError: the circuit is open, or half-open with every trial taken.
         """
-        brama = self._system()
+        brama: Any = self._system()
+        if type(brama) is not _Brama():
+            # A client of a node in another process: the node decides.
+            remote = brama._guard_enter(self.identifier, self.scope, self._register,
+                                        self._register_options)
+            return brama, remote, remote.trial
         cell = self._cell(brama)
         if not cell.available:
             raise CircuitOpenError(
@@ -152,15 +157,21 @@ class Guard:
                 cell.status)
         return brama, cell, True
 
-    def release(self, cell: Cell) -> None:
+    def release(self, cell: Any) -> None:
         """Give back a half-open trial permit."""
+        if type(cell) is not Cell:
+            cell.release()
+            return
         with cell.lock:
             if cell.trials > 0:
                 cell.trials -= 1
 
     # -- recording -------------------------------------------------------------------
-    def succeeded(self, brama: Brama, cell: Cell, trial: bool) -> None:
+    def succeeded(self, brama: Any, cell: Any, trial: bool) -> None:
         """Record a success; synchronous for a trial, so its permit is released after."""
+        if type(cell) is not Cell:
+            cell.succeeded()
+            return
         if not trial and cell.quiet and not _telemetry.HANDLERS:
             core = brama._core
             if not core.interest.successes or not core.interest.wants(
@@ -169,11 +180,14 @@ class Guard:
                 return
         brama._call(self.identifier, self.scope, Apply(rules.Success()), block=trial)
 
-    def failed(self, brama: Brama, reason: Any) -> None:
+    def failed(self, brama: Any, cell: Any, reason: Any) -> None:
         """Record a failure (returns once applied)."""
+        if type(cell) is not Cell:
+            cell.failed(reason)
+            return
         brama._call(self.identifier, self.scope, Apply(rules.Failure(reason)))
 
-    def judge(self, brama: Brama, cell: Cell, trial: bool, result: Any) -> None:
+    def judge(self, brama: Any, cell: Any, trial: bool, result: Any) -> None:
         """Apply ``error_handler`` to a returned result and record its verdict.
 
         Raises:
@@ -187,31 +201,31 @@ class Guard:
         if verdict == "success" and isinstance(verdict, str):
             self.succeeded(brama, cell, trial)
         elif verdict == "failure" and isinstance(verdict, str):
-            self.failed(brama, None)
+            self.failed(brama, cell, None)
         elif verdict == "ignore" and isinstance(verdict, str):
             return
         elif (isinstance(verdict, tuple) and len(verdict) == 2
               and verdict[0] == "failure" and isinstance(verdict[0], str)):
-            self.failed(brama, verdict[1])
+            self.failed(brama, cell, verdict[1])
         else:
             raise TypeError(
                 "error_handler must return 'success', 'failure', ('failure', reason) or "
                 f"'ignore', got {verdict!r}")
 
-    def record_exception(self, brama: Brama, exc: Exception) -> None:
+    def record_exception(self, brama: Any, cell: Any, exc: Exception) -> None:
         """Record an exception raised by the guarded code unless it is excluded."""
         if self._exclude and isinstance(exc, self._exclude):
             return
-        self.failed(brama, repr(exc))
+        self.failed(brama, cell, repr(exc))
 
-    def exit(self, entered: tuple[Brama, Cell, bool], exc: BaseException | None) -> None:
+    def exit(self, entered: tuple[Any, Any, bool], exc: BaseException | None) -> None:
         """Record the outcome of a guarded block entered with ``enter()``."""
         brama, cell, trial = entered
         try:
             if exc is None:
                 self.succeeded(brama, cell, trial)
             elif isinstance(exc, Exception):
-                self.record_exception(brama, exc)
+                self.record_exception(brama, cell, exc)
             # A BaseException passes through and records nothing.
         finally:
             if trial:
@@ -237,7 +251,7 @@ class Guard:
                 result = function(*args, **kwargs)
             except Exception as exc:
                 try:
-                    record_exception(brama, exc)
+                    record_exception(brama, cell, exc)
                 finally:
                     if trial:
                         release(cell)
@@ -272,7 +286,7 @@ class Guard:
             try:
                 result = function(*args, **kwargs)
             except Exception as exc:
-                record_exception(brama, exc)
+                record_exception(brama, cell, exc)
                 raise
             core = brama._core
             if cell.quiet and not handlers and not core.interest.successes:
@@ -298,7 +312,7 @@ class Guard:
                 result = await function(*args, **kwargs)
             except Exception as exc:
                 try:
-                    record_exception(brama, exc)
+                    record_exception(brama, cell, exc)
                 finally:
                     if trial:
                         release(cell)
@@ -329,7 +343,7 @@ class GuardBlock:
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
-        self._entered: tuple[Brama, Cell, bool] | None = None
+        self._entered: tuple[Any, Any, bool] | None = None
 
     def __repr__(self) -> str:
         return f"<GuardBlock {describe(self.guard.identifier, self.guard.scope)}>"
@@ -354,9 +368,22 @@ class GuardBlock:
         self.__exit__(exc_type, exc, tb)
 
 
+_brama_type: type | None = None
+
+
+def _Brama() -> type:
+    """``Brama``, imported late (``_system`` imports this module)."""
+    global _brama_type
+    if _brama_type is None:
+        from brama_actors._system import Brama
+
+        _brama_type = Brama
+    return _brama_type
+
+
 def circuit_breaker(identifier: str, scope: str | None = None,
                     error_handler: Callable[[Any], Any] | None = None,
-                    brama: Brama | None = None, register: bool = True,
+                    brama: Any = None, register: bool = True,
                     exclude: Any = (), **register_options: Any) -> Callable[[Callable[P, R]],
                                                                             Callable[P, R]]:
     """Decorate a function (or ``async def``) so calls go through the circuit.

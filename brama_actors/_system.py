@@ -68,6 +68,7 @@ from brama_actors._messages import (
 )
 from brama_actors._runtime import Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
+from brama_actors._server import Server
 from brama_actors._status import ConnectionStatus
 from brama_actors._subscription import Subscription
 from brama_actors._supervisor import Crashed, EventManagerCrashed, Forward, Supervisor, Sync
@@ -119,6 +120,30 @@ def _check_key(identifier: Any, scope: Any) -> Key:
 
 def _not_found(key: Key) -> ConnectionNotFound:
     return ConnectionNotFound(f"connection {describe(*split_key(key))} is not registered")
+
+
+def check_subscription(events: Any, connection: Any, scope: Any, filter: Any,
+                       batch_size: Any, batch_timeout: Any,
+                       max_pending: Any) -> frozenset[EventType] | None:
+    """Validate subscription filters and options; return the parsed event types.
+
+    Raises:
+        ValueError: unknown event names or bad numbers.
+        TypeError: a non-callable filter.
+        InvalidIdentifier: a bad connection or scope filter.
+    """
+    kinds = parse_event_types(events)
+    if connection is not None or scope is not None:
+        _check_key(connection if connection is not None else "x", scope)
+    if filter is not None and not callable(filter):
+        raise TypeError(f"filter must be callable, got {filter!r}")
+    if type(max_pending) is bool or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an int >= 1, got {max_pending!r}")
+    for name, value in (("batch_size", batch_size), ("batch_timeout", batch_timeout)):
+        if value is not None and (type(value) is bool or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+    return kinds
 
 
 def _check_metadata(metadata: Any) -> Mapping[str, Any] | None:
@@ -342,6 +367,7 @@ class Brama:
         self._explicit: dict[str, Any] = {}
         self._targets: list[Target] = []
         self._guards: dict[Key, Guard] = {}
+        self._servers: list[Server] = []
         self._core: Core
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -434,6 +460,8 @@ class Brama:
 
     def _teardown(self, reason: str | None, timeout: float = 10.0) -> None:
         core = self._core
+        for server in self._servers:
+            server.close()
         core.stopping = True
         deadline = time.monotonic() + timeout
         core.scheduler.stop(timeout)
@@ -674,34 +702,18 @@ class Brama:
 
         Raises:
             ValueError: unknown event names, both ``subscriber`` and ``handler``, or a bad
-                ``max_pending``.
+                ``max_pending``, ``batch_size`` or ``batch_timeout``.
             TypeError: a filter or handler that is not callable, a subscriber that is not
                 an ``ActorRef``.
         """
         self._check_running()
-        kinds = parse_event_types(events)
-        if connection is not None or scope is not None:
-            _check_key(connection if connection is not None else "x", scope)
-        if filter is not None and not callable(filter):
-            raise TypeError(f"filter must be callable, got {filter!r}")
+        check_subscription(events, connection, scope, filter, batch_size, batch_timeout,
+                           max_pending)
         if subscriber is not None and handler is not None:
             raise ValueError("give subscriber= or handler=, not both")
-        if type(max_pending) is bool or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"max_pending must be an int >= 1, got {max_pending!r}")
-        for name, value in (("batch_size", batch_size), ("batch_timeout", batch_timeout)):
-            if value is not None and (type(value) is bool or not isinstance(value, int)
-                                      or value < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         target: Target
         if handler is not None:
-            method = getattr(handler, "handle_event", None)
-            if not callable(method) and not callable(handler):
-                raise TypeError(
-                    "handler must have a handle_event(event) method or be callable, "
-                    f"got {handler!r}")
-            target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
-            self._targets = [t for t in self._targets if not t.closed]
-            self._targets.append(target)
+            target = self._handler_target(handler, max_pending)
         else:
             if subscriber is None:
                 subscriber = _caller_actor()
@@ -711,10 +723,35 @@ class Brama:
                 target = ActorTarget(subscriber, max_pending)
             else:
                 target = InboxTarget(max_pending)
-        sub = Subscription(self, target, events=kinds, connection=connection, scope=scope,
-                           filter=filter, subscriber=subscriber, owner=_owner(),
-                           batch_size=batch_size, batch_timeout=batch_timeout)
+        return self._subscribe_target(
+            target, events=events, connection=connection, scope=scope, filter=filter,
+            batch_size=batch_size, batch_timeout=batch_timeout, max_pending=max_pending,
+            subscriber=subscriber, owner=_owner())
+
+    def _handler_target(self, handler: Any, max_pending: int) -> HandlerTarget:
+        method = getattr(handler, "handle_event", None)
+        if not callable(method) and not callable(handler):
+            raise TypeError(
+                "handler must have a handle_event(event) method or be callable, "
+                f"got {handler!r}")
+        target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
+        self._targets = [t for t in self._targets if not t.closed]
+        self._targets.append(target)
+        return target
+
+    def _subscribe_target(self, target: Target, *, events: Any = None,
+                          connection: Any = None, scope: Any = None, filter: Any = None,
+                          batch_size: Any = None, batch_timeout: Any = None,
+                          max_pending: Any = 10_000, subscriber: Any = None,
+                          owner: tuple[str, Any]) -> Subscription:
+        """Validate and add a subscription delivering to ``target``."""
         try:
+            self._check_running()
+            kinds = check_subscription(events, connection, scope, filter, batch_size,
+                                       batch_timeout, max_pending)
+            sub = Subscription(self, target, events=kinds, connection=connection, scope=scope,
+                               filter=filter, subscriber=subscriber, owner=owner,
+                               batch_size=batch_size, batch_timeout=batch_timeout)
             self._ask_event_manager(Subscribe(sub), ASK_TIMEOUT)
         except BaseException:
             target.close()
@@ -807,6 +844,36 @@ class Brama:
             return GuardBlock(template)
         return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler, brama=self,
                                 register=register, exclude=exclude, **register_options))
+
+    def _report_success_sync(self, identifier: str, scope: str | None) -> None:
+        """A success applied before returning (half-open trials need it)."""
+        self._call(identifier, scope, Apply(rules.Success()))
+
+    # -- several processes (API.md section 11) --------------------------------------------
+    def serve(self, address: Any = None, authkey: bytes | None = None,
+              allow_remote: bool = False) -> Server:
+        """Serve this system to other processes (see ``brama_actors.connect``).
+
+        Args:
+            address: a Unix socket path, or a ``(host, port)`` on loopback; ``None``
+                makes a socket in a fresh private (0700) directory.
+            authkey: the shared secret; ``None`` generates 32 random bytes.
+            allow_remote: allow a non-loopback host.
+
+        Raises:
+            ValueError: a non-loopback host without ``allow_remote``.
+            TypeError: a bad address or authkey.
+        """
+        self._check_running()
+        server = Server(self, address, authkey, allow_remote)
+        with self._lock:
+            stopped = self._stopped
+            if not stopped:
+                self._servers.append(server)
+        if stopped:
+            server.close()
+            raise SystemStopped("this Brama system is stopped")
+        return server
 
     # -- test seam -----------------------------------------------------------------------
     def _inject_crash(self, identifier: str, *, scope: str | None = None, times: int = 1) -> None:
