@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from brama_actors import _default, telemetry
+from brama_actors._client import Client, connect
 from brama_actors._errors import (
     AlreadyRegistered,
     AuthenticationFailed,
@@ -29,6 +30,8 @@ from brama_actors._errors import (
 from brama_actors._events import Event, EventType
 from brama_actors._guard import Guard, GuardBlock, circuit_breaker
 from brama_actors._monitor import ConnectionMonitor
+from brama_actors._server import Server
+from brama_actors._spawn import spawn
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
 from brama_actors._subscription import Subscription, SubscriptionStatistics
 from brama_actors._system import Brama
@@ -47,6 +50,7 @@ __all__ = [
     "BramaError",
     "CircuitOpenError",
     "CircuitState",
+    "Client",
     "ConnectionMonitor",
     "ConnectionNotFound",
     "ConnectionStatus",
@@ -58,6 +62,7 @@ __all__ = [
     "InvalidConfiguration",
     "InvalidIdentifier",
     "NodeUnavailable",
+    "Server",
     "Subscription",
     "SubscriptionStatistics",
     "SystemStopped",
@@ -65,6 +70,7 @@ __all__ = [
     "circuit_breaker",
     "close_circuit",
     "configure",
+    "connect",
     "connections",
     "drain",
     "failure",
@@ -72,6 +78,8 @@ __all__ = [
     "open_circuit",
     "register",
     "reset_circuit",
+    "serve",
+    "spawn",
     "start",
     "status",
     "stop",
@@ -184,6 +192,12 @@ def guard(identifier: str, *, scope: str | None = None,
     """``Brama.guard`` on the default system (looked up when the block is entered)."""
     return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
                             register=register, exclude=exclude, **register_options))
+
+
+def serve(address: Any = None, authkey: bytes | None = None,
+          allow_remote: bool = False) -> Server:
+    """``Brama.serve`` on the default system."""
+    return _default.get().serve(address, authkey, allow_remote)
 
 
 def drain(timeout: float = 1.0) -> None:

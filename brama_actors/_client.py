@@ -37,7 +37,7 @@ from brama_actors._events import Event, EventType, parse_event_types
 from brama_actors._status import CircuitState, ConnectionStatus
 from brama_actors._subscription import Subscription
 from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
-from brama_actors._wire import Address, check_address, encode
+from brama_actors._wire import Address, check_address, encode, hang_up
 
 __all__ = ["Client", "connect"]
 
@@ -294,10 +294,7 @@ class Client:
         with self._lock:
             conn, self._conn = self._conn, None
         if conn is not None:
-            try:
-                conn.close()
-            except OSError:
-                pass
+            hang_up(conn)
         for thread in (self._reader, self._reconnector):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout)

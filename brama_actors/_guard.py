@@ -109,7 +109,7 @@ class Guard:
         return _default.get() if brama is None else brama
 
     def _cell(self, brama: Any) -> Cell:
-        cell = brama._cells.get(self._key)
+        cell: Cell | None = brama._cells.get(self._key)
         if cell is not None:
             return cell
         if not self._register:

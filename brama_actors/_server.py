@@ -11,6 +11,7 @@ its half-open trial permits; nothing else changes.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +28,15 @@ from brama_actors._errors import BramaError, SystemStopped
 from brama_actors._events import Event, EventType
 from brama_actors._subscription import Subscription
 from brama_actors._targets import Item, Target
-from brama_actors._wire import MAX_FRAME, Address, check_address, decode_request, encode, family
+from brama_actors._wire import (
+    MAX_FRAME,
+    Address,
+    check_address,
+    decode_request,
+    encode,
+    family,
+    hang_up,
+)
 
 if TYPE_CHECKING:
     from brama_actors._connection import Cell
@@ -61,6 +70,8 @@ class _Session:
         self.closed = False
         self._cond = threading.Condition(threading.Lock())
         self._queue: collections.deque[Any] = collections.deque()
+        self._sending = False  # the writer (or an inline reply) is sending
+        self._send_lock = threading.Lock()
         self.subscriptions: dict[int, Subscription] = {}
         self.trials: collections.Counter[Any] = collections.Counter()
         self._reader = threading.Thread(target=self._read, name=f"{self.name}-reader",
@@ -95,30 +106,62 @@ class _Session:
             future.set(None)
         return future
 
+    def reply(self, message: Any) -> None:
+        """Send a reply from the reader thread, inline when nothing is queued before it.
+
+        Saves the hand-off to the writer thread on the request/reply path, while a reply
+        still never overtakes events queued before it (``drain`` relies on that).
+        """
+        with self._cond:
+            if self.closed:
+                return
+            if self._queue or self._sending:
+                self._queue.append(message)
+                self._cond.notify()
+                return
+            self._sending = True
+        try:
+            with self._send_lock:
+                self.conn.send_bytes(encode(message))
+        except (OSError, ValueError):
+            self.close()
+        finally:
+            with self._cond:
+                self._sending = False
+                if self._queue:
+                    self._cond.notify()
+
     def _write(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self.closed:
+                while (not self._queue or self._sending) and not self.closed:
                     self._cond.wait()
                 if not self._queue:
                     return
                 batch = list(self._queue)
                 self._queue.clear()
+                self._sending = True
             try:
-                for message in batch:
-                    if isinstance(message, ThreadingFuture):
-                        message.set(None)
-                    else:
-                        self.conn.send_bytes(encode(message))
+                with self._send_lock:
+                    for message in batch:
+                        if isinstance(message, ThreadingFuture):
+                            message.set(None)
+                        else:
+                            self.conn.send_bytes(encode(message))
             except (OSError, ValueError):
                 self.close()
+                # Nobody will send these: release anyone draining on them.
+                with self._cond:
+                    batch.extend(self._queue)
+                    self._queue.clear()
                 for message in batch:
                     if isinstance(message, ThreadingFuture):
-                        try:
+                        with contextlib.suppress(Exception):
                             message.set(None)
-                        except Exception:
-                            pass
                 return
+            finally:
+                with self._cond:
+                    self._sending = False
 
     # -- incoming ------------------------------------------------------------------------
     def _read(self) -> None:
@@ -150,7 +193,7 @@ class _Session:
             encode(result)
         except Exception:
             result, ok = BramaError(repr(result)), False
-        self.enqueue(("reply", request_id, ok, result))
+        self.reply(("reply", request_id, ok, result))
 
     # -- operations ----------------------------------------------------------------------
     @property
@@ -278,10 +321,7 @@ class _Session:
             self.closed = True
             self._cond.notify_all()
         self.server.forget(self)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
+        hang_up(self.conn)
         for sub in list(self.subscriptions.values()):
             try:
                 self.brama.unsubscribe(sub)

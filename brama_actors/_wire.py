@@ -24,6 +24,7 @@ __all__ = [
     "check_address",
     "decode_request",
     "encode",
+    "hang_up",
 ]
 
 #: The largest frame a node accepts from a client; larger ones drop the client.
@@ -106,3 +107,25 @@ def family(address: Address) -> socket.AddressFamily:
     if isinstance(address, str):
         return socket.AF_UNIX
     return socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+
+
+def hang_up(conn: Any) -> None:
+    """Close a connection so that a thread blocked reading it wakes up (EOF).
+
+    Closing the descriptor alone does not wake a blocked ``recv`` on Linux; shutting the
+    socket down does.
+    """
+    try:
+        waker = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, ValueError):
+        waker = None
+    if waker is not None:
+        try:
+            waker.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        waker.close()
+    try:
+        conn.close()
+    except OSError:
+        pass
