@@ -98,7 +98,8 @@ class Client:
 
     def __init__(self, address: Any, authkey: bytes, stale_after: int = 5_000,
                  when_stale: str = "allow", *, _process: Any = None,
-                 _control: Any = None) -> None:
+                 _control: Any = None,
+                 _monotonic: Callable[[], float] = time.monotonic) -> None:
         if not isinstance(authkey, bytes) or not authkey:
             raise TypeError("authkey must be non-empty bytes")
         if type(stale_after) is bool or not isinstance(stale_after, int) or stale_after < 0:
@@ -112,6 +113,8 @@ class Client:
         self.when_stale = when_stale
         self.name = f"brama-client-{next(_client_ids)}"
         self._process = _process
+        # Staleness is measured on this clock (tests substitute one they move).
+        self._monotonic = _monotonic
         self._control = _control
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
@@ -130,6 +133,8 @@ class Client:
         self._reader: threading.Thread | None = None
         self._reconnector: threading.Thread | None = None
         self._wake = threading.Event()
+        self._synced = threading.Event()  # linked, and the replica holds a snapshot
+        self._unlinked = threading.Event()  # set while the link is down
         self._cells: dict[Any, Any] = {}  # lets the decorator's local fast path fall through
         self._connect()
 
@@ -150,6 +155,8 @@ class Client:
         seq, states = self._request("hello")
         self._load_snapshot(seq, states)
         self._lost_at = None
+        self._unlinked.clear()
+        self._synced.set()
 
     def _load_snapshot(self, seq: int, states: dict[tuple[str, str | None], str]) -> None:
         with self._lock:
@@ -211,8 +218,10 @@ class Client:
             if self._conn is not conn:
                 return
             self._conn = None
+            self._synced.clear()
+            self._unlinked.set()
             if self._lost_at is None:
-                self._lost_at = time.monotonic()
+                self._lost_at = self._monotonic()
             pending, self._pending = self._pending, {}
         try:
             conn.close()
@@ -266,7 +275,7 @@ class Client:
         try:
             with self._send_lock:
                 conn.send_bytes(data)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, TypeError) as exc:  # TypeError: closed under us
             self._pending.pop(request_id, None)
             raise NodeUnavailable(f"lost the node at {self.address!r}") from exc
         if pending is None:
@@ -326,14 +335,18 @@ class Client:
 
     @property
     def connected(self) -> bool:
-        """True while the link to the node is up."""
-        return self._conn is not None
+        """True while the link to the node is up and the replica is in sync."""
+        return self._conn is not None and self._synced.is_set()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until the client is connected and its replica synced; False on timeout."""
+        return self._synced.wait(timeout)
 
     # -- connections ---------------------------------------------------------------------
     def available(self, identifier: str, *, scope: str | None = None) -> bool:
         """From the local replica: no round trip. See ``stale_after``/``when_stale``."""
         if self._lost_at is not None and (
-                (time.monotonic() - self._lost_at) * 1000 > self.stale_after):
+                (self._monotonic() - self._lost_at) * 1000 > self.stale_after):
             _validate(identifier, scope)
             return self.when_stale == "allow"
         try:

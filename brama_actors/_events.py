@@ -65,15 +65,22 @@ class Event:
         return self.event in CRITICAL_EVENTS
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # MappingProxyType does not pickle; ship data as a plain dict.
+        # MappingProxyType does not pickle: ship data (and read-only values inside it,
+        # such as registration metadata) as plain dicts, and note which to re-freeze.
+        data = dict(self.data)
+        frozen = tuple(k for k, v in data.items() if isinstance(v, MappingProxyType))
+        for key in frozen:
+            data[key] = dict(data[key])
         return (_rebuild_event, (self.event, self.timestamp, self.connection, self.scope,
-                                 dict(self.data)))
+                                 data, frozen))
 
 
 def _rebuild_event(
     event: EventType, timestamp: int, connection: str | None, scope: str | None,
-    data: dict[str, Any],
+    data: dict[str, Any], frozen: tuple[str, ...] = (),
 ) -> Event:
+    for key in frozen:
+        data[key] = MappingProxyType(data[key])
     return Event(event, timestamp, connection, scope, MappingProxyType(data))
 
 

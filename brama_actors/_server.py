@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 from pykka import ThreadingFuture
 
+from brama_actors._clock import SystemClock
 from brama_actors._errors import BramaError, SystemStopped
 from brama_actors._events import Event, EventType
+from brama_actors._scheduler import Scheduler
 from brama_actors._subscription import Subscription
 from brama_actors._targets import Item, Target
 from brama_actors._wire import (
@@ -48,8 +50,8 @@ logger = logging.getLogger("brama_actors")
 
 #: Seconds a peer has to complete the HMAC handshake.
 HANDSHAKE_TIMEOUT = 5.0
-#: Handshakes in progress at once; further peers are refused until one ends.
-MAX_HANDSHAKES = 16
+#: Handshakes in progress at once; further peers wait in the listen backlog.
+MAX_HANDSHAKES = 32
 #: Authenticated clients at once.
 MAX_CLIENTS = 128
 #: Messages queued for one client before it is dropped as too slow.
@@ -146,8 +148,14 @@ class _Session:
                     for message in batch:
                         if isinstance(message, ThreadingFuture):
                             message.set(None)
-                        else:
-                            self.conn.send_bytes(encode(message))
+                            continue
+                        try:
+                            data = encode(message)
+                        except Exception:
+                            logger.exception("%s: cannot send %r; skipped", self.name,
+                                             message[0])
+                            continue
+                        self.conn.send_bytes(data)
             except (OSError, ValueError):
                 self.close()
                 # Nobody will send these: release anyone draining on them.
@@ -320,7 +328,7 @@ class _Session:
                 return
             self.closed = True
             self._cond.notify_all()
-        self.server.forget(self)
+        self.server.publisher.leave(self)
         hang_up(self.conn)
         for sub in list(self.subscriptions.values()):
             try:
@@ -335,6 +343,7 @@ class _Session:
         except SystemStopped:
             pass
         self.trials.clear()
+        self.server.forget(self)  # last: `clients` drops once the cleanup is done
 
     def join(self, timeout: float) -> None:
         for thread in (self._reader, self._writer):
@@ -428,6 +437,7 @@ class Server:
         self.brama = brama
         self.name = f"{brama._core.name}-node"
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._sessions: set[_Session] = set()
         self._count = 0
         self._handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
@@ -446,6 +456,8 @@ class Server:
             self._socket.close()
             self._remove_files()
             raise
+        self._clock = SystemClock()
+        self._reaper = Scheduler(self._clock, f"{brama._core.name}-node-reaper")
         self.publisher = _Publisher(self)
         self._publisher_sub = brama._subscribe_target(
             self.publisher, events=list(_REPLICA_EVENTS), owner=("node", self.name))
@@ -473,11 +485,12 @@ class Server:
                 sock, _ = self._socket.accept()
             except OSError:
                 return
-            if not self._handshakes.acquire(blocking=False):
-                logger.warning("%s: too many handshakes in progress; refusing a peer",
-                               self.name)
-                sock.close()
-                continue
+            # Bounded: at most MAX_HANDSHAKES threads; a flood of silent peers makes
+            # later ones wait (each silent peer is cut off after HANDSHAKE_TIMEOUT).
+            while not self._handshakes.acquire(timeout=0.5):
+                if self._closed:
+                    sock.close()
+                    return
             threading.Thread(target=self._handshake, args=(sock,),
                              name=f"{self.name}-handshake", daemon=True).start()
 
@@ -487,9 +500,10 @@ class Server:
             # A dup to wake the blocked handshake if the peer stalls.
             waker = socket.socket(fileno=os.dup(sock.fileno()))
             conn = Connection(sock.detach())
-            timer = threading.Timer(HANDSHAKE_TIMEOUT, _shutdown, args=(waker,))
-            timer.daemon = True
-            timer.start()
+            # One shared timer thread cuts off peers that stall the handshake.
+            timer = self._reaper.schedule(
+                self._clock.now() + int(HANDSHAKE_TIMEOUT * 1000),
+                lambda: _shutdown(waker))
             try:
                 deliver_challenge(conn, self.authkey)
                 answer_challenge(conn, self.authkey)
@@ -510,6 +524,7 @@ class Server:
                 self._count += 1
                 session = _Session(self, conn, self._count)
                 self._sessions.add(session)
+                self._changed.notify_all()
             session.start()
         finally:
             self._handshakes.release()
@@ -517,7 +532,13 @@ class Server:
     def forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
+            self._changed.notify_all()
         self.publisher.leave(session)
+
+    def wait_for_clients(self, count: int, timeout: float | None = None) -> bool:
+        """Wait until exactly ``count`` clients are connected; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self._sessions) == count, timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop serving: disconnect every client (their subscriptions end)."""
@@ -532,6 +553,7 @@ class Server:
             pass
         self._socket.close()
         self._accepter.join(timeout)
+        self._reaper.stop(timeout)
         for session in sessions:
             session.close()
         for session in sessions:
