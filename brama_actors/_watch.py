@@ -1,0 +1,159 @@
+"""``python -m brama_actors watch ADDRESS``: a live view of every circuit on a node.
+
+The authkey comes from the environment (``BRAMA_AUTHKEY``, hex) or a file only its
+owner can read (``--authkey-file``), never from the command line, where other users
+could see it in the process list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import queue
+import stat
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from brama_actors._client import Client, connect
+from brama_actors._errors import BramaError
+from brama_actors._events import Event
+from brama_actors._status import ConnectionStatus
+
+__all__ = ["add_parser", "main", "read_authkey", "render"]
+
+ENV_AUTHKEY = "BRAMA_AUTHKEY"
+
+
+def parse_address(text: str) -> str | tuple[str, int]:
+    """``/path/to/socket`` or ``host:port``."""
+    if os.sep in text or text.endswith(".sock"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if sep and port.isdigit():
+        return (host.strip("[]") or "127.0.0.1", int(port))
+    return text
+
+
+def read_authkey(path: str | None) -> bytes:
+    """The authkey from ``--authkey-file`` (mode 0600 or stricter) or ``BRAMA_AUTHKEY``.
+
+    Raises:
+        ValueError: no key, a malformed key, or a key file others can read.
+    """
+    if path is not None:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+        if mode & 0o077:
+            raise ValueError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+        with open(path, "rb") as handle:
+            data = handle.read().strip()
+    else:
+        text = os.environ.get(ENV_AUTHKEY)
+        if not text:
+            raise ValueError(f"set {ENV_AUTHKEY} (hex) or pass --authkey-file")
+        data = text.strip().encode()
+    try:
+        return bytes.fromhex(data.decode())
+    except ValueError:
+        raise ValueError("the authkey must be hex-encoded") from None
+
+
+def _age(ms: int) -> str:
+    seconds = max(0, ms) / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def render(statuses: Sequence[ConnectionStatus], events: Sequence[Event], now_ms: int,
+           address: object) -> str:
+    """One screen: a table of circuits and the latest events."""
+    lines = [f"brama_actors node {address}  —  {len(statuses)} circuit(s)", ""]
+    header = f"{'connection':<28} {'scope':<12} {'state':<10} {'fails':>5} " \
+             f"{'in state':>9} {'success':>8}"
+    lines += [header, "-" * len(header)]
+    for status in sorted(statuses, key=lambda s: (s.scope or "", s.identifier)):
+        rate = "-" if status.success_rate is None else f"{status.success_rate:.0%}"
+        lines.append(
+            f"{status.identifier[:28]:<28} {(status.scope or '-')[:12]:<12} "
+            f"{status.state.value:<10} {status.failure_count:>5} "
+            f"{_age(now_ms - status.state_changed_at):>9} {rate:>8}")
+    lines += ["", "latest events:"]
+    if not events:
+        lines.append("  (none yet)")
+    for event in events:
+        clock = time.strftime("%H:%M:%S", time.localtime(event.timestamp / 1000))
+        detail = ""
+        if "new_state" in event.data:
+            detail = f" {event.data['previous_state']} -> {event.data['new_state']}"
+        elif event.data.get("reason") is not None:
+            detail = f" ({event.data['reason']})"
+        where = event.connection if event.scope is None else f"{event.scope}/{event.connection}"
+        lines.append(f"  {clock} {where}: {event.event.value}{detail}")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``watch`` sub-command to the CLI."""
+    parser = subparsers.add_parser(
+        "watch", help="live view of the circuits of a node",
+        description="Show every circuit on a node and its latest events. The authkey is "
+                    f"read from ${ENV_AUTHKEY} (hex) or --authkey-file (mode 0600).")
+    parser.add_argument("address", help="the node's socket path, or host:port")
+    parser.add_argument("--authkey-file", help="file holding the hex authkey (mode 0600)")
+    parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between refreshes (default 1)")
+    parser.add_argument("--events", type=int, default=10,
+                        help="how many latest events to show (default 10)")
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run ``watch``; returns the exit code."""
+    try:
+        authkey = read_authkey(args.authkey_file)
+    except (OSError, ValueError) as exc:
+        print(f"watch: {exc}", file=sys.stderr)
+        return 2
+    address = parse_address(args.address)
+    try:
+        client: Client = connect(address, authkey=authkey)
+    except BramaError as exc:
+        print(f"watch: {exc}", file=sys.stderr)
+        return 1
+    recent: collections.deque[Event] = collections.deque(maxlen=max(1, args.events))
+    tty = out.isatty()
+    try:
+        inbox = client.subscribe()
+        while True:
+            deadline = time.monotonic() + (0 if args.once else args.interval)
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    item = inbox.get(timeout=max(0.0, remaining)) if remaining > 0 \
+                        else inbox.get(timeout=0)
+                except queue.Empty:
+                    break
+                recent.extend(item if isinstance(item, tuple) else (item,))
+            screen = render(client.connections(), list(recent), int(time.time() * 1000),
+                            address)
+            if tty and not args.once:
+                out.write("\x1b[H\x1b[2J")
+            elif not args.once:
+                out.write("\n")
+            out.write(screen + "\n")
+            out.flush()
+            if args.once:
+                return 0
+    except KeyboardInterrupt:
+        return 0
+    except BramaError as exc:
+        print(f"watch: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
