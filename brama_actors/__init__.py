@@ -190,6 +190,9 @@ def guard(identifier: str, *, scope: str | None = None,
           error_handler: Callable[[Any], Any] | None = None, register: bool = True,
           exclude: Any = (), **register_options: Any) -> GuardBlock:
     """``Brama.guard`` on the default system (looked up when the block is entered)."""
+    if error_handler is not None:
+        raise TypeError("error_handler= applies to decorated functions: a guard block "
+                        "has no result to judge")
     return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
                             register=register, exclude=exclude, **register_options))
 

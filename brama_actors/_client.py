@@ -544,6 +544,9 @@ class Client:
         """The ``guard`` context manager, against the node."""
         from brama_actors._guard import Guard, GuardBlock
 
+        if error_handler is not None:
+            raise TypeError("error_handler= applies to decorated functions: a guard block "
+                            "has no result to judge")
         return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
                                 brama=self, register=register, exclude=exclude,
                                 **register_options))

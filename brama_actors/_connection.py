@@ -196,7 +196,8 @@ class ConnectionActor(PooledActor):
             cell.status = new
             cell.available = new.state is not CircuitState.OPEN
             cell.quiet = new.state is CircuitState.CLOSED and new.failure_count == 0
-            if new.opened_at != old.opened_at or new.state is not old.state:
+            if (new.opened_at != old.opened_at or new.state is not old.state
+                    or type(op) is rules.Open):
                 deadline = transition.deadline
                 if deadline is not None:
                     assert new.opened_at is not None

@@ -140,11 +140,14 @@ class EventManager(PooledActor):
         table: subscriptions to start with (a restart after a crash keeps them).
         redeliver: critical events that a crashed predecessor had accepted but maybe not
             handed over yet; delivered first (at least once).
+        batches: the predecessor's unflushed batches, by subscription id; handed to
+            their own targets before anything else, so order per connection holds.
         leftovers: envelopes the predecessor had not processed.
     """
 
     def __init__(self, pool: Pool, core: Core, table: Iterable[Subscription] = (),
-                 redeliver: tuple[Event, ...] = (), leftovers: Iterable[Any] = ()) -> None:
+                 redeliver: tuple[Event, ...] = (), leftovers: Iterable[Any] = (),
+                 batches: Iterable[tuple[int, tuple[Event, ...]]] = ()) -> None:
         super().__init__(pool)
         self._core = core
         self._subs: dict[int, Subscription] = {}
@@ -157,6 +160,7 @@ class EventManager(PooledActor):
         self._tokens = itertools.count(1)
         self._crashes_armed = 0
         self._redeliver = redeliver
+        self._pending_batches = list(batches)
         for sub in table:
             self._add(sub, publish=False)
         self._publish_interest()
@@ -164,6 +168,12 @@ class EventManager(PooledActor):
             self.actor_inbox.put(envelope)
 
     def on_start(self) -> None:
+        for sub_id, events in self._pending_batches:
+            sub = self._subs.get(sub_id)
+            if sub is not None:
+                sub.batched = 0
+                sub.target.deliver(events)
+        self._pending_batches = []
         if self._redeliver:
             events, self._redeliver = self._redeliver, ()
             self._publish(events)
@@ -257,7 +267,10 @@ class EventManager(PooledActor):
         if kind is ArmCrash:
             self._crashes_armed = message.times
             return None
-        raise TypeError(f"unexpected message {message!r}")
+        # Unknown messages are logged, not raised: a raise in a tell handler would stop
+        # this actor, and nothing restarts the supervisor or a manager stopped that way.
+        logger.warning("%s ignored an unexpected message %r", type(self).__name__, message)
+        return None
 
     def _remove_where(self, owner: tuple[str, Any] | None, filters: dict[str, Any]) -> int:
         doomed = []
@@ -283,18 +296,19 @@ class EventManager(PooledActor):
         redeliver: tuple[Event, ...] = ()
         if type(message) is Publish:
             redeliver = tuple(e for e in message.events if e.event in CRITICAL_EVENTS)
-        # Pending batches travel as redeliveries too (their critical events at least once).
-        for batch in self._batches.values():
+        # Unflushed batches go to their own subscriptions first, in order.
+        batches = []
+        for sub_id, batch in self._batches.items():
             if batch.timer is not None:
                 batch.timer.cancel()
-            redeliver += tuple(batch.events)
+            batches.append((sub_id, tuple(batch.events)))
         self._batches.clear()
         core = self._core
         me = self.actor_ref
         table = list(self._subs.values())
 
         def hand_over(leftovers: list[Any]) -> None:
-            core.event_manager_crashed(me, table, redeliver, leftovers, repr(exc))
+            core.event_manager_crashed(me, table, redeliver, leftovers, repr(exc), batches)
 
         self.pooled_inbox.close(hand_over)
         ActorRegistry.unregister(me)
@@ -341,6 +355,7 @@ class EventManager(PooledActor):
         if batch is None:
             batch = self._batches[sub.id] = _Batch(next(self._tokens))
         batch.events.append(event)
+        sub.batched = len(batch.events)
         if sub.batch_size is not None and len(batch.events) >= sub.batch_size:
             self._flush_batch(sub)
         elif len(batch.events) == 1 and sub.batch_timeout is not None:
@@ -351,6 +366,7 @@ class EventManager(PooledActor):
         batch = self._batches.pop(sub.id, None)
         if batch is None:
             return
+        sub.batched = 0
         if batch.timer is not None:
             batch.timer.cancel()
         if batch.events and not sub.target.deliver(tuple(batch.events)):

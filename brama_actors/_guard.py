@@ -27,6 +27,7 @@ from brama_actors._errors import (
     AlreadyRegistered,
     CircuitOpenError,
     ConnectionNotFound,
+    InvalidConfiguration,
     describe,
 )
 from brama_actors._events import EventType
@@ -60,6 +61,12 @@ def _check_exclude(exclude: Any) -> tuple[type[BaseException], ...]:
 
 
 def _check_register_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    kind = options.get("type", "general")
+    if not isinstance(kind, str) or not kind:
+        raise InvalidConfiguration(f"type must be a non-empty str, got {kind!r}")
+    metadata = options.get("metadata")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
     settings = {k: v for k, v in options.items() if k not in _REGISTER_EXTRA}
     validate_options(settings, CONNECTION_OPTIONS, skip_none=True)
     return dict(options)

@@ -44,7 +44,8 @@ class Subscription:
     manager (unsubscribes on exit).
     """
 
-    __slots__ = ("__weakref__", "_brama", "batch_size", "batch_timeout", "connection", "events",
+    __slots__ = ("__weakref__", "_brama", "batch_size", "batch_timeout", "batched",
+                 "connection", "events",
                  "filter", "id", "owner", "scope", "subscriber", "target")
 
     def __init__(
@@ -72,6 +73,8 @@ class Subscription:
         self.owner = owner
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
+        #: Events held in a batch not flushed yet (written by the event manager).
+        self.batched = 0
 
     def __repr__(self) -> str:
         parts = [f"id={self.id}"]
@@ -136,7 +139,7 @@ class Subscription:
             delivered=stats.delivered,
             dropped=stats.dropped,
             failed=stats.failed,
-            pending=self.target.pending(),
+            pending=self.target.pending() + self.batched,
         )
 
     def unsubscribe(self) -> bool:

@@ -47,6 +47,7 @@ class EventManagerCrashed:
     redeliver: tuple[Any, ...]
     leftovers: list[Any]
     reason: str
+    batches: list[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,10 @@ class Supervisor(PooledActor):
             return None
         if kind is Sync:
             return None
-        raise TypeError(f"unexpected message {message!r}")
+        # Unknown messages are logged, not raised: a raise in a tell handler would stop
+        # this actor, and nothing restarts the supervisor or a manager stopped that way.
+        logger.warning("%s ignored an unexpected message %r", type(self).__name__, message)
+        return None
 
     def _restart(self, message: Crashed) -> None:
         core = self._core
@@ -119,10 +123,17 @@ class Supervisor(PooledActor):
                          f"{message.reason})")
             return
         core.em = EventManager.start(core.pool, core, message.table, message.redeliver,
-                                     message.leftovers)
+                                     message.leftovers, message.batches)
         logger.warning("restarted the event manager after %s (%d subscriptions kept)",
                        message.reason, len(message.table))
         core.restarted("event_manager", None, None, message.reason)
+
+    def on_stop(self) -> None:
+        core = self._core
+        if not core.stopping:
+            # Someone stopped the supervisor directly (it is exposed as brama.supervisor):
+            # without it nothing restarts, so the system goes down cleanly.
+            core.give_up("the supervisor was stopped")
 
     def _within_intensity(self) -> bool:
         core = self._core

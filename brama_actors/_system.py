@@ -77,6 +77,7 @@ from brama_actors._targets import (
     HandlerTarget,
     InboxTarget,
     Target,
+    TelemetryCall,
     TelemetryTarget,
 )
 
@@ -246,9 +247,10 @@ class Core:
 
     def event_manager_crashed(self, ref: ActorRef[Any], table: list[Any],
                               redeliver: tuple[Event, ...], leftovers: list[Any],
-                              reason: str) -> None:
+                              reason: str, batches: list[Any]) -> None:
         try:
-            self.supervisor.tell(EventManagerCrashed(ref, table, redeliver, leftovers, reason))
+            self.supervisor.tell(EventManagerCrashed(ref, table, redeliver, leftovers, reason,
+                                                     batches))
         except ActorDeadError:
             pass  # stopping
 
@@ -304,11 +306,14 @@ class Core:
 
     def restarted(self, child: str, identifier: str | None, scope: str | None,
                   reason: str) -> None:
-        _telemetry.execute(
+        if not _telemetry.HANDLERS:
+            return
+        # Run by the telemetry thread: telemetry handlers never run inside an actor.
+        self.telemetry().fire(TelemetryCall(
             ("brama", "supervisor", "restart"),
             {"system_time": self.clock.now()},
             {"child": child, "connection": identifier, "scope": scope, "reason": reason},
-        )
+        ))
 
     def give_up(self, reason: str) -> None:
         """Stop the system from another thread (actors must not join their own pool)."""
@@ -781,7 +786,6 @@ class Brama:
             owner: tuple[str, Any] | None = _owner()
             if subscriber is not None:
                 filters["subscriber"] = subscriber
-                owner = None
             message = UnsubscribeWhere(owner, filters)
         return self._ask_event_manager(message, ASK_TIMEOUT)
 
@@ -831,7 +835,10 @@ class Brama:
         Raises on entry ``CircuitOpenError`` when the circuit refuses the call; records
         the block's outcome on exit, with the rules of the ``circuit_breaker`` decorator.
         """
-        if error_handler is None and register and not exclude and not register_options:
+        if error_handler is not None:
+            raise TypeError("error_handler= applies to decorated functions: a guard block "
+                            "has no result to judge")
+        if register and not exclude and not register_options:
             # The common form: reuse one validated Guard per connection.
             key = identifier if scope is None else (scope, identifier)
             try:

@@ -190,6 +190,11 @@ class ActorTarget(Target):
         self.ref = ref
 
     def pending(self) -> int:
+        # Told events are the actor's: nothing of ours is pending.
+        return 0
+
+    def backlog(self) -> int:
+        """Messages waiting in the actor's inbox (ours and anybody else's)."""
         inbox = self.ref.actor_inbox
         size = getattr(inbox, "qsize", None)
         if size is not None:
@@ -202,7 +207,7 @@ class ActorTarget(Target):
     def deliver(self, item: Item) -> bool:
         if not self.ref.is_alive():
             return False
-        if self.max_pending and self.pending() >= self.max_pending and not is_critical(item):
+        if self.max_pending and self.backlog() >= self.max_pending and not is_critical(item):
             self.stats.dropped += _count(item)
             return True
         message = ("brama_event", item) if isinstance(item, Event) else ("brama_events", item)
@@ -310,6 +315,18 @@ class HandlerTarget(_Queued):
         )
 
 
+class TelemetryCall:
+    """A telemetry execution queued for the telemetry runner."""
+
+    __slots__ = ("measurements", "metadata", "name")
+
+    def __init__(self, name: tuple[str, ...], measurements: dict[str, Any],
+                 metadata: dict[str, Any]) -> None:
+        self.name = name
+        self.measurements = measurements
+        self.metadata = metadata
+
+
 class TelemetryTarget(HandlerTarget):
     """Fires ``("brama", "connection", <type>)`` telemetry for every event, in its thread.
 
@@ -320,6 +337,19 @@ class TelemetryTarget(HandlerTarget):
     def __init__(self, name: str, max_pending: int = 100_000) -> None:
         self._since: dict[tuple[str | None, str | None], int] = {}
         super().__init__(self._fire, max_pending, name, "telemetry")
+
+    def fire(self, call: TelemetryCall) -> None:
+        """Queue a telemetry execution (e.g. a supervisor restart) for this thread."""
+        with self._cond:
+            if not self.closed:
+                self._items.append(call)
+                self._cond.notify()
+
+    def _handle(self, item: Any) -> None:
+        if isinstance(item, TelemetryCall):
+            _telemetry.execute(item.name, item.measurements, item.metadata)
+            return
+        super()._handle(item)
 
     def _fire(self, item: Item) -> None:
         for event in (item,) if isinstance(item, Event) else item:

@@ -585,3 +585,61 @@ def test_connection_monitor_default_system() -> None:
     brama_actors.failure("db")
     assert done.wait(5)
     ref.stop()
+
+
+def test_statistics_count_batched_events_as_pending(system: Brama) -> None:
+    """Events held in an unflushed batch count as pending; actor targets hold none."""
+    sub = system.subscribe(events=["failure"], batch_size=10)
+    ref = Collector.start([])
+    actor_sub = system.subscribe(subscriber=ref, events=["failure"])
+    system.register("db", max_attempts=100)
+    for _ in range(3):
+        system.failure("db")
+    from brama_actors._event_manager import ListSubscriptions
+
+    system._core.em.ask(ListSubscriptions(), timeout=5)  # the manager has batched them
+    assert sub.statistics().pending == 3
+    with pytest.raises(queue.Empty):
+        sub.get(timeout=0)
+    system.drain()  # flushes the batch into the inbox: still pending, now there
+    assert sub.statistics().pending == 3
+    assert len(sub.get(timeout=0)) == 3  # type: ignore[arg-type]
+    assert sub.statistics().delivered == 3
+    stats = actor_sub.statistics()
+    assert (stats.delivered, stats.pending) == (3, 0)
+
+
+def test_unsubscribe_by_subscriber_only_removes_callers(system: Brama) -> None:
+    """unsubscribe(subscriber=ref) removes only the caller's subscriptions for that actor."""
+    ref = Collector.start([])
+    system.subscribe(subscriber=ref)
+    theirs: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: theirs.append(system.subscribe(subscriber=ref)))
+    thread.start()
+    thread.join(5)
+    assert system.unsubscribe(subscriber=ref) == 1
+    assert system.unsubscribe(theirs[0]) is True
+
+
+def test_event_manager_crash_returns_batches_in_order(system: Brama) -> None:
+    """Unflushed batches go back to their own subscription, before later events."""
+    batched = system.subscribe(events=["failure", "state_change"], batch_size=100)
+    plain = system.subscribe(events=["failure"])
+    system.register("db", max_attempts=3)
+    system.failure("db")
+    system.failure("db")
+    inject_event_manager_crash(brama=system)
+    system.failure("db")  # crashes the manager: failure, circuit_opened, state_change
+    system.drain(timeout=5)
+    items: list[Event] = []
+    while True:
+        try:
+            got = batched.get(timeout=0)
+        except queue.Empty:
+            break
+        items.extend(got if isinstance(got, tuple) else (got,))
+    counts = [e.data["failure_count"] for e in items if e.event == "failure"]
+    assert counts == [1, 2]  # the crashed message's non-critical failure is not replayed
+    assert [e.event.value for e in items][-1] == "state_change"
+    assert [e.data["failure_count"] for e in collect(plain)] == [1, 2]  # no duplicates

@@ -471,3 +471,19 @@ def test_set_state_then_guard(system: Brama) -> None:
     set_state("api", "open", brama=system)
     with pytest.raises(CircuitOpenError):
         circuit_breaker("api", brama=system)(lambda: 1)()
+
+
+def test_guard_block_refuses_error_handler(system: Brama) -> None:
+    """A guard block has no result: error_handler= there is a TypeError, not ignored."""
+    with pytest.raises(TypeError, match="error_handler"):
+        system.guard("api", error_handler=lambda r: "success")
+    with pytest.raises(TypeError, match="error_handler"):
+        brama_actors.guard("api", error_handler=lambda r: "success")
+
+
+def test_register_type_and_metadata_checked_at_decoration() -> None:
+    """type= and metadata= for the registration are validated when decorating."""
+    with pytest.raises(InvalidConfiguration, match="type"):
+        circuit_breaker("api", type="")
+    with pytest.raises(TypeError, match="metadata"):
+        circuit_breaker("api", metadata=[1])

@@ -9,6 +9,7 @@ import pykka
 import pytest
 
 from brama_actors import Brama, ConnectionNotFound, SystemStopped, _telemetry
+from brama_actors._supervisor import Sync
 from brama_actors.testing import ManualClock, inject_crash
 from tests.conftest import collect, kinds
 
@@ -252,3 +253,17 @@ def test_base_exception_in_connection_actor_restarts_it(
     system.failure("db")
     assert system.status("db").failure_count == 1
     assert system.unregister("db") is True
+
+
+def test_stopping_the_supervisor_stops_the_system(clock: ManualClock) -> None:
+    """Stopping brama.supervisor by hand takes the system down cleanly (nothing restarts)."""
+    brama = Brama.start(clock=clock)
+    brama.register("db")
+    brama.supervisor.tell("an unknown message is ignored, not fatal")
+    brama.supervisor.ask(Sync(), timeout=5)
+    assert not brama.stopped
+    brama.supervisor.stop()
+    brama.stop()  # waits for the give-up teardown
+    assert brama.stopped
+    with pytest.raises(SystemStopped):
+        brama.status("db")

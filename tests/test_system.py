@@ -634,3 +634,14 @@ def test_events_nobody_wants_are_not_built(system: Brama) -> None:
     system.drain()
     assert published == [1]
     assert kinds(collect(sub)) == ["state_change"]
+
+
+def test_reopen_in_the_same_millisecond_moves_the_deadline(system: Brama,
+                                                           clock: ManualClock) -> None:
+    """open_circuit twice in one ms: the second opening's expiry decides the deadline."""
+    system.register("db", expiry=1000)
+    system.open_circuit("db")
+    system.open_circuit("db", expiry=500)
+    assert system.status("db").expiry == 500
+    clock.advance(500)
+    assert system.status("db").state == "half_open"
