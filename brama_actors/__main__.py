@@ -1,0 +1,38 @@
+"""The command line: ``python -m brama_actors demo`` and ``python -m brama_actors watch``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from brama_actors import _demo, _watch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with every sub-command."""
+    parser = argparse.ArgumentParser(
+        prog="python -m brama_actors",
+        description="brama_actors: circuit breakers as Pykka actors.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _demo.add_parser(subparsers)
+    _watch.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
