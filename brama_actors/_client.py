@@ -36,7 +36,7 @@ from brama_actors._errors import (
 from brama_actors._events import Event, EventType, parse_event_types
 from brama_actors._status import CircuitState, ConnectionStatus
 from brama_actors._subscription import Subscription
-from brama_actors._targets import ActorTarget, HandlerTarget, InboxTarget, Target
+from brama_actors._targets import HandlerTarget, Target
 from brama_actors._wire import Address, check_address, encode, hang_up
 
 __all__ = ["Client", "connect"]
@@ -443,29 +443,15 @@ class Client:
                   batch_size: int | None = None, batch_timeout: int | None = None,
                   max_pending: int = 10_000) -> Subscription:
         """Subscribe; events are delivered in this process. ``filter`` runs in the node."""
-        from brama_actors._system import _caller_actor, _owner, check_subscription
+        from brama_actors._system import _owner, check_subscription, make_target
 
         kinds = check_subscription(events, connection, scope, filter, batch_size,
                                    batch_timeout, max_pending)
-        if subscriber is not None and handler is not None:
-            raise ValueError("give subscriber= or handler=, not both")
-        target: Target
-        if handler is not None:
-            if not callable(getattr(handler, "handle_event", None)) and not callable(handler):
-                raise TypeError(
-                    f"handler must have a handle_event(event) method or be callable, "
-                    f"got {handler!r}")
-            target = HandlerTarget(handler, max_pending, f"{self.name}-handler")
+        target, subscriber = make_target(subscriber, handler, max_pending,
+                                         f"{self.name}-handler")
+        if isinstance(target, HandlerTarget):
+            self._targets = [t for t in self._targets if not t.closed]
             self._targets.append(target)
-        else:
-            if subscriber is None:
-                subscriber = _caller_actor()
-            if subscriber is not None:
-                if not isinstance(subscriber, ActorRef):
-                    raise TypeError(f"subscriber must be a pykka ActorRef, got {subscriber!r}")
-                target = ActorTarget(subscriber, max_pending)
-            else:
-                target = InboxTarget(max_pending)
         options: dict[str, Any] = {
             "events": None if kinds is None else sorted(k.value for k in kinds),
             "connection": connection, "scope": scope,

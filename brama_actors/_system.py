@@ -147,6 +147,33 @@ def check_subscription(events: Any, connection: Any, scope: Any, filter: Any,
     return kinds
 
 
+def make_target(subscriber: Any, handler: Any, max_pending: int,
+                handler_name: str) -> tuple[Target, Any]:
+    """The target of a new subscription: a handler runner, an actor, or an inbox.
+
+    Returns the target and the subscriber actor (the calling actor when none is given
+    from inside one).
+
+    Raises:
+        ValueError: both ``subscriber`` and ``handler``.
+        TypeError: a handler that is not callable, a subscriber that is not an ActorRef.
+    """
+    if subscriber is not None and handler is not None:
+        raise ValueError("give subscriber= or handler=, not both")
+    if handler is not None:
+        if not callable(getattr(handler, "handle_event", None)) and not callable(handler):
+            raise TypeError(
+                f"handler must have a handle_event(event) method or be callable, got {handler!r}")
+        return HandlerTarget(handler, max_pending, handler_name), None
+    if subscriber is None:
+        subscriber = _caller_actor()
+    if subscriber is None:
+        return InboxTarget(max_pending), None
+    if not isinstance(subscriber, ActorRef):
+        raise TypeError(f"subscriber must be a pykka ActorRef, got {subscriber!r}")
+    return ActorTarget(subscriber, max_pending), subscriber
+
+
 def _check_metadata(metadata: Any) -> Mapping[str, Any] | None:
     if metadata is None or isinstance(metadata, Mapping):
         return metadata
@@ -714,35 +741,15 @@ class Brama:
         self._check_running()
         check_subscription(events, connection, scope, filter, batch_size, batch_timeout,
                            max_pending)
-        if subscriber is not None and handler is not None:
-            raise ValueError("give subscriber= or handler=, not both")
-        target: Target
-        if handler is not None:
-            target = self._handler_target(handler, max_pending)
-        else:
-            if subscriber is None:
-                subscriber = _caller_actor()
-            if subscriber is not None:
-                if not isinstance(subscriber, ActorRef):
-                    raise TypeError(f"subscriber must be a pykka ActorRef, got {subscriber!r}")
-                target = ActorTarget(subscriber, max_pending)
-            else:
-                target = InboxTarget(max_pending)
+        target, subscriber = make_target(subscriber, handler, max_pending,
+                                         f"{self._core.name}-handler")
+        if isinstance(target, HandlerTarget):
+            self._targets = [t for t in self._targets if not t.closed]
+            self._targets.append(target)
         return self._subscribe_target(
             target, events=events, connection=connection, scope=scope, filter=filter,
             batch_size=batch_size, batch_timeout=batch_timeout, max_pending=max_pending,
             subscriber=subscriber, owner=_owner())
-
-    def _handler_target(self, handler: Any, max_pending: int) -> HandlerTarget:
-        method = getattr(handler, "handle_event", None)
-        if not callable(method) and not callable(handler):
-            raise TypeError(
-                "handler must have a handle_event(event) method or be callable, "
-                f"got {handler!r}")
-        target = HandlerTarget(handler, max_pending, f"{self._core.name}-handler")
-        self._targets = [t for t in self._targets if not t.closed]
-        self._targets.append(target)
-        return target
 
     def _subscribe_target(self, target: Target, *, events: Any = None,
                           connection: Any = None, scope: Any = None, filter: Any = None,
