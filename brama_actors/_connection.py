@@ -72,6 +72,10 @@ class Cell:
     quiet_folded: int = 0
     quiet_raw: float = 0.0  # clock.raw() of the latest quiet success
     trials: int = 0  # guarded half-open trials running now, under lock
+    # Events of a published status that a crashing actor could not hand over; its
+    # successor emits them first (so they are neither lost nor emitted twice).
+    unsent: list[tuple[ConnectionStatus, Any, int]] = field(default_factory=list)
+    crashes_armed: int = 0  # test seam: crash this many messages, across restarts
 
     def add_quiet_success(self, raw: float) -> None:
         """Count a success that changes no state (called from the reporting thread)."""
@@ -109,6 +113,14 @@ class Cell:
         )
 
 
+class _Applied(Exception):
+    """The message was applied and published, then something failed (``cause``)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
 class ConnectionActor(PooledActor):
     """Owns the circuit of one ``(identifier, scope)``.
 
@@ -130,21 +142,30 @@ class ConnectionActor(PooledActor):
         self._status = cell.status
         self._settings = cell.settings
         self._timer: Timer | None = None
-        self._crashes_armed = 0
         self._retired = False
         for envelope in leftovers:
             self.actor_inbox.put(envelope)
+        while cell.unsent:
+            status, specs, at = cell.unsent[0]
+            core.emit(status, specs, at)
+            cell.unsent.pop(0)
         # A restarted actor owns the current opening's deadline from the start.
         status = self._status
         if status.state is CircuitState.OPEN and status.opened_at is not None:
             self._arm(status.opened_at + status.expiry, status.opened_at)
 
     def on_receive(self, message: Any) -> Any:
-        if self._crashes_armed and type(message) is not ArmCrash:
-            self._crashes_armed -= 1
+        cell = self._cell
+        if cell.crashes_armed and type(message) is not ArmCrash:
+            cell.crashes_armed -= 1
             return self._crash(InjectedCrash("crash injected through the test seam"))
         try:
             return self._handle(message)
+        except _Applied as applied:
+            # The message took effect (its status is published): restart, but the caller
+            # must not retry it.
+            self._crash(applied.cause)
+            return None
         except BaseException as exc:  # even KeyboardInterrupt: restart, never strand it
             return self._crash(exc)
 
@@ -169,7 +190,7 @@ class ConnectionActor(PooledActor):
         if kind is Retire:
             return self._retire(message.inactive_threshold)
         if kind is ArmCrash:
-            self._crashes_armed = message.times
+            self._cell.crashes_armed = message.times
             return None
         raise TypeError(f"unexpected message {message!r}")
 
@@ -206,7 +227,11 @@ class ConnectionActor(PooledActor):
                     self._timer.cancel()
                     self._timer = None
         if transition.events:
-            core.emit(new, transition.events, now)
+            try:
+                core.emit(new, transition.events, now)
+            except BaseException as exc:
+                self._cell.unsent.append((new, transition.events, now))
+                raise _Applied(exc) from exc
 
     def _arm(self, deadline: int, opened_at: int) -> None:
         if self._timer is not None:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import pykka
 from pykka import ActorDeadError, ThreadingFuture, messages
 
-__all__ = ["Pool", "PooledActor", "current_actor"]
+__all__ = ["Pool", "PooledActor", "current_actor", "reject"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -82,7 +82,8 @@ class Pool:
                 thread.join(timeout)
 
 
-def _reject(envelope: Any, actor_ref: Any) -> None:
+def reject(envelope: Any, actor_ref: Any) -> None:
+    """Answer an envelope that will never be processed (ActorDeadError for an ask)."""
     if envelope.reply_to is None:
         return
     if isinstance(envelope.message, messages._ActorStop):
@@ -120,7 +121,7 @@ class _PooledInbox:
             else:
                 pool = None
         if pool is None:
-            _reject(envelope, self._actor.actor_ref if self._actor else None)
+            reject(envelope, self._actor.actor_ref if self._actor else None)
             return
         pool.submit(self)
 
@@ -198,7 +199,7 @@ class _PooledInbox:
 
     def _teardown(self, actor: PooledActor) -> None:
         for envelope in self.close():
-            _reject(envelope, actor.actor_ref)
+            reject(envelope, actor.actor_ref)
         with self._lock:
             self._scheduled = False
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from brama_actors._connection import Cell, ConnectionActor
 from brama_actors._errors import describe
 from brama_actors._messages import split_key
-from brama_actors._runtime import Pool, PooledActor
+from brama_actors._runtime import Pool, PooledActor, reject
 
 if TYPE_CHECKING:
     from pykka import ActorRef
@@ -63,6 +63,12 @@ class Sync:
     __slots__ = ()
 
 
+def _refuse(envelopes: list[Any], ref: ActorRef[Any]) -> None:
+    """Answer the askers among ``envelopes`` at once (ActorDeadError), instead of never."""
+    for envelope in envelopes:
+        reject(envelope, ref)
+
+
 class Supervisor(PooledActor):
     """Owns the children of one system."""
 
@@ -94,7 +100,8 @@ class Supervisor(PooledActor):
         core = self._core
         cell = message.cell
         if self._gave_up or core.cells.get(cell.key) is not cell or cell.ref is not message.ref:
-            return  # removed, stopping, or already restarted
+            _refuse(message.leftovers, message.ref)  # removed, stopping, or restarted
+            return
         identifier, scope = split_key(cell.key)
         if not self._within_intensity():
             self._gave_up = True
@@ -102,6 +109,7 @@ class Supervisor(PooledActor):
                       f"{core.config['restart_window']} ms (last: connection "
                       f"{describe(identifier, scope)}: {message.reason})")
             core.give_up(reason)
+            _refuse(message.leftovers, message.ref)  # their callers get SystemStopped now
             return
         ref = ConnectionActor.start(core, cell, message.leftovers)
         cell.inbox = ref.actor_inbox  # type: ignore[assignment]
@@ -115,12 +123,14 @@ class Supervisor(PooledActor):
 
         core = self._core
         if self._gave_up or core.em is not message.ref:
+            _refuse(message.leftovers, message.ref)
             return
         if not self._within_intensity():
             self._gave_up = True
             core.give_up(f"more than {core.config['max_restarts']} restarts within "
                          f"{core.config['restart_window']} ms (last: event manager: "
                          f"{message.reason})")
+            _refuse(message.leftovers, message.ref)
             return
         core.em = EventManager.start(core.pool, core, message.table, message.redeliver,
                                      message.leftovers, message.batches)

@@ -512,8 +512,16 @@ class Brama:
             self._targets.append(core.telemetry_target)
         for target in self._targets:
             target.close()
+        # Handler threads finish what they are doing; one blocked forever in user code
+        # cannot be stopped (it is a daemon thread), so waiting is bounded.
+        handlers_deadline = min(deadline, time.monotonic() + 1.0)
         for target in self._targets:
-            target.join(max(0.05, deadline - time.monotonic()))
+            target.join(max(0.0, handlers_deadline - time.monotonic()))
+        blocked = [t for t in self._targets if getattr(t, "_thread", None) is not None
+                   and t._thread.is_alive()]  # type: ignore[attr-defined]
+        if blocked:
+            logger.warning("%s: %d handler(s) still running user code at stop; left as "
+                           "daemon threads", core.name, len(blocked))
         self._targets.clear()
         _forget_default(self)
         running.discard(self)
@@ -555,7 +563,10 @@ class Brama:
     def _call(self, identifier: Any, scope: Any, message: Any, *, block: bool = True) -> Any:
         """Send ``message`` to a connection's actor, following it across a restart."""
         key = _check_key(identifier, scope)
-        for _ in range(3):
+        # A message that crashes its actor is retried on the restarted one; a poison
+        # message ends when restart intensity gives up (SystemStopped) or here.
+        attempts = int(self._core.config["max_restarts"]) + 2
+        for _ in range(attempts):
             cell = self._cells.get(key)
             if cell is None:
                 raise _not_found(key)
@@ -580,7 +591,8 @@ class Brama:
             # supervisor has caught up, the cell points at the restarted actor.
             self._ask_supervisor(Sync())
         self._check_running()
-        raise _not_found(key)
+        raise BramaError(f"connection {describe(*split_key(key))} crashed {attempts} times "
+                         "handling this call")
 
     # -- connections (API.md section 2) -----------------------------------------------
     def register(self, identifier: str, *, scope: str | None = None, type: str = "general",
