@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -35,4 +36,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        exit_code = main()
+    except KeyboardInterrupt:  # a Ctrl-C just after the command returned
+        exit_code = 0
+    # The command is done. A late Ctrl-C (a double press) would otherwise kill the
+    # interpreter while it exits and turn a clean exit into "killed by SIGINT".
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise SystemExit(exit_code)

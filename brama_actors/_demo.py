@@ -37,6 +37,7 @@ from typing import TextIO
 from brama_actors._errors import BramaError, CircuitOpenError
 from brama_actors._events import Event, EventType
 from brama_actors._status import CircuitState, ConnectionStatus
+from brama_actors._subscription import Subscription
 from brama_actors._system import Brama
 
 __all__ = ["add_parser", "main", "run"]
@@ -215,7 +216,7 @@ class Display:
                          f"{rejected:>6} refused, opened {self.openings[service.name]} time(s)")
         lines.append(f"  {total} calls made, {refused} refused while a circuit was open (the "
                      f"failing dependency was spared those calls); "
-                     f"{self.transitions} state changes")
+                     f"{self.transitions} state change(s)")
         return "\n".join(lines)
 
 
@@ -255,18 +256,36 @@ def _worker(brama: Brama, services: list[Service], stop: threading.Event, start_
         stop.set()
 
 
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore a further Ctrl-C while shutting down, so the shutdown always completes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may change signal handlers (or receives SIGINT)
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        if previous is not None:  # None: a handler installed outside Python; leave it
-            signal.signal(signal.SIGINT, previous)
+class _Interrupts:
+    """Ctrl-C handling for the demo: one ``KeyboardInterrupt`` at most, and only when armed.
+
+    The default handler raises on every Ctrl-C, so a second press (or one that comes just
+    as the run ends) could land inside the shutdown and leave the system running. Here the
+    first Ctrl-C raises and disarms, and the run disarms it before it shuts down, so the
+    shutdown and the summary always complete.
+    """
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def handle(self, signum: int, frame: object) -> None:
+        """The SIGINT handler."""
+        if self.armed:
+            self.armed = False
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Interrupts]:
+        """Handle SIGINT with ``handle`` inside the block (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self  # only the main thread receives SIGINT or may set handlers
+            return
+        previous = signal.signal(signal.SIGINT, self.handle)
+        try:
+            yield self
+        finally:
+            if previous is not None:  # None: a handler installed outside Python; leave it
+                signal.signal(signal.SIGINT, previous)
 
 
 def _statuses(brama: Brama, services: list[Service]) -> dict[str, ConnectionStatus]:
@@ -288,18 +307,25 @@ def run(duration: float = 20.0, seed: int | None = None, serve: bool = False,
     Returns:
         0 when the run ends or Ctrl-C interrupts it; 1 if the system stopped by itself.
     """
-    out = sys.stdout if out is None else out
-    color = _use_color(out)
-    seed = random.randrange(1_000_000) if seed is None else seed
+    with _Interrupts().installed() as interrupts:
+        return _run(duration, random.randrange(1_000_000) if seed is None else seed, serve,
+                    sys.stdout if out is None else out, interrupts)
+
+
+def _run(duration: float, seed: int, serve: bool, out: TextIO,
+         interrupts: _Interrupts) -> int:
+    """``run``, with its defaults resolved and Ctrl-C handled by ``interrupts``."""
     services = _services()
     # Expiry scales with the run, so a short run still shows open -> half_open -> closed.
     expiry = max(200, int(duration * 1000 / 12))
     stop = threading.Event()
     workers: list[threading.Thread] = []
+    brama: Brama | None = None
+    changes: Subscription | None = None
+    display: Display | None = None
+    keydir: str | None = None
     interrupted = False
     failed: str | None = None
-    keydir: str | None = None
-    display: Display | None = None
     leftovers: list[Event] = []
     final: dict[str, ConnectionStatus] = {}
     final_ms = 0
@@ -308,13 +334,13 @@ def run(duration: float = 20.0, seed: int | None = None, serve: bool = False,
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    brama = Brama.start(max_attempts=MAX_ATTEMPTS, expiry=expiry)
     try:
+        brama = Brama.start(max_attempts=MAX_ATTEMPTS, expiry=expiry)
         for service in services:
             brama.register(service.name, type="http")
         changes = brama.subscribe(events=WATCHED_EVENTS)
         start_ms = brama.clock.now()
-        display = Display(services, start_ms, color)
+        display = Display(services, start_ms, _use_color(out))
         say(f"brama_actors demo: {len(services)} services, max_attempts={MAX_ATTEMPTS}, "
             f"expiry={expiry} ms, {duration:g} s, seed {seed} (Ctrl-C to stop)")
         if serve:
@@ -352,46 +378,48 @@ def run(duration: float = 20.0, seed: int | None = None, serve: bool = False,
                 line = display.event(event)
                 if line is not None:
                     say(line)
+        # Disarm inside the ``try``: a Ctrl-C up to here is caught below, and none can
+        # land in the shutdown.
+        interrupts.armed = False
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = True  # the handler disarmed itself when it raised
     except BramaError as exc:
+        interrupts.armed = False
         failed = f"the brama system failed: {exc}"
     finally:
-        with _sigint_ignored():
-            stop.set()
-            for worker in workers:
-                worker.join(SHUTDOWN_TIMEOUT)
+        interrupts.armed = False
+        stop.set()
+        for worker in workers:
+            worker.join(SHUTDOWN_TIMEOUT)
+        if brama is not None:
             with contextlib.suppress(BramaError, TimeoutError):
                 brama.drain(SHUTDOWN_TIMEOUT)
                 final_ms = brama.clock.now()
                 final = _statuses(brama, services)
-                if display is not None:
-                    while True:  # the events the loop had no time to print
-                        try:
-                            item = changes.get(timeout=0)
-                        except queue.Empty:
-                            break
-                        leftovers.extend(item if isinstance(item, tuple) else (item,))
+                while changes is not None:  # the events the loop had no time to print
+                    try:
+                        item = changes.get(timeout=0)
+                    except queue.Empty:
+                        break
+                    leftovers.extend(item if isinstance(item, tuple) else (item,))
             brama.stop()
-            if keydir is not None:
-                shutil.rmtree(keydir, ignore_errors=True)
+        if keydir is not None:
+            shutil.rmtree(keydir, ignore_errors=True)
 
-    # Everything is stopped: from here on only printing, which a Ctrl-C may cut short.
-    try:
-        if interrupted:
-            say("\ninterrupted: stopped the workers and the system")
-        if display is not None:
-            for event in leftovers:
-                line = display.event(event)
-                if line is not None:
-                    say(line)
-            if final:
-                say(display.table(final, final_ms))
-            say(display.summary(time.monotonic() - began, seed, interrupted))
-        if failed is not None:
-            say(f"error: {failed}")
-    except KeyboardInterrupt:
-        pass
+    # Everything is stopped; the summary takes milliseconds, so a double press of Ctrl-C
+    # (still disarmed) does not cut it short.
+    if interrupted:
+        say("\ninterrupted: stopped the workers and the system")
+    if display is not None:
+        for event in leftovers:
+            line = display.event(event)
+            if line is not None:
+                say(line)
+        if final:
+            say(display.table(final, final_ms))
+        say(display.summary(time.monotonic() - began, seed, interrupted))
+    if failed is not None:
+        say(f"error: {failed}")
     return 1 if failed is not None else 0
 
 

@@ -13,8 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pykka import ActorRegistry
-
 from brama_actors import _telemetry
 from brama_actors._events import CRITICAL_EVENTS, Event, EventType
 from brama_actors._messages import RESTARTED, ArmCrash, InjectedCrash
@@ -134,49 +132,32 @@ class _Batch:
 class EventManager(PooledActor):
     """Holds the subscriptions of one system and fans events out to them.
 
+    A crash while handling a message is recovered in place: the supervisor is told (it
+    counts the restart and may give up), the indexes are rebuilt from the subscription
+    table, unflushed batches go to their own targets, and the critical events of the
+    message being handled are delivered again (at least once). The actor, its ref and
+    its inbox stay the same, so nothing told to it meanwhile is refused or reordered.
+
     Args:
         pool: the pool that runs it.
         core: the system's internals.
-        table: subscriptions to start with (a restart after a crash keeps them).
-        redeliver: critical events that a crashed predecessor had accepted but maybe not
-            handed over yet; delivered first (at least once).
-        batches: the predecessor's unflushed batches, by subscription id; handed to
-            their own targets before anything else, so order per connection holds.
-        leftovers: envelopes the predecessor had not processed.
     """
 
-    def __init__(self, pool: Pool, core: Core, table: Iterable[Subscription] = (),
-                 redeliver: tuple[Event, ...] = (), leftovers: Iterable[Any] = (),
-                 batches: Iterable[tuple[int, tuple[Event, ...]]] = ()) -> None:
+    def __init__(self, pool: Pool, core: Core) -> None:
         super().__init__(pool)
         self._core = core
         self._subs: dict[int, Subscription] = {}
-        # connection -> type -> subs; scope -> type -> subs; type -> subs
-        self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
-        self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
-        self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
+        self._reset_indexes()
         self._filter_warned: set[int] = set()
         self._batches: dict[int, _Batch] = {}
         self._tokens = itertools.count(1)
         self._crashes_armed = 0
-        self._redeliver = redeliver
-        self._pending_batches = list(batches)
-        for sub in table:
-            self._add(sub, publish=False)
-        self._publish_interest()
-        for envelope in leftovers:
-            self.actor_inbox.put(envelope)
 
-    def on_start(self) -> None:
-        for sub_id, events in self._pending_batches:
-            sub = self._subs.get(sub_id)
-            if sub is not None:
-                sub.batched = 0
-                sub.target.deliver(events)
-        self._pending_batches = []
-        if self._redeliver:
-            events, self._redeliver = self._redeliver, ()
-            self._publish(events)
+    def _reset_indexes(self) -> None:
+        # connection -> type -> subs; scope -> type -> subs; type -> subs
+        self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
+        self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
+        self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
 
     # -- table -------------------------------------------------------------------------
     def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
@@ -190,6 +171,8 @@ class EventManager(PooledActor):
             yield table.setdefault(kind, [])
 
     def _add(self, sub: Subscription, publish: bool = True) -> None:
+        if sub.id in self._subs:
+            return  # a retried Subscribe after a crash
         self._subs[sub.id] = sub
         for bucket in self._buckets(sub):
             bucket.append(sub)
@@ -290,29 +273,30 @@ class EventManager(PooledActor):
             sub.target.close()
 
     def _crash(self, exc: BaseException, message: Any) -> object:
-        """Hand the table to the supervisor for a restart; keep accepted critical events."""
-        logger.error("event manager crashed: %r; restarting with its subscriptions", exc,
+        """Recover in place from a crash while handling ``message``."""
+        logger.error("event manager crashed: %r; restarting it with its subscriptions", exc,
                      exc_info=not isinstance(exc, InjectedCrash))
-        redeliver: tuple[Event, ...] = ()
-        if type(message) is Publish:
-            redeliver = tuple(e for e in message.events if e.event in CRITICAL_EVENTS)
-        # Unflushed batches go to their own subscriptions first, in order.
-        batches = []
-        for sub_id, batch in self._batches.items():
-            if batch.timer is not None:
-                batch.timer.cancel()
-            batches.append((sub_id, tuple(batch.events)))
-        self._batches.clear()
         core = self._core
-        me = self.actor_ref
+        core.event_manager_crashed(repr(exc))
+        # Rebuild what the crash may have left half-updated from the table itself.
         table = list(self._subs.values())
-
-        def hand_over(leftovers: list[Any]) -> None:
-            core.event_manager_crashed(me, table, redeliver, leftovers, repr(exc), batches)
-
-        self.pooled_inbox.close(hand_over)
-        ActorRegistry.unregister(me)
-        self.actor_stopped.set()
+        self._subs = {}
+        self._reset_indexes()
+        self._filter_warned.clear()
+        for sub in table:
+            self._add(sub, publish=False)
+        self._publish_interest()
+        # Unflushed batches hold older events: hand them over first, in order.
+        for sub in table:
+            self._flush_batch(sub)
+        if type(message) is Publish:
+            critical = tuple(e for e in message.events if e.event in CRITICAL_EVENTS)
+            if critical:
+                try:
+                    self._publish(critical)
+                except Exception:
+                    logger.exception("event manager could not redeliver %d critical "
+                                     "event(s) after a crash", len(critical))
         return RESTARTED
 
     # -- fan-out -----------------------------------------------------------------------

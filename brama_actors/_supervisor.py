@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from brama_actors._system import Core
 
-__all__ = ["Crashed", "EventManagerCrashed", "Forward", "Supervisor", "Sync"]
+__all__ = ["Crashed", "EventManagerCrashed", "Supervisor", "Sync"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -42,19 +42,9 @@ class Crashed:
 
 @dataclass(frozen=True, slots=True)
 class EventManagerCrashed:
-    ref: ActorRef[Any]
-    table: list[Any]
-    redeliver: tuple[Any, ...]
-    leftovers: list[Any]
+    """The event manager crashed and recovered in place; count it as a restart."""
+
     reason: str
-    batches: list[Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Forward:
-    """A message told to a crashed event manager, to pass on to its successor."""
-
-    message: Any
 
 
 class Sync:
@@ -86,9 +76,6 @@ class Supervisor(PooledActor):
         if kind is EventManagerCrashed:
             self._restart_event_manager(message)
             return None
-        if kind is Forward:
-            self._core.tell_event_manager(message.message)
-            return None
         if kind is Sync:
             return None
         # Unknown messages are logged, not raised: a raise in a tell handler would stop
@@ -119,23 +106,16 @@ class Supervisor(PooledActor):
         core.restarted("connection", identifier, scope, message.reason)
 
     def _restart_event_manager(self, message: EventManagerCrashed) -> None:
-        from brama_actors._event_manager import EventManager
-
         core = self._core
-        if self._gave_up or core.em is not message.ref:
-            _refuse(message.leftovers, message.ref)
+        if self._gave_up:
             return
         if not self._within_intensity():
             self._gave_up = True
             core.give_up(f"more than {core.config['max_restarts']} restarts within "
                          f"{core.config['restart_window']} ms (last: event manager: "
                          f"{message.reason})")
-            _refuse(message.leftovers, message.ref)
             return
-        core.em = EventManager.start(core.pool, core, message.table, message.redeliver,
-                                     message.leftovers, message.batches)
-        logger.warning("restarted the event manager after %s (%d subscriptions kept)",
-                       message.reason, len(message.table))
+        logger.warning("the event manager restarted after %s", message.reason)
         core.restarted("event_manager", None, None, message.reason)
 
     def on_stop(self) -> None:

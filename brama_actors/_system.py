@@ -71,7 +71,7 @@ from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._server import Server
 from brama_actors._status import ConnectionStatus
 from brama_actors._subscription import Subscription
-from brama_actors._supervisor import Crashed, EventManagerCrashed, Forward, Supervisor, Sync
+from brama_actors._supervisor import Crashed, EventManagerCrashed, Supervisor, Sync
 from brama_actors._targets import (
     ActorTarget,
     HandlerTarget,
@@ -239,18 +239,12 @@ class Core:
         self.tell_event_manager(Publish(events))
 
     def tell_event_manager(self, message: Any) -> None:
-        """Tell the event manager; if it just crashed, the supervisor passes it on."""
+        """Tell the event manager (it recovers from crashes in place, so it stays)."""
         try:
             self.em.tell(message)
         except ActorDeadError:
-            if self.stopping:
-                return
-            try:
-                # The crashed manager told the supervisor before refusing us, so the
-                # supervisor sees this after it has started the successor.
-                self.supervisor.tell(Forward(message))
-            except ActorDeadError:
-                pass
+            if not self.stopping:
+                logger.error("the event manager is gone; an event was not delivered")
 
     def telemetry(self) -> TelemetryTarget:
         """The system's telemetry runner, started on first use."""
@@ -272,12 +266,10 @@ class Core:
 
         return self.scheduler.schedule(self.clock.now() + delay, fire)
 
-    def event_manager_crashed(self, ref: ActorRef[Any], table: list[Any],
-                              redeliver: tuple[Event, ...], leftovers: list[Any],
-                              reason: str, batches: list[Any]) -> None:
+    def event_manager_crashed(self, reason: str) -> None:
+        """Tell the supervisor (restart intensity, telemetry); the manager recovers itself."""
         try:
-            self.supervisor.tell(EventManagerCrashed(ref, table, redeliver, leftovers, reason,
-                                                     batches))
+            self.supervisor.tell(EventManagerCrashed(reason))
         except ActorDeadError:
             pass  # stopping
 
