@@ -113,8 +113,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run ``watch``; returns the exit code."""
+    out = sys.stdout if out is None else out
     try:
         authkey = read_authkey(args.authkey_file)
     except (OSError, ValueError) as exc:
