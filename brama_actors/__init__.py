@@ -120,7 +120,7 @@ def available(identifier: str, *, scope: str | None = None) -> bool:
             cell = brama._cells.get(identifier if scope is None else (scope, identifier))
         except (TypeError, SystemStopped):
             cell = None
-        if cell is not None:
+        if cell is not None and type(identifier) is str:
             return cell.available
     return _default.get().available(identifier, scope=scope)
 

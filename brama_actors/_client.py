@@ -353,9 +353,9 @@ class Client:
             value = self._avail.get(identifier if scope is None else (scope, identifier))
         except TypeError:
             value = None
-        if value is None:
-            _validate(identifier, scope)
-            return False
+        if value is None or type(identifier) is not str:
+            value = self._avail.get(_validate(identifier, scope))
+            return bool(value)
         return value
 
     def register(self, identifier: str, **options: Any) -> ConnectionStatus:

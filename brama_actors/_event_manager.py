@@ -39,45 +39,56 @@ logger = logging.getLogger("brama_actors")
 _ALL_TYPES = tuple(EventType)
 
 
-_NOTHING: frozenset[EventType] = frozenset()
 
 
 class Interest:
     """Which events anybody subscribes to: lets emitters skip what nobody wants.
 
-    Immutable; the event manager publishes a new one whenever the table changes, so
-    connection actors and reporting threads read it without locks.
+    A read-only view of the event manager's own subscription indexes, which it alone
+    updates (one append or remove per subscribe or unsubscribe, so subscribing stays
+    O(1) however many subscriptions exist). Other threads only read it; each read is
+    one dict or list lookup, atomic under the GIL.
     """
 
-    __slots__ = ("_by_connection", "_by_scope", "_everywhere", "_somewhere", "successes")
+    __slots__ = ("_by_connection", "_by_scope", "_by_type", "_counts", "successes")
 
-    def __init__(self, everywhere: frozenset[EventType],
-                 by_connection: Mapping[str, frozenset[EventType]],
-                 by_scope: Mapping[str, frozenset[EventType]]) -> None:
-        self._everywhere = everywhere
-        self._by_connection = dict(by_connection)
-        self._by_scope = dict(by_scope)
-        somewhere = set(everywhere)
-        for kinds in (*self._by_connection.values(), *self._by_scope.values()):
-            somewhere |= kinds
-        self._somewhere = frozenset(somewhere)
+    def __init__(self, by_type: Mapping[EventType, list[Any]],
+                 by_connection: Mapping[str, Mapping[EventType, list[Any]]],
+                 by_scope: Mapping[str, Mapping[EventType, list[Any]]]) -> None:
+        self._by_type = by_type
+        self._by_connection = by_connection
+        self._by_scope = by_scope
+        self._counts: dict[EventType, int] = dict.fromkeys(_ALL_TYPES, 0)
         #: Anyone at all wants ``success`` events (the guarded-call fast path's test).
-        self.successes = EventType.SUCCESS in somewhere
+        self.successes = False
+
+    def count(self, kinds: Iterable[EventType], delta: int) -> None:
+        """Called by the event manager when a subscription for ``kinds`` comes or goes."""
+        counts = self._counts
+        for kind in kinds:
+            counts[kind] += delta
+        self.successes = counts[EventType.SUCCESS] > 0
 
     def wants(self, kind: EventType, connection: str | None, scope: str | None) -> bool:
         """True if some subscription may want ``kind`` for this connection."""
-        if kind not in self._somewhere:
+        if not self._counts[kind]:
             return False
-        if kind in self._everywhere:
+        if self._by_type[kind]:
             return True
-        if connection is not None and kind in self._by_connection.get(connection, _NOTHING):
-            return True
-        return scope is not None and kind in self._by_scope.get(scope, _NOTHING)
+        if connection is not None:
+            table = self._by_connection.get(connection)
+            if table is not None and table.get(kind):
+                return True
+        if scope is not None:
+            table = self._by_scope.get(scope)
+            if table is not None and table.get(kind):
+                return True
+        return False
 
     NONE: Interest
 
 
-Interest.NONE = Interest(_NOTHING, {}, {})
+Interest.NONE = Interest({kind: [] for kind in _ALL_TYPES}, {}, {})
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +131,10 @@ class ListSubscriptions:
     __slots__ = ()
 
 
+def _kinds(sub: Subscription) -> Iterable[EventType]:
+    return sub.events if sub.events is not None else _ALL_TYPES
+
+
 class _Batch:
     __slots__ = ("events", "timer", "token")
 
@@ -158,6 +173,7 @@ class EventManager(PooledActor):
         self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
         self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
         self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
+        self._interest = Interest(self._by_type, self._by_connection, self._by_scope)
 
     # -- table -------------------------------------------------------------------------
     def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
@@ -176,32 +192,19 @@ class EventManager(PooledActor):
         self._subs[sub.id] = sub
         for bucket in self._buckets(sub):
             bucket.append(sub)
+        self._interest.count(_kinds(sub), 1)
         if publish:
             self._publish_interest()
 
     def _publish_interest(self) -> None:
-        everywhere: set[EventType] = set()
-        by_connection: dict[str, set[EventType]] = {}
-        by_scope: dict[str, set[EventType]] = {}
-        for sub in self._subs.values():
-            kinds = sub.events if sub.events is not None else _ALL_TYPES
-            if sub.connection is not None:
-                by_connection.setdefault(sub.connection, set()).update(kinds)
-            elif sub.scope is not None:
-                by_scope.setdefault(sub.scope, set()).update(kinds)
-            else:
-                everywhere.update(kinds)
-        self._core.interest = Interest(
-            frozenset(everywhere),
-            {k: frozenset(v) for k, v in by_connection.items()},
-            {k: frozenset(v) for k, v in by_scope.items()},
-        )
+        self._core.interest = self._interest
 
     def _remove(self, sub: Subscription) -> bool:
         if self._subs.pop(sub.id, None) is None:
             return False
         for bucket in self._buckets(sub):
             bucket.remove(sub)
+        self._interest.count(_kinds(sub), -1)
         self._filter_warned.discard(sub.id)
         self._flush_batch(sub)
         sub.target.close()

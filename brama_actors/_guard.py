@@ -47,6 +47,14 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 _REGISTER_EXTRA = frozenset({"type", "metadata"})
 
 
+def _safe_repr(exc: BaseException) -> str:
+    """``repr(exc)``, or a stand-in when the exception's own ``__repr__`` raises."""
+    try:
+        return repr(exc)
+    except Exception:
+        return f"<{type(exc).__qualname__} (repr failed)>"
+
+
 def _check_exclude(exclude: Any) -> tuple[type[BaseException], ...]:
     if isinstance(exclude, type):
         exclude = (exclude,)
@@ -95,6 +103,8 @@ class Guard:
         from brama_actors._system import _check_key
 
         self._key = _check_key(identifier, scope)
+        if brama is not None and not hasattr(brama, "_guard_enter") and type(brama) is not _Brama():
+            raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
         self.identifier = identifier
         self.scope = scope
         if error_handler is not None and not callable(error_handler):
@@ -223,7 +233,7 @@ class Guard:
         """Record an exception raised by the guarded code unless it is excluded."""
         if self._exclude and isinstance(exc, self._exclude):
             return
-        self.failed(brama, cell, repr(exc))
+        self.failed(brama, cell, _safe_repr(exc))
 
     def exit(self, entered: tuple[Any, Any, bool], exc: BaseException | None) -> None:
         """Record the outcome of a guarded block entered with ``enter()``."""

@@ -138,7 +138,8 @@ class Scheduler:
                     delay = self._heap[0][0] - self._clock.now()
                     if delay <= 0:
                         break
-                    self._cond.wait(delay / 1000)
+                    # Capped: Condition.wait refuses more than threading.TIMEOUT_MAX.
+                    self._cond.wait(min(delay / 1000, 3600.0))
                 if self._stopped:
                     return
                 due = self._pop_due(self._clock.now())

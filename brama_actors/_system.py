@@ -69,7 +69,7 @@ from brama_actors._messages import (
 from brama_actors._runtime import Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._server import Server
-from brama_actors._status import ConnectionStatus
+from brama_actors._status import ConnectionStatus, freeze_mapping
 from brama_actors._subscription import Subscription
 from brama_actors._supervisor import Crashed, EventManagerCrashed, Supervisor, Sync
 from brama_actors._targets import (
@@ -175,8 +175,15 @@ def make_target(subscriber: Any, handler: Any, max_pending: int,
 
 
 def _check_metadata(metadata: Any) -> Mapping[str, Any] | None:
-    if metadata is None or isinstance(metadata, Mapping):
-        return metadata
+    """A read-only copy of ``metadata``, made in the caller's thread.
+
+    Copying here means a hostile mapping (one whose iteration raises) fails the caller's
+    call, never an actor.
+    """
+    if metadata is None:
+        return None
+    if isinstance(metadata, Mapping):
+        return freeze_mapping(metadata)
     raise TypeError(f"metadata must be a mapping or None, got {type(metadata).__name__}")
 
 
@@ -604,7 +611,7 @@ class Brama:
         self._check_running()
         if not isinstance(type, str) or not type:
             raise InvalidConfiguration(f"type must be a non-empty str, got {type!r}")
-        _check_metadata(metadata)
+        metadata = _check_metadata(metadata)
         given = validate_options(
             {"max_attempts": max_attempts, "expiry": expiry, "expiry_strategy": expiry_strategy,
              "initial_expiry": initial_expiry, "max_expiry": max_expiry,
@@ -632,10 +639,10 @@ class Brama:
             cell = self._cells.get(identifier if scope is None else (scope, identifier))
         except TypeError:
             cell = None  # unhashable: reported by the validation below
-        if cell is not None:
+        if cell is not None and type(identifier) is str:  # not a key-shaped tuple
             return cell.available
-        _check_key(identifier, scope)
-        return False
+        cell = self._cells.get(_check_key(identifier, scope))
+        return cell is not None and cell.available
 
     def success(self, identifier: str, *, scope: str | None = None,
                 metadata: Mapping[str, Any] | None = None) -> None:
@@ -644,19 +651,20 @@ class Brama:
             cell = self._cells.get(identifier if scope is None else (scope, identifier))
         except TypeError:
             cell = None
-        if (cell is not None and cell.quiet and not _telemetry.HANDLERS
+        if (cell is not None and cell.quiet and type(identifier) is str
+                and not _telemetry.HANDLERS
                 and not self._core.interest.wants(_SUCCESS, identifier, scope)):
             # Changes nothing but counters and nobody listens: no actor message needed.
             _check_metadata(metadata)
             cell.add_quiet_success(self._core.clock.raw())
             return
-        _check_metadata(metadata)
+        metadata = _check_metadata(metadata)
         self._call(identifier, scope, Apply(rules.Success(metadata)), block=False)
 
     def failure(self, identifier: str, *, scope: str | None = None, reason: Any = None,
                 metadata: Mapping[str, Any] | None = None) -> None:
         """Report a failure; returns once applied (read-your-writes from any thread)."""
-        _check_metadata(metadata)
+        metadata = _check_metadata(metadata)
         self._call(identifier, scope, Apply(rules.Failure(reason, metadata)))
 
     def status(self, identifier: str, *, scope: str | None = None) -> ConnectionStatus:
@@ -849,7 +857,7 @@ class Brama:
         if error_handler is not None:
             raise TypeError("error_handler= applies to decorated functions: a guard block "
                             "has no result to judge")
-        if register and not exclude and not register_options:
+        if register and exclude == () and not register_options:
             # The common form: reuse one validated Guard per connection.
             key = identifier if scope is None else (scope, identifier)
             try:
