@@ -56,7 +56,7 @@ class AppSupervisor(pykka.ThreadingActor):
         if message == "current":
             return self.brama
         if isinstance(message, tuple) and message[0] == "brama_down":
-            _, brama, reason = message
+            _, _brama, reason = message
             print(f"app: brama down ({reason}); starting a fresh system")
             if self.monitor is not None:
                 self.monitor.stop()

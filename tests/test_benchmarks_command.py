@@ -26,3 +26,16 @@ def test_quick_benchmark_run_writes_report_and_charts(tmp_path: Path) -> None:
                   "bench_scale_curve.png"):
         assert (tmp_path / chart).stat().st_size > 1000
     assert "=== targets" in result.stdout
+
+
+@pytest.mark.timeout(300)
+def test_soak_short_form_loses_nothing(tmp_path: Path) -> None:
+    """The short soak: nothing dropped, failed or left pending; no thread left over."""
+    output = tmp_path / "reliability.md"
+    result = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_soak.py", "--quick", "--check", "--markdown",
+         str(output)],
+        capture_output=True, text=True, timeout=280, check=False,
+        cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "## Load and soak" in output.read_text()

@@ -46,15 +46,15 @@ def test_stop_is_idempotent_and_calls_raise() -> None:
         lambda: brama.success("a"),
         lambda: brama.failure("a"),
         lambda: brama.status("a"),
-        lambda: brama.connections(),
+        brama.connections,
         lambda: brama.open_circuit("a"),
         lambda: brama.close_circuit("a"),
         lambda: brama.reset_circuit("a"),
         lambda: brama.unregister("a"),
         lambda: brama.configure(max_attempts=2),
         lambda: brama.configure("a", max_attempts=2),
-        lambda: brama.subscribe(),
-        lambda: brama.drain(),
+        brama.subscribe,
+        brama.drain,
     ):
         with pytest.raises(SystemStopped):
             call()
@@ -89,7 +89,7 @@ def test_systems_are_isolated(clock: ManualClock) -> None:
 
 def test_brama_cannot_be_constructed_directly() -> None:
     """Brama() must go through Brama.start()."""
-    with pytest.raises(TypeError, match="Brama.start"):
+    with pytest.raises(TypeError, match=r"Brama\.start"):
         Brama()
 
 
