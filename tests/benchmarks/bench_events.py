@@ -52,6 +52,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_scale import cpu_model, percentile, rss_kib, source_revision
+
 SECTION_TITLE = "## Events (issue: Event system)"
 FINDINGS_TITLE = "### Findings"
 
@@ -69,51 +72,11 @@ Row = tuple[str, str, str, str]
 
 
 # -- small helpers -----------------------------------------------------------------------
-def rss_kib() -> int:
-    """Resident set size of this process in KiB (VmRSS of /proc/self/status)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("VmRSS not found in /proc/self/status")
-
-
 def settled_rss_kib() -> int:
     gc.collect()
     time.sleep(0.2)
     gc.collect()
     return rss_kib()
-
-
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of ``values`` (0 < pct <= 100)."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def source_revision() -> str:
-    """The commit measured, and whether brama_actors/ had uncommitted changes (read-only git)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "brama_actors"],
-                               cwd=root, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"commit {head}" + (" + uncommitted changes in brama_actors/" if dirty.strip() else "")
 
 
 def source_fingerprint() -> dict[str, str]:
