@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -162,6 +161,3 @@ class Subscription:
         except SystemStopped:
             pass
 
-
-# Re-exported for the type of ``get``'s timeout error in docs.
-Empty = queue.Empty

@@ -654,8 +654,10 @@ class Brama:
         if (cell is not None and cell.quiet and type(identifier) is str
                 and not _telemetry.HANDLERS
                 and not self._core.interest.wants(_SUCCESS, identifier, scope)):
-            # Changes nothing but counters and nobody listens: no actor message needed.
-            _check_metadata(metadata)
+            # Changes nothing but counters and nobody listens: no actor message needed
+            # (and no copy of metadata that no event will carry).
+            if metadata is not None and not isinstance(metadata, Mapping):
+                _check_metadata(metadata)
             cell.add_quiet_success(self._core.clock.raw())
             return
         metadata = _check_metadata(metadata)
