@@ -83,8 +83,9 @@ class RemoteTrial:
 
     def failed(self, reason: Any) -> None:
         trial, self.released = self.trial, True
-        self.client._request("outcome", identifier=self.identifier, scope=self.scope,
-                             kind="failure", reason=reason, trial=trial)
+        state = self.client._request("outcome", identifier=self.identifier, scope=self.scope,
+                                     kind="failure", reason=reason, trial=trial)
+        self.client._note_state(_key(self.identifier, self.scope), state)
 
     def release(self) -> None:
         if not self.released:
@@ -390,9 +391,14 @@ class Client:
         """Report a failure; returns after the node applied it."""
         state = self._request("failure", identifier=identifier, scope=scope, reason=reason,
                               metadata=None if metadata is None else _plain(metadata))
-        # Read-your-writes for available() in this process: the reply carries the state
-        # after the failure; the replica push for it follows.
-        key = _key(identifier, scope)
+        self._note_state(_key(identifier, scope), state)
+
+    def _note_state(self, key: Any, state: Any) -> None:
+        """Read-your-writes for available() in this process after a reported failure.
+
+        The node's reply carries the state after the failure; the replica push for it
+        may arrive later than the reply.
+        """
         if isinstance(state, str) and key in self._states:
             self._states[key] = state
             self._avail[key] = state != _OPEN

@@ -19,6 +19,7 @@ from brama_actors._messages import RESTARTED, ArmCrash, InjectedCrash
 from brama_actors._runtime import Pool, PooledActor
 from brama_actors._scheduler import Timer
 from brama_actors._subscription import Subscription
+from brama_actors._targets import Target
 
 if TYPE_CHECKING:
     from brama_actors._system import Core
@@ -53,8 +54,8 @@ class Interest:
     __slots__ = ("_by_connection", "_by_scope", "_by_type", "_counts", "successes")
 
     def __init__(self, by_type: Mapping[EventType, list[Any]],
-                 by_connection: Mapping[str, Mapping[EventType, list[Any]]],
-                 by_scope: Mapping[str, Mapping[EventType, list[Any]]]) -> None:
+                 by_connection: Mapping[str, list[Any]],
+                 by_scope: Mapping[str, list[Any]]) -> None:
         self._by_type = by_type
         self._by_connection = by_connection
         self._by_scope = by_scope
@@ -76,12 +77,12 @@ class Interest:
         if self._by_type[kind]:
             return True
         if connection is not None:
-            table = self._by_connection.get(connection)
-            if table is not None and table.get(kind):
+            subs = self._by_connection.get(connection)
+            if subs is not None and _any_wants(subs, kind):
                 return True
         if scope is not None:
-            table = self._by_scope.get(scope)
-            if table is not None and table.get(kind):
+            subs = self._by_scope.get(scope)
+            if subs is not None and _any_wants(subs, kind):
                 return True
         return False
 
@@ -89,6 +90,10 @@ class Interest:
 
 
 Interest.NONE = Interest({kind: [] for kind in _ALL_TYPES}, {}, {})
+
+
+def _any_wants(subs: list[Any], kind: EventType) -> bool:
+    return any(sub.events is None or kind in sub.events for sub in subs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,24 +172,27 @@ class EventManager(PooledActor):
         self._batches: dict[int, _Batch] = {}
         self._tokens = itertools.count(1)
         self._crashes_armed = 0
+        # Targets delivered to quietly in this run, woken once in on_yield.
+        self._owed: dict[Target, None] = {}
 
     def _reset_indexes(self) -> None:
-        # connection -> type -> subs; scope -> type -> subs; type -> subs
-        self._by_connection: dict[str, dict[EventType, list[Subscription]]] = {}
-        self._by_scope: dict[str, dict[EventType, list[Subscription]]] = {}
+        # Subscriptions without a connection or scope: one list per event type. Those
+        # filtered by connection (else scope): one list per connection (scope), whatever
+        # their types, checked at delivery. Why: a list per type and connection cost
+        # ~1.3 KiB per connection-filtered subscription, and such lists are short.
+        self._by_connection: dict[str, list[Subscription]] = {}
+        self._by_scope: dict[str, list[Subscription]] = {}
         self._by_type: dict[EventType, list[Subscription]] = {t: [] for t in _ALL_TYPES}
         self._interest = Interest(self._by_type, self._by_connection, self._by_scope)
 
     # -- table -------------------------------------------------------------------------
     def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
         if sub.connection is not None:
-            table = self._by_connection.setdefault(sub.connection, {})
-        elif sub.scope is not None:
-            table = self._by_scope.setdefault(sub.scope, {})
-        else:
-            table = self._by_type
-        for kind in sub.events if sub.events is not None else _ALL_TYPES:
-            yield table.setdefault(kind, [])
+            return (self._by_connection.setdefault(sub.connection, []),)
+        if sub.scope is not None:
+            return (self._by_scope.setdefault(sub.scope, []),)
+        by_type = self._by_type
+        return [by_type[kind] for kind in _kinds(sub)]
 
     def _add(self, sub: Subscription, publish: bool = True) -> None:
         if sub.id in self._subs:
@@ -196,6 +204,14 @@ class EventManager(PooledActor):
         if publish:
             self._publish_interest()
 
+    def _forget_empty(self, sub: Subscription) -> None:
+        """Drop a connection's or scope's list once its last subscription is gone."""
+        if sub.connection is not None:
+            if not self._by_connection.get(sub.connection, True):
+                del self._by_connection[sub.connection]
+        elif sub.scope is not None and not self._by_scope.get(sub.scope, True):
+            del self._by_scope[sub.scope]
+
     def _publish_interest(self) -> None:
         self._core.interest = self._interest
 
@@ -204,6 +220,7 @@ class EventManager(PooledActor):
             return False
         for bucket in self._buckets(sub):
             bucket.remove(sub)
+        self._forget_empty(sub)
         self._interest.count(_kinds(sub), -1)
         self._filter_warned.discard(sub.id)
         self._flush_batch(sub)
@@ -241,6 +258,7 @@ class EventManager(PooledActor):
         if kind is UnsubscribeWhere:
             return self._remove_where(message.owner, message.filters)
         if kind is Flush:
+            self.on_yield()
             for sub in list(self._subs.values()):
                 self._flush_batch(sub)
             markers = [s.target.marker() for s in self._subs.values()]
@@ -314,28 +332,42 @@ class EventManager(PooledActor):
         for event in events:
             kind = event.event
             candidates = by_type[kind]
-            table = by_connection.get(event.connection) if event.connection is not None else None
-            if table is not None:
-                extra = table.get(kind)
+            if by_connection and event.connection is not None:
+                extra = by_connection.get(event.connection)
                 if extra:
                     candidates = candidates + extra
-            if event.scope is not None:
-                table = by_scope.get(event.scope)
-                if table is not None:
-                    extra = table.get(kind)
-                    if extra:
-                        candidates = candidates + extra
+            if by_scope and event.scope is not None:
+                extra = by_scope.get(event.scope)
+                if extra:
+                    candidates = candidates + extra
             for sub in candidates:
+                if sub.events is not None and kind not in sub.events:
+                    continue
                 if sub.scope is not None and event.scope != sub.scope:
                     continue
                 if sub.filter is not None and not self._guarded_filter(sub, event):
                     continue
                 if sub.batch_size is not None or sub.batch_timeout is not None:
                     self._batch(sub, event)
-                elif not sub.target.deliver(event):
+                    continue
+                delivered = sub.target.deliver_quietly(event)
+                if delivered is None:
+                    self._owed[sub.target] = None
+                elif not delivered:
                     dead.append(sub)
         for sub in dead:
             self._remove(sub)
+
+    def on_yield(self) -> None:
+        """Wake every reader delivered to since the last wake, once each."""
+        owed = self._owed
+        while owed:
+            target = next(iter(owed))
+            del owed[target]
+            try:
+                target.wake()
+            except Exception:
+                logger.exception("waking the reader of %r failed", target)
 
     def _batch(self, sub: Subscription, event: Event) -> None:
         batch = self._batches.get(sub.id)

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import pykka
 from pykka import ActorDeadError, ThreadingFuture, messages
 
-__all__ = ["Pool", "PooledActor", "current_actor", "reject"]
+__all__ = ["BUSY", "Pool", "PooledActor", "current_actor", "reject"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -38,6 +38,9 @@ logger = logging.getLogger("brama_actors")
 _BATCH = 64
 
 _local = threading.local()
+
+#: ``_PooledInbox.call`` could not run the message in the calling thread.
+BUSY: Any = object()
 
 
 def current_actor() -> pykka.ActorRef[Any] | None:
@@ -167,6 +170,40 @@ class _PooledInbox:
                 on_close(taken)
         return taken
 
+    def call(self, message: Any) -> Any:
+        """Process ``message`` in the calling thread if the actor is idle, else ``BUSY``.
+
+        Why: an ask wakes a pool worker and then the asker, two thread hand-offs that
+        cost far more than the work of a connection actor. When nothing is queued or
+        running, the caller claims the actor exactly as a worker would (the
+        "scheduled" flag), so one message at a time and in order still hold; messages
+        that arrive meanwhile are queued and handed to the pool afterwards.
+        The result or exception is the one ``ask`` would give.
+        """
+        actor = self._actor
+        with self._lock:
+            if self._scheduled or self._closed or not self._started or actor is None:
+                return BUSY
+            self._scheduled = True
+        previous = getattr(_local, "actor", None)
+        _local.actor = actor.actor_ref
+        try:
+            return _process_inline(actor, message)
+        finally:
+            actor.on_yield()
+            _local.actor = previous
+            if actor.actor_stopped.is_set():
+                self._teardown(actor)
+            else:
+                with self._lock:
+                    if not self._items:
+                        self._scheduled = False
+                        pool = None
+                    else:
+                        pool = self._pool
+                if pool is not None:
+                    pool.submit(self)
+
     def run(self) -> None:
         actor = self._actor
         assert actor is not None
@@ -177,14 +214,21 @@ class _PooledInbox:
                 actor._actor_loop_setup()
             for _ in range(_BATCH):
                 if actor.actor_stopped.is_set():
+                    actor.on_yield()
                     self._teardown(actor)
                     return
                 with self._lock:
-                    if not self._items:
-                        self._scheduled = False
-                        return
-                    envelope = self._items.popleft()
+                    envelope = self._items.popleft() if self._items else None
+                if envelope is None:
+                    # Still ours (scheduled): no other worker runs the actor meanwhile.
+                    actor.on_yield()
+                    with self._lock:
+                        if not self._items:
+                            self._scheduled = False
+                            return
+                        envelope = self._items.popleft()
                 _process(actor, envelope)
+            actor.on_yield()
             if actor.actor_stopped.is_set():
                 self._teardown(actor)
                 return
@@ -224,6 +268,18 @@ def _process(actor: PooledActor, envelope: Any) -> None:
             envelope.reply_to.set_exception(exc_info=(ActorDeadError, error, None))
 
 
+def _process_inline(actor: PooledActor, message: Any) -> Any:
+    """``_process`` for a caller-run message: the result, or the exception ask raises."""
+    try:
+        return actor._handle_receive(message)
+    except Exception:
+        raise
+    except BaseException as exc:
+        logger.error("%r in %s; stopping that actor only", exc, actor)
+        _fail(actor, *sys.exc_info())
+        raise ActorDeadError(f"{actor} stopped by {exc!r}") from None
+
+
 def _fail(actor: PooledActor, *exc_info: Any) -> None:
     actor._handle_failure(*exc_info)
     try:
@@ -245,6 +301,14 @@ class PooledActor(pykka.Actor):
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         super().__init__()
+
+    def on_yield(self) -> None:
+        """Called when the actor is about to give up its worker, between messages.
+
+        For work worth doing once per run rather than once per message (the event
+        manager wakes the readers it delivered to). Runs as the actor, which keeps its
+        worker meanwhile; it must not raise.
+        """
 
     @staticmethod
     def _create_actor_inbox() -> _PooledInbox:

@@ -298,7 +298,9 @@ class _Session:
         return "run"
 
     def _op_outcome(self, request_id: int, identifier: Any, scope: Any = None,
-                    kind: str = "success", reason: Any = None, trial: bool = False) -> None:
+                    kind: str = "success", reason: Any = None,
+                    trial: bool = False) -> str | None:
+        """Report a guarded call's outcome; for a failure, the state after it."""
         brama = self.brama
         try:
             if kind == "success":
@@ -307,7 +309,8 @@ class _Session:
                 else:
                     brama.success(identifier, scope=scope)
             elif kind == "failure":
-                brama.failure(identifier, scope=scope, reason=reason)
+                return self._op_failure(request_id, identifier, scope, reason)
+            return None
         finally:
             if trial and self.trials[(identifier, scope)] > 0:
                 self.trials[(identifier, scope)] -= 1

@@ -66,7 +66,7 @@ from brama_actors._messages import (
     make_key,
     split_key,
 )
-from brama_actors._runtime import Pool, current_actor
+from brama_actors._runtime import BUSY, Pool, current_actor
 from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._server import Server
 from brama_actors._status import ConnectionStatus, freeze_mapping
@@ -575,7 +575,10 @@ class Brama:
                 if not block:
                     ref.tell(message)
                     return None
-                result = ref.ask(message, timeout=ASK_TIMEOUT)
+                inbox = cell.inbox
+                result = BUSY if inbox is None else inbox.call(message)
+                if result is BUSY:
+                    result = ref.ask(message, timeout=ASK_TIMEOUT)
             except ActorDeadError:
                 result = RESTARTED
             except pykka.Timeout:

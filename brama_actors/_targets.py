@@ -75,6 +75,18 @@ class Target:
         """Hand ``item`` over; False if the target is gone for good."""
         raise NotImplementedError
 
+    def deliver_quietly(self, item: Item) -> bool | None:
+        """Like ``deliver``, but may leave waking the reader to a later ``wake()``.
+
+        Returns None when a ``wake()`` is owed. Why: the event manager fans out many
+        events per run of its worker; waking a reader per event costs a thread switch
+        each, waking it once per run lets it take them all at once.
+        """
+        return self.deliver(item)
+
+    def wake(self) -> None:
+        """Wake the reader after ``deliver_quietly`` returned None."""
+
     def pending(self) -> int:
         return 0
 
@@ -112,8 +124,11 @@ class _Queued(Target):
                     self.stats.dropped += _count(item)
                     return False
         items.append(item)
-        self._cond.notify()
         return True
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
 
 
 class InboxTarget(_Queued):
@@ -130,13 +145,23 @@ class InboxTarget(_Queued):
     def deliver(self, item: Item) -> bool:
         with self._cond:
             self._enqueue(item, is_critical(item))
+        self.wake()
+        return True
+
+    def deliver_quietly(self, item: Item) -> bool | None:
+        with self._cond:
+            self._enqueue(item, is_critical(item))
+        return None
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
             waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             try:
                 loop.call_soon_threadsafe(_wake, future)
             except RuntimeError:  # the loop was closed meanwhile
                 pass
-        return True
 
     def pending(self) -> int:
         return sum(_count(item) for item in list(self._items))
@@ -148,9 +173,14 @@ class InboxTarget(_Queued):
 
     def get(self, timeout: float | None) -> Item:
         with self._cond:
-            if not self._cond.wait_for(lambda: self._items, timeout):
+            if self._items:
+                return self._take()
+            if not self._cond.wait_for(self._has_items, timeout):
                 raise queue.Empty
             return self._take()
+
+    def _has_items(self) -> bool:
+        return bool(self._items)
 
     async def aget(self, timeout: float | None) -> Item:
         loop = asyncio.get_running_loop()
@@ -245,8 +275,16 @@ class HandlerTarget(_Queued):
         with self._cond:
             if self.closed:
                 return False
-            self._enqueue(item, is_critical(item))
+            if self._enqueue(item, is_critical(item)):
+                self._cond.notify()
         return True
+
+    def deliver_quietly(self, item: Item) -> bool | None:
+        with self._cond:
+            if self.closed:
+                return False
+            self._enqueue(item, is_critical(item))
+        return None
 
     def pending(self) -> int:
         return sum(_count(item) for item in list(self._items) if not isinstance(item, list))

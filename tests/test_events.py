@@ -643,3 +643,56 @@ def test_event_manager_crash_returns_batches_in_order(system: Brama) -> None:
     assert counts == [1, 2]  # the crashed message's non-critical failure is not replayed
     assert [e.event.value for e in items][-1] == "state_change"
     assert [e.data["failure_count"] for e in collect(plain)] == [1, 2]  # no duplicates
+
+
+# -- fan-out cost ---------------------------------------------------------------------------
+
+
+def test_readers_are_woken_once_per_event_manager_run(
+        system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A burst fanned out in one run wakes each inbox reader once, not once per event."""
+    from brama_actors._targets import InboxTarget
+
+    wakes: dict[int, int] = {}
+    original = InboxTarget.wake
+
+    def counting_wake(self: InboxTarget) -> None:
+        wakes[id(self)] = wakes.get(id(self), 0) + 1
+        original(self)
+
+    monkeypatch.setattr(InboxTarget, "wake", counting_wake)
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(event: Event) -> bool:  # filters run in the event manager: this holds it
+        entered.set()
+        return gate.wait(5) and False
+
+    system.subscribe(connection="gate", filter=hold)
+    inboxes = [system.subscribe(connection="db") for _ in range(3)]
+    system.register("gate")
+    assert entered.wait(5)
+    system.register("db", max_attempts=100)
+    for _ in range(20):
+        system.failure("db")  # applied now; its event waits behind the held manager
+    gate.set()
+    system.drain()
+    for inbox in inboxes:
+        assert kinds(collect(inbox)).count("failure") == 20
+        assert wakes[id(inbox.target)] == 1
+
+
+def test_connection_filtered_index_entries_go_with_their_subscriptions(system: Brama) -> None:
+    """Unsubscribing the last subscription of a connection or scope leaves no entry behind."""
+    subs = [system.subscribe(connection=f"c{i}", events=["failure"]) for i in range(50)]
+    subs += [system.subscribe(scope=f"s{i}") for i in range(50)]
+    system.drain()
+    interest = system._core.interest
+    assert interest.wants(brama_actors.EventType.FAILURE, "c7", None)
+    assert not interest.wants(brama_actors.EventType.SUCCESS, "c7", None)
+    assert interest.wants(brama_actors.EventType.SUCCESS, "x", "s3")
+    for sub in subs:
+        assert sub.unsubscribe()
+    # The interest view shares the manager's indexes; unsubscribe() asked the manager.
+    assert interest._by_connection == {}
+    assert interest._by_scope == {}
+    assert not system._core.interest.wants(brama_actors.EventType.FAILURE, "c7", None)

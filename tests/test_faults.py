@@ -165,9 +165,10 @@ def critical_chain(events: list[Event]) -> list[tuple[str, str]]:
 def test_connection_crash_under_concurrent_reporters(tough: Brama, restarts: Restarts) -> None:
     """Crashes amid 8 reporting threads: restarted from the snapshot, no report or event lost."""
     brama = tough
-    inbox = brama.subscribe()
+    # Unread until the end, and reporting is fast: room for every event (none dropped).
+    inbox = brama.subscribe(max_pending=10**7)
     recorder = Recorder()
-    brama.subscribe(handler=recorder)
+    brama.subscribe(handler=recorder, max_pending=10**7)
     brama.register("hot", max_attempts=10**9)
     brama.register("flip")
     brama.register("cold", max_attempts=10**9)
@@ -464,6 +465,10 @@ def test_subscriber_actors_stopping_mid_stream_are_dropped(system: Brama) -> Non
     system.register("db", max_attempts=10**9)
     for i in range(60):
         system.failure("db")
+        if i == 15:
+            # It had its 10 events by now (registration + 8 failures): wait until it
+            # stopped itself, so the rest reach a stopped actor, whatever the timing.
+            assert quitter.actor_stopped.wait(JOIN)
         if i == 20:
             killed.stop()
     system.drain()

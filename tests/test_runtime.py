@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pykka
 import pytest
 
-from brama_actors._runtime import Pool, PooledActor, current_actor
+from brama_actors._runtime import BUSY, Pool, PooledActor, current_actor
 
 
 @pytest.fixture
@@ -199,3 +200,139 @@ def test_pool_shutdown_joins_threads() -> None:
     assert all(t.is_alive() for t in pool.threads)
     pool.shutdown()
     assert not any(t.is_alive() for t in pool.threads)
+
+
+# -- caller-run messages (_PooledInbox.call) ----------------------------------------------
+class Gate(PooledActor):
+    """Blocks on "hold" until released; records the thread of every message."""
+
+    def __init__(self, pool: Pool, entered: threading.Event, release: threading.Event,
+                 log: list[Any]) -> None:
+        super().__init__(pool)
+        self.entered = entered
+        self.release = release
+        self.log = log
+
+    def on_receive(self, message: Any) -> Any:
+        if message == "hold":
+            self.entered.set()
+            assert self.release.wait(5)
+        if message == "raise":
+            raise ValueError("boom")
+        if message == "interrupt":
+            raise KeyboardInterrupt
+        self.log.append((message, threading.current_thread().name, current_actor()))
+        return ("echo", message)
+
+
+def _gate(pool: Pool) -> tuple[Any, threading.Event, threading.Event, list[Any]]:
+    entered, release, log = threading.Event(), threading.Event(), []
+    ref = Gate.start(pool, entered, release, log)
+    ref.ask("warm", timeout=5)  # started: the first message always goes to the pool
+    return ref, entered, release, log
+
+
+def test_call_runs_in_the_calling_thread_when_idle(pool: Pool) -> None:
+    """An idle actor's message is processed by the caller, as the actor, with ask's result."""
+    ref, _, _, log = _gate(pool)
+    inbox = ref.actor_inbox
+    assert inbox.call("x") == ("echo", "x")
+    assert log[-1] == ("x", threading.current_thread().name, ref)
+    assert current_actor() is None  # restored after the call
+    assert inbox.idle()
+
+
+def test_call_is_busy_while_a_worker_runs_the_actor(pool: Pool) -> None:
+    """Never two threads in one actor: a busy actor is left to its worker, order kept."""
+    ref, entered, release, log = _gate(pool)
+    inbox = ref.actor_inbox
+    ref.tell("hold")
+    assert entered.wait(5)
+    assert inbox.call("x") is BUSY
+    ref.tell("after")
+    release.set()
+    assert ref.ask("last", timeout=5) == ("echo", "last")
+    assert [m for m, _, _ in log] == ["warm", "hold", "after", "last"]
+    assert all(name.startswith("brama-test-worker") for _, name, _ in log)
+
+
+def test_messages_sent_during_a_call_are_run_after_it(pool: Pool) -> None:
+    """Tells that arrive while the caller holds the actor are queued, then run by the pool."""
+    entered, release, log = threading.Event(), threading.Event(), []
+    ref = Gate.start(pool, entered, release, log)
+    ref.ask("warm", timeout=5)
+    inbox = ref.actor_inbox
+    result: list[Any] = []
+    caller = threading.Thread(target=lambda: result.append(inbox.call("hold")))
+    caller.start()
+    assert entered.wait(5)
+    ref.tell("queued")  # the actor is held by the caller thread
+    assert ref.actor_inbox.call("y") is BUSY
+    release.set()
+    caller.join(5)
+    assert result == [("echo", "hold")]
+    assert ref.ask("last", timeout=5) == ("echo", "last")
+    assert [m for m, _, _ in log] == ["warm", "hold", "queued", "last"]
+
+
+def test_call_raises_what_ask_raises(pool: Pool) -> None:
+    """An exception reaches the caller and the actor lives; a BaseException stops it only."""
+    ref, _, _, _ = _gate(pool)
+    other, _, _, _ = _gate(pool)
+    inbox = ref.actor_inbox
+    with pytest.raises(ValueError, match="boom"):
+        inbox.call("raise")
+    assert inbox.call("x") == ("echo", "x")
+    with pytest.raises(pykka.ActorDeadError):
+        inbox.call("interrupt")
+    assert not ref.is_alive()
+    assert inbox.call("x") is BUSY  # closed: the caller falls back to ask, which refuses
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("x", timeout=5)
+    assert other.ask("still", timeout=5) == ("echo", "still")
+
+
+def test_call_before_the_first_message_goes_to_the_pool(pool: Pool) -> None:
+    """A lazily started actor runs on_start on a worker: call leaves it to ask."""
+
+    class Lazy(Recorder):
+        lazy_start = True
+
+    log: list[Any] = []
+    ref = Lazy.start(pool, log)
+    assert ref.actor_inbox.call("x") is BUSY
+    assert ref.ask("x", timeout=5) == ("echo", "x")
+    assert ref.actor_inbox.call("y") == ("echo", "y")
+    assert log == ["start", "x", "y"]
+
+
+def test_on_yield_runs_once_per_run_after_its_messages(pool: Pool) -> None:
+    """on_yield runs when the actor gives up its worker: after a run's messages, as it."""
+
+    class Yielder(Gate):
+        def on_yield(self) -> None:
+            self.log.append(("yield", threading.current_thread().name, current_actor()))
+
+    entered, release, log = threading.Event(), threading.Event(), []
+    ref = Yielder.start(pool, entered, release, log)
+    ref.tell("hold")
+    assert entered.wait(5)
+    for i in range(5):
+        ref.tell(i)  # queued behind "hold": the same run takes them
+    release.set()
+    assert ref.ask("last", timeout=5) == ("echo", "last")
+    names = [m for m, _, _ in log]
+    # One yield after the whole run (hold, 0..4, and "last" if it was queued in time).
+    assert names[:6] == ["hold", 0, 1, 2, 3, 4]
+    assert names.count("yield") in (1, 2)
+    assert names[-1] == "yield" or names[-2:] == ["yield", "last"]
+    assert all(actor == ref for _, _, actor in log)
+    # A caller-run message yields too, in the caller's thread.
+    inbox = ref.actor_inbox
+    deadline = time.monotonic() + 5
+    while not inbox.idle():  # the worker is yielding after "last"; no sleep, bounded
+        assert time.monotonic() < deadline
+    log.clear()
+    assert inbox.call("inline") == ("echo", "inline")
+    assert log[-2:] == [("inline", threading.current_thread().name, ref),
+                        ("yield", threading.current_thread().name, ref)]
