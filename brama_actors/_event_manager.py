@@ -360,6 +360,7 @@ class EventManager(PooledActor):
 
     def on_yield(self) -> None:
         """Wake every reader delivered to since the last wake, once each."""
+        self._core.event_manager_yielded()
         owed = self._owed
         while owed:
             target = next(iter(owed))

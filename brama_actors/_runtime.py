@@ -136,6 +136,10 @@ class _PooledInbox:
         return not self._items
 
     # -- runtime ---------------------------------------------------------------------
+    def backlog(self) -> int:
+        """Messages queued, not counting one being processed."""
+        return len(self._items)
+
     def idle(self) -> bool:
         """True when no message is queued or being processed.
 

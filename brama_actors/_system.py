@@ -66,7 +66,7 @@ from brama_actors._messages import (
     make_key,
     split_key,
 )
-from brama_actors._runtime import BUSY, Pool, current_actor
+from brama_actors._runtime import BUSY, Pool, _PooledInbox, current_actor
 from brama_actors._scheduler import Scheduler, Timer
 from brama_actors._server import Server
 from brama_actors._status import ConnectionStatus, freeze_mapping
@@ -89,6 +89,12 @@ logger = logging.getLogger("brama_actors")
 ASK_TIMEOUT = 10.0
 #: Worker threads per system. Actors never block, so a few workers keep 2 cores busy.
 POOL_SIZE = 4
+#: Back-pressure: when the event manager has more than EM_HIGH_WATER messages queued,
+#: reporting threads (never the pool's workers) wait until it is under EM_LOW_WATER, for
+#: at most EM_WAIT seconds; after a wait in vain, nobody waits again until it has moved.
+EM_HIGH_WATER = 10_000
+EM_LOW_WATER = 2_000
+EM_WAIT = 1.0
 
 _system_ids = itertools.count(1)
 
@@ -223,6 +229,13 @@ class Core:
         self.pool = Pool(name, POOL_SIZE)
         self.scheduler = Scheduler(clock, f"{name}-scheduler")
         self.em: ActorRef[EventManager] = EventManager.start(self.pool, self)
+        self.em_inbox: _PooledInbox = self.em.actor_inbox  # type: ignore[assignment]
+        # Back-pressure (pace): runs of the manager so far, threads waiting, and the run
+        # count when a wait last timed out.
+        self.em_space = threading.Condition(threading.Lock())
+        self.em_runs = 0
+        self.em_waiting = 0
+        self.em_stalled_at = -1
         self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
         self.stopping = False
         self.sweep_timer: Timer | None = None
@@ -244,6 +257,41 @@ class Core:
             Event(kind, now, identifier, scope, MappingProxyType(data)) for kind, data in wanted
         )
         self.tell_event_manager(Publish(events))
+
+    def pace(self) -> None:
+        """Let the event manager catch up if reporters outrun it (called before a report).
+
+        Why: a report is applied in the caller's thread when its actor is idle, so
+        reporting threads can produce events faster than one manager fans them out; its
+        inbox would grow without bound. Pool workers never wait (the manager needs them),
+        and a manager that makes no progress (a filter that blocks) delays reporters once
+        by EM_WAIT, not on every call.
+        """
+        if self.em_inbox.backlog() <= EM_HIGH_WATER or current_actor() is not None:
+            return
+        runs = self.em_runs
+        if runs == self.em_stalled_at or self.stopping:
+            return
+        with self.em_space:
+            self.em_waiting += 1
+            try:
+                if not self.em_space.wait_for(self._em_caught_up, EM_WAIT):
+                    self.em_stalled_at = self.em_runs
+                    logger.warning("the event manager is %d messages behind and made no "
+                                   "progress in %.1f s; reporters no longer wait for it",
+                                   self.em_inbox.backlog(), EM_WAIT)
+            finally:
+                self.em_waiting -= 1
+
+    def _em_caught_up(self) -> bool:
+        return self.em_inbox.backlog() < EM_LOW_WATER or self.stopping
+
+    def event_manager_yielded(self) -> None:
+        """Called by the event manager after each run: wake paced reporters if due."""
+        self.em_runs += 1
+        if self.em_waiting and (self.em_inbox.backlog() < EM_LOW_WATER or self.stopping):
+            with self.em_space:
+                self.em_space.notify_all()
 
     def tell_event_manager(self, message: Any) -> None:
         """Tell the event manager (it recovers from crashes in place, so it stays)."""
@@ -494,6 +542,8 @@ class Brama:
         for server in self._servers:
             server.close()
         core.stopping = True
+        with core.em_space:
+            core.em_space.notify_all()  # paced reporters: stop waiting
         deadline = time.monotonic() + timeout
         core.scheduler.stop(timeout)
         refs = [cell.ref for cell in list(core.cells.values()) if cell.ref is not None]
@@ -562,6 +612,7 @@ class Brama:
     def _call(self, identifier: Any, scope: Any, message: Any, *, block: bool = True) -> Any:
         """Send ``message`` to a connection's actor, following it across a restart."""
         key = _check_key(identifier, scope)
+        self._core.pace()
         # A message that crashes its actor is retried on the restarted one; a poison
         # message ends when restart intensity gives up (SystemStopped) or here.
         attempts = int(self._core.config["max_restarts"]) + 2

@@ -696,3 +696,87 @@ def test_connection_filtered_index_entries_go_with_their_subscriptions(system: B
     assert interest._by_connection == {}
     assert interest._by_scope == {}
     assert not system._core.interest.wants(brama_actors.EventType.FAILURE, "c7", None)
+
+
+def _hold_event_manager(system: Brama) -> tuple[threading.Event, threading.Event]:
+    """Hold the event manager in a filter (they run there) until the gate opens."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def hold(event: Event) -> bool:
+        entered.set()
+        return gate.wait(10) and False
+
+    system.subscribe(connection="gate", filter=hold)
+    system.register("gate")
+    assert entered.wait(5)
+    return entered, gate
+
+
+def test_reporters_wait_for_an_event_manager_that_falls_behind(
+        system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the high-water mark reporting threads wait for the manager; nothing is lost."""
+    from brama_actors import _system
+
+    monkeypatch.setattr(_system, "EM_HIGH_WATER", 50)
+    monkeypatch.setattr(_system, "EM_LOW_WATER", 10)
+    monkeypatch.setattr(_system, "EM_WAIT", 30.0)
+    inbox = system.subscribe(connection="db", max_pending=10_000)
+    system.register("db", max_attempts=10**6)
+    _, gate = _hold_event_manager(system)
+    done = [0]
+    progress = threading.Condition()
+
+    def report() -> None:
+        for _ in range(200):
+            system.failure("db")
+            with progress:
+                done[0] += 1
+                progress.notify_all()
+
+    reporter = threading.Thread(target=report)
+    reporter.start()
+    core = system._core
+    try:
+        with progress:  # it stops once the backlog passes the mark, and waits there
+            assert progress.wait_for(lambda: core.em_waiting == 1, 5)
+        # 51 events queued (> 50): it waits before its 52nd report.
+        assert done[0] == 51
+        assert core.em_inbox.backlog() == 51
+    finally:
+        gate.set()
+    reporter.join(10)
+    assert not reporter.is_alive()
+    system.drain()
+    assert kinds(collect(inbox)).count("failure") == 200
+
+
+def test_a_stuck_event_manager_delays_reporters_once(
+        system: Brama, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A manager that makes no progress costs one wait of EM_WAIT, not one per report."""
+    from brama_actors import _system
+
+    monkeypatch.setattr(_system, "EM_HIGH_WATER", 20)
+    monkeypatch.setattr(_system, "EM_LOW_WATER", 5)
+    monkeypatch.setattr(_system, "EM_WAIT", 0.2)
+    system.register("db", max_attempts=10**6)
+    system.subscribe(connection="db")
+    _, gate = _hold_event_manager(system)
+    waits: list[bool] = []
+    original = system._core.em_space.wait_for
+
+    def counting(predicate: Any, timeout: float | None = None) -> bool:
+        waits.append(result := original(predicate, timeout))
+        return result
+
+    monkeypatch.setattr(system._core.em_space, "wait_for", counting)
+    try:
+        with caplog.at_level(logging.WARNING, logger="brama_actors"):
+            for _ in range(300):
+                system.failure("db")
+    finally:
+        gate.set()
+    assert waits == [False]  # one wait, timed out; the other reports went straight on
+    assert "made no progress" in caplog.text
+    system.drain()
+    assert system.status("db").failure_count == 300
