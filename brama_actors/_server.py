@@ -1,8 +1,10 @@
 """Serving a system to other processes: ``Brama.serve()`` returns a :class:`Server`.
 
 Per client the node runs two threads: a reader that decodes and executes requests in
-order, and a writer that sends replies, replica pushes and events from a bounded queue,
-so a slow client never blocks the event manager. Handshakes run on short-lived threads
+order and sends each reply itself when nothing is queued before it (one thread hand-off
+less per round trip), and a writer that sends replica pushes, events and the replies
+queued behind them from a bounded queue, so a slow client never blocks the event
+manager. Handshakes run on short-lived threads
 with a deadline, a bounded number at a time, so a peer that connects and says nothing
 cannot stall the accept loop. A client that disconnects loses its subscriptions and
 its half-open trial permits; nothing else changes.
@@ -12,10 +14,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
@@ -108,8 +112,8 @@ class _Session:
             future.set(None)
         return future
 
-    def reply(self, message: Any) -> None:
-        """Send a reply from the reader thread, inline when nothing is queued before it.
+    def reply(self, data: bytes) -> None:
+        """Send an encoded reply from the reader thread, inline when nothing is queued.
 
         Saves the hand-off to the writer thread on the request/reply path, while a reply
         still never overtakes events queued before it (``drain`` relies on that).
@@ -118,14 +122,23 @@ class _Session:
             if self.closed:
                 return
             if self._queue or self._sending:
-                self._queue.append(message)
-                self._cond.notify()
-                return
-            self._sending = True
+                # Behind other messages: the same bound as everything else queued.
+                if len(self._queue) < MAX_QUEUE:
+                    self._queue.append(data)
+                    self._cond.notify()
+                    return
+                too_slow = True
+            else:
+                too_slow = False
+                self._sending = True
+        if too_slow:
+            logger.warning("%s fell %d messages behind; dropping it", self.name, MAX_QUEUE)
+            self.close()
+            return
         try:
             with self._send_lock:
-                self.conn.send_bytes(encode(message))
-        except (OSError, ValueError):
+                self.conn.send_bytes(data)
+        except (OSError, ValueError, TypeError):  # TypeError: closed under us
             self.close()
         finally:
             with self._cond:
@@ -149,6 +162,9 @@ class _Session:
                         if isinstance(message, ThreadingFuture):
                             message.set(None)
                             continue
+                        if isinstance(message, bytes):  # a reply, encoded by the reader
+                            self.conn.send_bytes(message)
+                            continue
                         try:
                             data = encode(message)
                         except Exception:
@@ -156,7 +172,7 @@ class _Session:
                                              message[0])
                             continue
                         self.conn.send_bytes(data)
-            except (OSError, ValueError):
+            except (OSError, ValueError, TypeError):  # TypeError: closed under us
                 self.close()
                 # Nobody will send these: release anyone draining on them.
                 with self._cond:
@@ -177,7 +193,13 @@ class _Session:
             while not self.closed:
                 try:
                     data = self.conn.recv_bytes(MAX_FRAME)
-                except (EOFError, OSError):
+                except EOFError:
+                    return  # a clean close between frames
+                except TypeError:
+                    return  # close() closed the connection under us (its handle is None)
+                except OSError as exc:
+                    if not self.closed:
+                        logger.warning("%s: connection lost (%s); dropping it", self.name, exc)
                     return
                 try:
                     request_id, op, args = decode_request(data)
@@ -197,11 +219,11 @@ class _Session:
             ok = True
         if result is _NO_REPLY or args.get("oneway"):
             return
-        try:
-            encode(result)
+        try:  # encoded once, here: a result that cannot be pickled becomes an error
+            data = encode(("reply", request_id, ok, result))
         except Exception:
-            result, ok = BramaError(repr(result)), False
-        self.reply(("reply", request_id, ok, result))
+            data = encode(("reply", request_id, False, BramaError(repr(result))))
+        self.reply(data)
 
     # -- operations ----------------------------------------------------------------------
     @property
@@ -270,8 +292,13 @@ class _Session:
             target, events=events, connection=connection, scope=scope, filter=predicate,
             batch_size=batch_size, batch_timeout=batch_timeout, max_pending=max_pending,
             owner=("client", self.name))
-        self.subscriptions[sub.id] = sub
-        return sub.id
+        with self._cond:
+            if not self.closed:
+                self.subscriptions[sub.id] = sub
+                return sub.id
+        # close() already ran: nobody else will remove it.
+        self.brama.unsubscribe(sub)
+        raise BramaError("the client's session closed")
 
     def _op_unsubscribe(self, request_id: int, ids: list[int]) -> int:
         removed = 0
@@ -293,8 +320,12 @@ class _Session:
                       **(options or {}))
         _, _cell, trial = guard.enter()
         if trial:
-            self.trials[(identifier, scope)] += 1
-            return "trial"
+            with self._cond:
+                if not self.closed:
+                    self.trials[(identifier, scope)] += 1
+                    return "trial"
+            self._release(identifier, scope)  # close() already returned the others
+            raise BramaError("the client's session closed")
         return "run"
 
     def _op_outcome(self, request_id: int, identifier: Any, scope: Any = None,
@@ -448,7 +479,13 @@ class Server:
         self._socket = socket.socket(family(self.address))
         try:
             if isinstance(self.address, str):
-                self._socket.bind(self.address)
+                try:
+                    self._socket.bind(self.address)
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE or not _stale_socket(self.address):
+                        raise
+                    os.unlink(self.address)  # left by a node that died: nobody listens
+                    self._socket.bind(self.address)
                 os.chmod(self.address, 0o600)
             else:
                 self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -584,3 +621,21 @@ def _shutdown(sock: socket.socket) -> None:
     except OSError:
         pass
 
+
+def _stale_socket(path: str) -> bool:
+    """True if ``path`` is a Unix socket that nobody listens on any more."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False

@@ -11,9 +11,9 @@ It registers 10,000 connections and 1,000 subscriptions (inboxes, each filtered 
 4 threads as fast as they go for the duration, and reports events/s, p99 delivery
 latency (from a 100,000-sample reservoir, so the benchmark's own memory stays flat), RSS
 after a warm-up under load and at the end (read before computing percentiles), threads
-at start and end, the event manager's peak backlog, dropped and failed counts. Then it measures expiry precision: 10,000
-circuits opened at the same instant, lateness of each ``circuit_half_opened`` event
-against its deadline (target p99 < 20 ms).
+at start and end, the event manager's peak backlog, dropped and failed counts. Then it
+measures expiry precision: 10,000 circuits opened at the same instant, lateness of each
+``circuit_half_opened`` event against its deadline (target p99 < 20 ms).
 """
 
 from __future__ import annotations
