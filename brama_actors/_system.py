@@ -92,8 +92,8 @@ POOL_SIZE = 4
 #: Back-pressure: when the event manager has more than EM_HIGH_WATER messages queued,
 #: reporting threads (never the pool's workers) wait until it is under EM_LOW_WATER, for
 #: at most EM_WAIT seconds; after a wait in vain, nobody waits again until it has moved.
-EM_HIGH_WATER = 10_000
-EM_LOW_WATER = 2_000
+EM_HIGH_WATER = 1_000
+EM_LOW_WATER = 250
 EM_WAIT = 1.0
 
 _system_ids = itertools.count(1)
