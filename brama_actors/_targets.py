@@ -126,6 +126,13 @@ class _Queued(Target):
         items.append(item)
         return True
 
+    def deliver(self, item: Item) -> bool:
+        delivered = self.deliver_quietly(item)
+        if delivered is None:
+            self.wake()
+            return True
+        return delivered
+
     def wake(self) -> None:
         with self._cond:
             self._cond.notify()
@@ -141,12 +148,6 @@ class InboxTarget(_Queued):
     def __init__(self, max_pending: int) -> None:
         super().__init__(max_pending)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
-
-    def deliver(self, item: Item) -> bool:
-        with self._cond:
-            self._enqueue(item, is_critical(item))
-        self.wake()
-        return True
 
     def deliver_quietly(self, item: Item) -> bool | None:
         with self._cond:
@@ -270,14 +271,6 @@ class HandlerTarget(_Queued):
         self._stop_event = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-
-    def deliver(self, item: Item) -> bool:
-        with self._cond:
-            if self.closed:
-                return False
-            if self._enqueue(item, is_critical(item)):
-                self._cond.notify()
-        return True
 
     def deliver_quietly(self, item: Item) -> bool | None:
         with self._cond:
