@@ -73,7 +73,15 @@ class Pool:
             inbox = self._queue.get()
             if inbox is None:
                 return
-            inbox.run()
+            try:
+                inbox.run()
+            except BaseException:
+                # Nothing may end a worker: the pool would shrink for good and pytest
+                # reports an exception escaping a thread. run() contains the actor's own
+                # failures; this is the runtime's last line, and the actor is released
+                # so its later messages still run.
+                logger.exception("brama_actors worker: unexpected error running %r", inbox)
+                inbox.recover()
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Let workers finish what is queued, then end them (joined within ``timeout``)."""
@@ -194,7 +202,7 @@ class _PooledInbox:
         try:
             return _process_inline(actor, message)
         finally:
-            actor.on_yield()
+            _yield(actor)
             _local.actor = previous
             if actor.actor_stopped.is_set():
                 self._teardown(actor)
@@ -215,24 +223,28 @@ class _PooledInbox:
         try:
             if not self._started:
                 self._started = True
-                actor._actor_loop_setup()
+                try:
+                    actor._actor_loop_setup()  # contains an Exception from on_start
+                except BaseException:
+                    logger.exception("%s.on_start failed; stopping that actor only", actor)
+                    _fail(actor, *sys.exc_info())
             for _ in range(_BATCH):
                 if actor.actor_stopped.is_set():
-                    actor.on_yield()
+                    _yield(actor)
                     self._teardown(actor)
                     return
                 with self._lock:
                     envelope = self._items.popleft() if self._items else None
                 if envelope is None:
                     # Still ours (scheduled): no other worker runs the actor meanwhile.
-                    actor.on_yield()
+                    _yield(actor)
                     with self._lock:
                         if not self._items:
                             self._scheduled = False
                             return
                         envelope = self._items.popleft()
                 _process(actor, envelope)
-            actor.on_yield()
+            _yield(actor)
             if actor.actor_stopped.is_set():
                 self._teardown(actor)
                 return
@@ -245,11 +257,45 @@ class _PooledInbox:
         finally:
             _local.actor = None
 
+    def recover(self) -> None:
+        """Release an actor whose run ended in an unexpected error (see ``Pool._work``)."""
+        with self._lock:
+            if not self._items or self._closed:
+                self._scheduled = False
+                return
+            pool = self._pool
+        if pool is not None:
+            pool.submit(self)
+
+    def halt(self) -> None:
+        """Stop the actor without running what is queued: its askers get ActorDeadError.
+
+        For actors with nothing to do on stop (connection actors), at system teardown:
+        one lock round each instead of a stop message through the pool, and no entry in
+        Pykka's registry to remove (an O(n) scan per actor). A message being processed
+        right now completes; its runner sees the actor stopped and tears it down.
+        """
+        actor = self._actor
+        taken = self.close()
+        if actor is None:
+            return
+        actor.actor_stopped.set()
+        for envelope in taken:
+            reject(envelope, actor.actor_ref)
+
     def _teardown(self, actor: PooledActor) -> None:
         for envelope in self.close():
             reject(envelope, actor.actor_ref)
         with self._lock:
             self._scheduled = False
+
+
+def _yield(actor: PooledActor) -> None:
+    """Run ``on_yield``; an error there is logged, never allowed to end the run."""
+    try:
+        actor.on_yield()
+    except BaseException:
+        logger.exception("%s.on_yield failed", actor)
 
 
 def _process(actor: PooledActor, envelope: Any) -> None:

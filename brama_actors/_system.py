@@ -226,20 +226,23 @@ class Core:
         self.cells_lock = threading.Lock()
         # Replaced whole by the event manager whenever subscriptions change.
         self.interest = Interest.NONE
-        self.pool = Pool(name, POOL_SIZE)
-        self.scheduler = Scheduler(clock, f"{name}-scheduler")
-        self.em: ActorRef[EventManager] = EventManager.start(self.pool, self)
-        self.em_inbox: _PooledInbox = self.em.actor_inbox  # type: ignore[assignment]
         # Back-pressure (pace): runs of the manager so far, threads waiting, and the run
         # count when a wait last timed out.
         self.em_space = threading.Condition(threading.Lock())
         self.em_runs = 0
         self.em_waiting = 0
         self.em_stalled_at = -1
-        self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
         self.stopping = False
         self.sweep_timer: Timer | None = None
         self.telemetry_target: TelemetryTarget | None = None
+        # Everything an actor may read is assigned above: the actors below start running
+        # on the pool at once (the event manager yields, and reads em_runs, before
+        # __init__ returns), so nothing they touch may be assigned after them.
+        self.pool = Pool(name, POOL_SIZE)
+        self.scheduler = Scheduler(clock, f"{name}-scheduler")
+        self.em: ActorRef[EventManager] = EventManager.start(self.pool, self)
+        self.em_inbox: _PooledInbox = self.em.actor_inbox  # type: ignore[assignment]
+        self.supervisor: ActorRef[Supervisor] = Supervisor.start(self.pool, self)
 
     # -- used by actors ------------------------------------------------------------------
     def emit(self, status: ConnectionStatus, specs: Iterable[rules.EventSpec], now: int) -> None:

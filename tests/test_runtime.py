@@ -336,3 +336,72 @@ def test_on_yield_runs_once_per_run_after_its_messages(pool: Pool) -> None:
     assert inbox.call("inline") == ("echo", "inline")
     assert log[-2:] == [("inline", threading.current_thread().name, ref),
                         ("yield", threading.current_thread().name, ref)]
+
+
+class Yielder(PooledActor):
+    """on_yield raises (or on_start raises a BaseException) to test the pool's last line."""
+
+    def __init__(self, pool: Pool, mode: str) -> None:
+        super().__init__(pool)
+        self.mode = mode
+
+    def on_start(self) -> None:
+        if self.mode == "start":
+            raise SystemExit("on_start")
+
+    def on_yield(self) -> None:
+        if self.mode == "yield":
+            raise RuntimeError("on_yield")
+
+    def on_receive(self, message: Any) -> Any:
+        return message
+
+
+def test_on_yield_error_never_ends_a_worker(pool: Pool,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """An error in on_yield is logged; the worker and the actor keep running."""
+    threads = pool.threads
+    ref = Yielder.start(pool, "yield")
+    for i in range(20):
+        assert ref.ask(i, timeout=5) == i
+    assert all(t.is_alive() for t in threads)
+    assert "on_yield failed" in caplog.text
+
+
+def test_base_exception_in_on_start_stops_only_that_actor(pool: Pool) -> None:
+    """A SystemExit from on_start stops that actor; the pool's workers live on."""
+    ref = Yielder.start(pool, "start")
+    with pytest.raises(pykka.ActorDeadError):
+        ref.ask("x", timeout=5)
+    other = Recorder.start(pool)
+    assert other.ask("y", timeout=5) == ("echo", "y")
+    assert all(t.is_alive() for t in pool.threads)
+
+
+def test_halt_refuses_queued_asks_without_running_them(pool: Pool) -> None:
+    """halt() stops an idle actor at once: queued asks get ActorDeadError, unprocessed."""
+    gate = threading.Event()
+    running = threading.Event()
+    log: list[Any] = []
+
+    class Slow(PooledActor):
+        def on_receive(self, message: Any) -> Any:
+            if message == "block":
+                running.set()
+                gate.wait(5)
+            log.append(message)
+            return message
+
+    ref = Slow.start(pool)
+    blocked = ref.ask("block", block=False)
+    assert running.wait(5)
+    queued = ref.ask("queued", block=False)
+    inbox = ref.actor_inbox
+    assert isinstance(inbox, type(Slow._create_actor_inbox()))
+    inbox.halt()
+    gate.set()
+    assert blocked.get(timeout=5) == "block"  # the running message completes
+    with pytest.raises(pykka.ActorDeadError):
+        queued.get(timeout=5)
+    assert log == ["block"]
+    assert not ref.is_alive()

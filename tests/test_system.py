@@ -645,3 +645,21 @@ def test_reopen_in_the_same_millisecond_moves_the_deadline(system: Brama,
     assert system.status("db").expiry == 500
     clock.advance(500)
     assert system.status("db").state == "half_open"
+
+
+def test_actors_see_a_complete_system_from_their_first_message(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Brama.start assigns everything actors read before the first actor runs."""
+    import logging
+
+    from brama_actors._runtime import Pool
+
+    # The fastest possible worker: an actor runs inside submit(), before start() returns.
+    monkeypatch.setattr(Pool, "submit", lambda self, inbox: inbox.run())
+    with caplog.at_level(logging.ERROR, logger="brama_actors"):
+        brama = Brama.start(clock=ManualClock())
+        brama.register("a")
+        brama.failure("a")
+        assert brama.status("a").failure_count == 1
+        brama.stop()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
