@@ -861,9 +861,12 @@ class Brama:
                 filters["scope"] = scope
             if events is not None:
                 filters["events"] = parse_event_types(events)
+            # subscriber=ref removes that actor's subscriptions whoever made them (a
+            # supervisor detaching a monitor); otherwise only the caller's.
             owner: tuple[str, Any] | None = _owner()
             if subscriber is not None:
                 filters["subscriber"] = subscriber
+                owner = None
             message = UnsubscribeWhere(owner, filters)
         return self._ask_event_manager(message, ASK_TIMEOUT)
 

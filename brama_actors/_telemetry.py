@@ -79,7 +79,9 @@ def execute(name: Name, measurements: Mapping[str, Any], metadata: Mapping[str, 
     for handler_id, function in matching:
         try:
             function(name, measurements, metadata)
-        except Exception as exc:
+        except BaseException as exc:
+            # Even SystemExit or KeyboardInterrupt: it would end the telemetry runner's
+            # thread, and with it every later telemetry call and drain().
             detach(handler_id)
             logger.exception("telemetry handler %r raised on %r; detached", handler_id, name)
             if name != ("brama", "telemetry", "handler_failure"):

@@ -506,6 +506,34 @@ def test_raising_telemetry_handler_is_detached_and_reported(system: Brama) -> No
         telemetry.detach("t-watch")
 
 
+@pytest.mark.parametrize("error", [SystemExit, KeyboardInterrupt, GeneratorExit])
+def test_base_exception_in_telemetry_handler_is_contained(
+        system: Brama, error: type[BaseException]) -> None:
+    """A telemetry handler raising a BaseException is detached; later telemetry still runs."""
+    def bad(*args: Any) -> None:
+        raise error("from a telemetry handler")
+
+    failures: list[Any] = []
+    later: list[Any] = []
+    telemetry.attach("t-bad", ("brama", "connection", "registration"), bad)
+    telemetry.attach("t-watch", ("brama", "telemetry"),
+                     lambda name, m, meta: failures.append(meta["handler_id"]))
+    telemetry.attach("t-later", ("brama", "connection", "failure"),
+                     lambda name, m, meta: later.append(meta["connection"]))
+    try:
+        system.register("db")
+        system.drain()
+        assert "t-bad" not in telemetry.handlers()
+        assert failures == ["t-bad"]
+        system.failure("db")
+        system.drain()  # the runner thread is alive: this does not time out
+        assert later == ["db"]
+    finally:
+        telemetry.detach("t-watch")
+        telemetry.detach("t-later")
+        telemetry.detach("t-bad")
+
+
 def test_telemetry_attach_validation() -> None:
     """attach refuses duplicate ids, bad prefixes and non-callables."""
     telemetry.attach("t-dup", ("brama",), print)
@@ -609,17 +637,56 @@ def test_statistics_count_batched_events_as_pending(system: Brama) -> None:
     assert (stats.delivered, stats.pending) == (3, 0)
 
 
-def test_unsubscribe_by_subscriber_only_removes_callers(system: Brama) -> None:
-    """unsubscribe(subscriber=ref) removes only the caller's subscriptions for that actor."""
+def test_unsubscribe_by_subscriber_removes_that_actors_subscriptions(system: Brama) -> None:
+    """unsubscribe(subscriber=ref) removes every subscription of that actor, whoever made it."""
     ref = Collector.start([])
+    other = Collector.start([])
     system.subscribe(subscriber=ref)
+    system.subscribe(subscriber=other)
     theirs: list[Any] = []
     thread = threading.Thread(
         target=lambda: theirs.append(system.subscribe(subscriber=ref)))
     thread.start()
     thread.join(5)
+    assert system.unsubscribe(subscriber=ref) == 2
+    assert system.unsubscribe(theirs[0]) is False
+    assert system.unsubscribe(subscriber=other) == 1
+
+
+class SelfSubscriber(pykka.ThreadingActor):
+    """Subscribes itself from on_start (no subscriber= given)."""
+
+    use_daemon_thread = True
+
+    def __init__(self, brama: Brama, seen: list[str]) -> None:
+        super().__init__()
+        self.brama = brama
+        self.seen = seen
+
+    def on_start(self) -> None:
+        self.brama.subscribe(events=["failure"])
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, tuple) and message[0] == "brama_event":
+            self.seen.append(message[1].event.value)
+        return None
+
+
+def test_actor_that_subscribed_itself_can_be_detached_from_outside(system: Brama) -> None:
+    """An actor that subscribed itself is detached by unsubscribe(subscriber=ref) elsewhere."""
+    seen: list[str] = []
+    ref = SelfSubscriber.start(system, seen)
+    assert ref.ask("sync", timeout=5) is None  # on_start (and its subscribe) ran first
+    system.register("db")
+    system.failure("db")
+    system.drain()
+    assert ref.ask("sync", timeout=5) is None  # the actor handled what was told before
+    assert seen == ["failure"]
     assert system.unsubscribe(subscriber=ref) == 1
-    assert system.unsubscribe(theirs[0]) is True
+    system.failure("db")
+    system.drain()
+    assert ref.ask("sync", timeout=5) is None
+    assert seen == ["failure"]
 
 
 def test_event_manager_crash_returns_batches_in_order(system: Brama) -> None:
