@@ -72,6 +72,10 @@ class Cell:
     quiet_folded: int = 0
     quiet_raw: float = 0.0  # clock.raw() of the latest quiet success
     trials: int = 0  # guarded half-open trials running now, under lock
+    # Set by the actor when the connection is removed (unregister or the sweep), before
+    # the actor stops: a caller whose message is refused then knows the connection is
+    # gone, rather than taking the refusal for a crash and retrying.
+    retired: bool = False
     # Events of a published status that a crashing actor could not hand over; its
     # successor emits them first (so they are neither lost nor emitted twice).
     unsent: list[tuple[ConnectionStatus, Any, int]] = field(default_factory=list)
@@ -247,6 +251,7 @@ class ConnectionActor(PooledActor):
         if inactive_threshold is not None and idle <= inactive_threshold:
             return False  # active again since the sweep looked
         self._retired = True
+        self._cell.retired = True
         core.remove_cell(self._cell)
         if self._timer is not None:
             self._timer.cancel()

@@ -643,6 +643,10 @@ class Brama:
             if result is not RESTARTED:
                 return result
             self._check_running()
+            if cell.retired:
+                # Refused because the connection was removed meanwhile (unregister or
+                # the sweep), not because it crashed: the call raced the removal.
+                raise _not_found(key)
             # The crashed actor told the supervisor before refusing us: once the
             # supervisor has caught up, the cell points at the restarted actor.
             self._ask_supervisor(Sync())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 import threading
+from typing import Any
 
 import pytest
 
@@ -663,3 +664,30 @@ def test_actors_see_a_complete_system_from_their_first_message(
         assert brama.status("a").failure_count == 1
         brama.stop()
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_call_racing_unregister_raises_not_found_not_crashed(system: Brama) -> None:
+    """A call whose actor was stopped by unregister raises ConnectionNotFound at once."""
+    core = system._core
+    racing = {"on": False}
+
+    class RacingCells(dict):  # type: ignore[type-arg]
+        """Unregisters and re-registers the connection right after each lookup."""
+
+        def get(self, key: Any, default: Any = None) -> Any:
+            cell = super().get(key, default)
+            if racing["on"] and key == "same" and cell is not None:
+                racing["on"] = False
+                system.unregister("same")
+                system.register("same")
+                racing["on"] = True
+            return cell
+
+    cells = RacingCells(core.cells)
+    core.cells = system._cells = cells
+    system.register("same")
+    racing["on"] = True
+    with pytest.raises(ConnectionNotFound):
+        system.failure("same")
+    racing["on"] = False
+    assert system.status("same").failure_count == 0  # the new connection is untouched
