@@ -8,6 +8,7 @@ durations measured between them are monotonic.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -107,15 +108,22 @@ class ManualClock(Clock):
         """Move time forward by ``ms`` and fire every timer that became due.
 
         Args:
-            ms: milliseconds to move forward (>= 0).
+            ms: whole milliseconds to move forward (>= 0): an int, or a float with an
+                integral value such as ``1e3``. Time is kept in integer ms, so a
+                fraction could only be dropped, silently.
             timeout: seconds to wait for the fired timers' work to complete.
 
         Raises:
-            ValueError: ``ms`` is negative, not finite or not a number.
+            TypeError: ``ms`` is not a number (or is a bool).
+            ValueError: ``ms`` is negative, not finite, or has a fractional part.
             TimeoutError: the timers' work did not complete within ``timeout``.
         """
-        if type(ms) is bool or not isinstance(ms, int | float) or not ms >= 0 or ms == float("inf"):
-            raise ValueError(f"ms must be a finite number >= 0, got {ms!r}")
+        if type(ms) is bool or not isinstance(ms, int | float):
+            raise TypeError(f"ms must be an int (milliseconds), got {ms!r}")
+        if isinstance(ms, float) and not (math.isfinite(ms) and ms.is_integer()):
+            raise ValueError(f"ms must be a whole number of milliseconds, got {ms!r}")
+        if ms < 0:
+            raise ValueError(f"ms must be >= 0, got {ms!r}")
         with self._lock:
             self._now += int(ms)
             now = self._now

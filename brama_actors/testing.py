@@ -88,6 +88,7 @@ def add_failures(identifier: str, count: int, *, scope: str | None = None,
     if type(count) is bool or not isinstance(count, int) or count < 0:
         raise ValueError(f"count must be an int >= 0, got {count!r}")
     system = _system(brama)
+    system.status(identifier, scope=scope)  # unknown connection: raise, whatever the count
     for _ in range(count):
         system.failure(identifier, scope=scope, reason=reason)
 

@@ -30,11 +30,30 @@ def test_manual_clock_moves_only_when_advanced() -> None:
     assert clock.now() == 15
 
 
-@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "1", True, None])
-def test_manual_clock_rejects_bad_advance(bad: Any) -> None:
-    """advance() refuses negative, non-finite and non-numeric values."""
-    with pytest.raises(ValueError, match="ms"):
-        ManualClock().advance(bad)
+@pytest.mark.parametrize("bad", [-1, -1.0, float("nan"), float("inf"), 0.5, 1.25, 1e-3])
+def test_manual_clock_rejects_bad_advance_values(bad: Any) -> None:
+    """advance() refuses negative, non-finite and fractional values, naming the value."""
+    clock = ManualClock(start_ms=0)
+    with pytest.raises(ValueError, match=f"ms must be .*{bad!r}"):
+        clock.advance(bad)
+    assert clock.now() == 0
+
+
+@pytest.mark.parametrize("bad", ["1", True, None, [1]])
+def test_manual_clock_rejects_bad_advance_types(bad: Any) -> None:
+    """advance() refuses what is not a number (bool included) with TypeError."""
+    clock = ManualClock(start_ms=0)
+    with pytest.raises(TypeError, match="ms must be an int"):
+        clock.advance(bad)
+    assert clock.now() == 0
+
+
+def test_manual_clock_accepts_integral_floats() -> None:
+    """advance(1e3) moves 1000 ms: a float with an integral value is whole milliseconds."""
+    clock = ManualClock(start_ms=0)
+    clock.advance(1e3)
+    clock.advance(2.0)
+    assert clock.now() == 1002
 
 
 def test_manual_clock_rejects_bad_start() -> None:

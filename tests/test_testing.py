@@ -59,6 +59,13 @@ def test_add_failures_and_alias(system: Brama) -> None:
         add_failures("db", -1, brama=system)
 
 
+@pytest.mark.parametrize("count", [0, 1])
+def test_add_failures_on_unknown_connection_raises(system: Brama, count: int) -> None:
+    """add_failures checks the connection first, whatever the count (0 included)."""
+    with pytest.raises(ConnectionNotFound):
+        add_failures("nope", count, brama=system)
+
+
 def test_simulate_recovery(system: Brama) -> None:
     """simulate_recovery: open -> half_open -> success -> closed, with those events."""
     system.register("db", max_attempts=1)
