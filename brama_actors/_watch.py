@@ -13,18 +13,32 @@ import os
 import queue
 import stat
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import TextIO
 
 from brama_actors._client import Client, connect
 from brama_actors._errors import BramaError
-from brama_actors._events import Event
+from brama_actors._events import Event, EventType
 from brama_actors._status import ConnectionStatus
 
 __all__ = ["add_parser", "main", "read_authkey", "render"]
 
 ENV_AUTHKEY = "BRAMA_AUTHKEY"
+
+#: The events listed under "latest events": transitions, failures and the coming and
+#: going of connections. ``success`` is left out (a healthy service would push every
+#: state change off the screen with it); successes are counted per connection in the
+#: table instead, from each status. The ``circuit_*`` events, ``expiry``,
+#: ``registration``, ``connection_unregistered`` and ``cleanup`` repeat what these say.
+WATCHED_EVENTS = (
+    EventType.STATE_CHANGE,
+    EventType.FAILURE,
+    EventType.CIRCUIT_RESET,
+    EventType.CONNECTION_REGISTERED,
+    EventType.CONNECTION_REMOVED,
+)
 
 
 def parse_address(text: str) -> str | tuple[str, int]:
@@ -74,15 +88,16 @@ def render(statuses: Sequence[ConnectionStatus], events: Sequence[Event], now_ms
     """One screen: a table of circuits and the latest events."""
     lines = [f"brama_actors node {address}  —  {len(statuses)} circuit(s)", ""]
     header = f"{'connection':<28} {'scope':<12} {'state':<10} {'fails':>5} " \
-             f"{'in state':>9} {'success':>8}"
+             f"{'in state':>9} {'successes':>10} {'success':>8}"
     lines += [header, "-" * len(header)]
     for status in sorted(statuses, key=lambda s: (s.scope or "", s.identifier)):
         rate = "-" if status.success_rate is None else f"{status.success_rate:.0%}"
         lines.append(
             f"{status.identifier[:28]:<28} {(status.scope or '-')[:12]:<12} "
             f"{status.state.value:<10} {status.failure_count:>5} "
-            f"{_age(now_ms - status.state_changed_at):>9} {rate:>8}")
-    lines += ["", "latest events:"]
+            f"{_age(now_ms - status.state_changed_at):>9} {status.total_successes:>10} "
+            f"{rate:>8}")
+    lines += ["", "latest transitions and failures:"]
     if not events:
         lines.append("  (none yet)")
     for event in events:
@@ -101,7 +116,8 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     """Add the ``watch`` sub-command to the CLI."""
     parser = subparsers.add_parser(
         "watch", help="live view of the circuits of a node",
-        description="Show every circuit on a node and its latest events. The authkey is "
+        description="Show every circuit on a node (with its success count) and its latest "
+                    "transitions and failures. The authkey is "
                     f"read from ${ENV_AUTHKEY} (hex) or --authkey-file (mode 0600).")
     parser.add_argument("address", help="the node's socket path, or host:port")
     parser.add_argument("--authkey-file", help="file holding the hex authkey (mode 0600)")
@@ -109,12 +125,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--interval", type=float, default=1.0,
                         help="seconds between refreshes (default 1)")
     parser.add_argument("--events", type=int, default=10,
-                        help="how many latest events to show (default 10)")
+                        help="how many latest transitions and failures to show (default 10)")
     parser.set_defaults(func=main)
 
 
-def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run ``watch``; returns the exit code."""
+def main(args: argparse.Namespace, out: TextIO | None = None,
+         stop: threading.Event | None = None) -> int:
+    """Run ``watch``; returns the exit code.
+
+    Args:
+        args: the parsed command line.
+        out: where screens go (default: stdout).
+        stop: ends the loop after the current screen once set (default: Ctrl-C only).
+    """
     out = sys.stdout if out is None else out
     try:
         authkey = read_authkey(args.authkey_file)
@@ -130,7 +153,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     recent: collections.deque[Event] = collections.deque(maxlen=max(1, args.events))
     tty = out.isatty()
     try:
-        inbox = client.subscribe()
+        inbox = client.subscribe(events=WATCHED_EVENTS)
         while True:
             deadline = time.monotonic() + (0 if args.once else args.interval)
             while True:
@@ -149,7 +172,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 out.write("\n")
             out.write(screen + "\n")
             out.flush()
-            if args.once:
+            if args.once or (stop is not None and stop.is_set()):
                 return 0
     except KeyboardInterrupt:
         return 0

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -90,3 +91,52 @@ def test_command_line_once(served: tuple[Brama, Server]) -> None:
         capture_output=True, text=True, timeout=60, env=env, check=False)
     assert result.returncode == 0, result.stderr
     assert "db" in result.stdout
+
+
+class _Screens(io.StringIO):
+    """Collects watch's output and wakes the test on every flush."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushed = threading.Condition()
+
+    def flush(self) -> None:
+        with self.flushed:
+            self.flushed.notify_all()
+
+
+def test_latest_events_show_transitions_and_failures_not_successes(
+        served: tuple[Brama, Server], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A healthy service's successes are counted in the table, never listed as events."""
+    brama, server = served
+    brama.register("healthy")
+    brama.register("flaky")
+    monkeypatch.setenv("BRAMA_AUTHKEY", server.authkey.hex())
+    out = _Screens()
+    stop = threading.Event()
+    result: list[int] = []
+    watcher = threading.Thread(
+        target=lambda: result.append(main(_args(server.address, once=False, interval=0.05),
+                                           out, stop)))
+    watcher.start()
+    try:
+        assert server.wait_for_clients(1, timeout=10)
+        with out.flushed:  # the watch subscribed before its first screen
+            assert out.flushed.wait_for(lambda: "circuit(s)" in out.getvalue(), 10)
+        for _ in range(200):
+            brama.success("healthy")
+        brama.failure("flaky", reason="timeout")
+        brama.drain()
+        with out.flushed:
+            assert out.flushed.wait_for(
+                lambda: "flaky: state_change" in out.getvalue(), 10)
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert result == [0]
+    last = out.getvalue().rsplit("circuit(s)", 1)[1]
+    healthy = next(line for line in last.splitlines() if line.startswith("healthy"))
+    assert " 200 " in healthy
+    assert "flaky: failure (timeout)" in last
+    assert "flaky: state_change closed -> open" in last
+    assert ": success" not in out.getvalue()
