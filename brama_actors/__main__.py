@@ -7,6 +7,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+import brama_actors
 from brama_actors import _demo, _watch
 
 
@@ -15,6 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m brama_actors",
         description="brama_actors: circuit breakers as Pykka actors.")
+    parser.add_argument("--version", action="version",
+                        version=f"brama_actors {brama_actors.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _demo.add_parser(subparsers)
     _watch.add_parser(subparsers)

@@ -57,5 +57,22 @@ def test_enums_are_strings() -> None:
 
 
 def test_version() -> None:
-    """__version__ comes from the installed metadata."""
-    assert brama_actors.__version__ != "0+unknown"
+    """__version__ is the version setup.cfg declares, read back from installed metadata."""
+    import configparser
+    from pathlib import Path
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    declared = config["metadata"]["version"]
+    assert declared not in ("", "0.0.0")
+    assert brama_actors.__version__ == declared
+
+
+def test_version_on_the_command_line() -> None:
+    """python -m brama_actors --version prints the package's version."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "brama_actors", "--version"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == f"brama_actors {brama_actors.__version__}"
