@@ -95,6 +95,8 @@ POOL_SIZE = 4
 EM_HIGH_WATER = 1_000
 EM_LOW_WATER = 250
 EM_WAIT = 1.0
+#: Seconds stop() waits for handlers to finish their current event (at most).
+HANDLER_STOP_WAIT = 1.0
 
 _system_ids = itertools.count(1)
 
@@ -565,15 +567,19 @@ class Brama:
         for target in self._targets:
             target.close()
         # Handler threads finish what they are doing; one blocked forever in user code
-        # cannot be stopped (it is a daemon thread), so waiting is bounded.
-        handlers_deadline = min(deadline, time.monotonic() + 1.0)
+        # cannot be stopped (it is a daemon thread), so waiting is bounded. A thread
+        # still blocked is abandoned: when its handler returns it runs nothing more.
+        handlers_deadline = min(deadline, time.monotonic() + HANDLER_STOP_WAIT)
         for target in self._targets:
             target.join(max(0.0, handlers_deadline - time.monotonic()))
-        blocked = [t for t in self._targets if getattr(t, "_thread", None) is not None
-                   and t._thread.is_alive()]  # type: ignore[attr-defined]
+        blocked = [t for t in self._targets if isinstance(t, HandlerTarget) and t.running]
+        for target in blocked:
+            target.abandon()
         if blocked:
-            logger.warning("%s: %d handler(s) still running user code at stop; left as "
-                           "daemon threads", core.name, len(blocked))
+            logger.warning("%s: %d handler(s) still blocked in user code after %.1f s; "
+                           "their daemon threads end when the handlers return and run "
+                           "nothing of the system meanwhile", core.name, len(blocked),
+                           HANDLER_STOP_WAIT)
         self._targets.clear()
         _forget_default(self)
         running.discard(self)

@@ -269,6 +269,9 @@ class HandlerTarget(_Queued):
         self._call: Callable[[Any], Any] = method if callable(method) else handler
         self._label = label or repr(handler)
         self._stop_event = threading.Event()
+        # Set when stop() gave up waiting for a handler blocked in user code: the thread
+        # cannot be killed, but once the handler returns it runs nothing more.
+        self._abandoned = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -302,18 +305,41 @@ class HandlerTarget(_Queued):
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """True while the runner thread is alive (e.g. blocked in the handler)."""
+        return self._thread.is_alive()
+
+    def abandon(self) -> None:
+        """Give up on a handler still blocked after ``close()`` and ``join()``.
+
+        What is still queued is dropped, and when the handler returns its thread ends at
+        once: no retry, no failure report, no telemetry, no further item.
+        """
+        with self._cond:
+            self._abandoned = True
+            self.closed = True
+            dropped = list(self._items)
+            self._items.clear()
+        self._stop_event.set()
+        for item in dropped:
+            if isinstance(item, list):
+                item[1].set(None)  # a drain marker: nothing will handle it now
+
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._items and not self.closed:
                     self._cond.wait()
-                if not self._items:
+                if not self._items or self._abandoned:
                     return
                 item = self._items.popleft()
             if isinstance(item, list):
                 item[1].set(None)
                 continue
             self._handle(item)
+            if self._abandoned:
+                return
 
     def _handle(self, item: Item) -> None:
         attempts = 1 + (CRITICAL_RETRIES if is_critical(item) else 0)
@@ -322,6 +348,8 @@ class HandlerTarget(_Queued):
             try:
                 self._call(item)
             except BaseException as exc:
+                if self._abandoned:
+                    return  # stop() gave up on this thread: report nothing, retry nothing
                 if attempt + 1 < attempts and not self._stop_event.is_set():
                     self._stop_event.wait(backoff)
                     backoff *= 2

@@ -691,3 +691,40 @@ def test_call_racing_unregister_raises_not_found_not_crashed(system: Brama) -> N
         system.failure("same")
     racing["on"] = False
     assert system.status("same").failure_count == 0  # the new connection is untouched
+
+
+def test_handler_blocked_at_stop_runs_nothing_after_it_returns() -> None:
+    """stop() leaves a blocked handler's thread; once it returns, nothing more runs there."""
+    from brama_actors import telemetry
+
+    brama = Brama.start(clock=ManualClock(), max_attempts=1)
+    gate = threading.Event()
+    entered = threading.Event()
+    handled: list[str] = []
+    reported: list[Any] = []
+
+    def handler(event: Any) -> None:
+        handled.append(event.event.value)
+        entered.set()
+        gate.wait(10)
+        raise RuntimeError("after stop")  # a critical event: would be retried and reported
+
+    telemetry.attach("t-after-stop", ("brama", "subscriber"),
+                     lambda name, m, meta: reported.append(name))
+    try:
+        sub = brama.subscribe(events=["state_change", "circuit_closed"], handler=handler)
+        brama.register("db")
+        brama.failure("db")          # state_change: the handler blocks on it
+        assert entered.wait(5)
+        brama.close_circuit("db")    # circuit_closed, state_change: queued behind it
+        runner = sub.target._thread  # type: ignore[attr-defined]
+        brama.stop(timeout=0.5)
+        assert runner.is_alive()     # blocked in user code: it cannot be killed
+        gate.set()
+        runner.join(5)
+        assert not runner.is_alive()
+        assert handled == ["state_change"]  # no retry, no queued event
+        assert reported == []               # no failure telemetry from that thread
+    finally:
+        gate.set()
+        telemetry.detach("t-after-stop")
