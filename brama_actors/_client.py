@@ -36,7 +36,13 @@ from brama_actors._errors import (
 from brama_actors._events import Event, EventType, parse_event_types
 from brama_actors._status import CircuitState, ConnectionStatus
 from brama_actors._subscription import Subscription
-from brama_actors._targets import HandlerTarget, Target
+from brama_actors._targets import (
+    AsyncHandlerTarget,
+    HandlerTarget,
+    Target,
+    check_drain_caller,
+    close_runners,
+)
 from brama_actors._wire import Address, check_address, encode, hang_up
 
 __all__ = ["Client", "connect"]
@@ -308,10 +314,7 @@ class Client:
         for thread in (self._reader, self._reconnector):
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout)
-        for target in self._targets:
-            target.close()
-        for target in self._targets:
-            target.join(timeout)
+        close_runners(self._targets, timeout)
         if self._process is not None:
             try:
                 self._control.send("stop")
@@ -455,7 +458,7 @@ class Client:
                                    batch_timeout, max_pending)
         target, subscriber = make_target(subscriber, handler, max_pending,
                                          f"{self.name}-handler")
-        if isinstance(target, HandlerTarget):
+        if isinstance(target, HandlerTarget | AsyncHandlerTarget):
             self._targets = [t for t in self._targets if not t.closed]
             self._targets.append(target)
         options: dict[str, Any] = {
@@ -514,6 +517,7 @@ class Client:
 
     def drain(self, timeout: float = 1.0) -> None:
         """Wait until events of earlier calls reached their targets in this process."""
+        check_drain_caller(self._targets)
         deadline = time.monotonic() + timeout
         try:
             self._request("drain", _timeout=timeout + 1.0, timeout=timeout)

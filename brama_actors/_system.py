@@ -8,6 +8,7 @@ connection. Every ``ask`` has a timeout, and a call that races with ``stop()`` e
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import threading
@@ -73,12 +74,17 @@ from brama_actors._status import ConnectionStatus, freeze_mapping
 from brama_actors._subscription import Subscription
 from brama_actors._supervisor import Crashed, EventManagerCrashed, Supervisor, Sync
 from brama_actors._targets import (
+    RUNNER_STOP_WAIT,
     ActorTarget,
+    AsyncHandlerTarget,
     HandlerTarget,
     InboxTarget,
     Target,
     TelemetryCall,
     TelemetryTarget,
+    check_drain_caller,
+    close_runners,
+    is_coroutine_handler,
 )
 
 __all__ = ["Brama", "Core"]
@@ -95,8 +101,6 @@ POOL_SIZE = 4
 EM_HIGH_WATER = 1_000
 EM_LOW_WATER = 250
 EM_WAIT = 1.0
-#: Seconds stop() waits for handlers to finish their current event (at most).
-HANDLER_STOP_WAIT = 1.0
 
 _system_ids = itertools.count(1)
 
@@ -172,6 +176,16 @@ def make_target(subscriber: Any, handler: Any, max_pending: int,
         if not callable(getattr(handler, "handle_event", None)) and not callable(handler):
             raise TypeError(
                 f"handler must have a handle_event(event) method or be callable, got {handler!r}")
+        if is_coroutine_handler(handler):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise TypeError(
+                    f"handler {handler!r} is a coroutine function: subscribe it from inside "
+                    "a running event loop (it runs on that loop), or read an inbox "
+                    "subscription with `await sub.aget()` or `async for event in sub`"
+                ) from None
+            return AsyncHandlerTarget(handler, max_pending, handler_name), None
         return HandlerTarget(handler, max_pending, handler_name), None
     if subscriber is None:
         subscriber = _caller_actor()
@@ -564,22 +578,14 @@ class Brama:
         core.pool.shutdown(max(0.0, deadline - time.monotonic()))
         if core.telemetry_target is not None:
             self._targets.append(core.telemetry_target)
-        for target in self._targets:
-            target.close()
-        # Handler threads finish what they are doing; one blocked forever in user code
-        # cannot be stopped (it is a daemon thread), so waiting is bounded. A thread
-        # still blocked is abandoned: when its handler returns it runs nothing more.
-        handlers_deadline = min(deadline, time.monotonic() + HANDLER_STOP_WAIT)
-        for target in self._targets:
-            target.join(max(0.0, handlers_deadline - time.monotonic()))
-        blocked = [t for t in self._targets if isinstance(t, HandlerTarget) and t.running]
-        for target in blocked:
-            target.abandon()
+        # Handler runners finish what they are doing; one blocked in user code cannot be
+        # stopped (a daemon thread), so waiting is bounded and it is then abandoned.
+        blocked = close_runners(self._targets, max(0.0, deadline - time.monotonic()))
         if blocked:
             logger.warning("%s: %d handler(s) still blocked in user code after %.1f s; "
                            "their daemon threads end when the handlers return and run "
-                           "nothing of the system meanwhile", core.name, len(blocked),
-                           HANDLER_STOP_WAIT)
+                           "nothing of the system meanwhile", core.name, blocked,
+                           RUNNER_STOP_WAIT)
         self._targets.clear()
         _forget_default(self)
         running.discard(self)
@@ -824,7 +830,7 @@ class Brama:
                            max_pending)
         target, subscriber = make_target(subscriber, handler, max_pending,
                                          f"{self._core.name}-handler")
-        if isinstance(target, HandlerTarget):
+        if isinstance(target, HandlerTarget | AsyncHandlerTarget):
             self._targets = [t for t in self._targets if not t.closed]
             self._targets.append(target)
         return self._subscribe_target(
@@ -907,6 +913,7 @@ class Brama:
             TimeoutError: not done within ``timeout`` seconds.
         """
         self._check_running()
+        check_drain_caller(self._targets)
         deadline = time.monotonic() + timeout
         futures = [
             cell.ref.ask(PING, block=False)

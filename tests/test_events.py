@@ -847,3 +847,128 @@ def test_a_stuck_event_manager_delays_reporters_once(
     assert "made no progress" in caplog.text
     system.drain()
     assert system.status("db").failure_count == 300
+
+
+# -- coroutine handlers ---------------------------------------------------------------------
+
+
+def test_coroutine_handler_runs_on_the_subscribing_loop_in_order(system: Brama) -> None:
+    """An async def handler runs on the loop running at subscribe, one event at a time."""
+    system.register("db", max_attempts=100)
+
+    async def main() -> tuple[list[int], set[int], int]:
+        loop_thread = threading.get_ident()
+        seen: list[int] = []
+        threads: set[int] = set()
+        running = 0
+        overlap = 0
+
+        async def handler(event: Event) -> None:
+            nonlocal running, overlap
+            running += 1
+            overlap = max(overlap, running)
+            threads.add(threading.get_ident())
+            await asyncio.sleep(0)  # yields: a concurrent second call would overlap here
+            seen.append(event.data["failure_count"])
+            running -= 1
+
+        system.subscribe(events=["failure"], handler=handler)
+        for _ in range(20):
+            system.failure("db")
+        await asyncio.to_thread(system.drain)  # drain from another thread: the loop runs
+        assert threads == {loop_thread}
+        return seen, threads, overlap
+
+    seen, _, overlap = asyncio.run(main())
+    assert seen == list(range(1, 21))
+    assert overlap == 1
+
+
+def test_handle_event_coroutine_method_is_awaited(system: Brama) -> None:
+    """An object whose handle_event is async def runs on the loop like a coroutine handler."""
+    class Handler:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        async def handle_event(self, event: Event) -> None:
+            self.seen.append(event.event.value)
+
+    async def main() -> list[str]:
+        handler = Handler()
+        system.subscribe(events=["registration"], handler=handler)
+        system.register("db")
+        await asyncio.to_thread(system.drain)
+        return handler.seen
+
+    assert asyncio.run(main()) == ["registration"]
+
+
+def test_coroutine_handler_outside_a_loop_is_refused(system: Brama) -> None:
+    """subscribe(handler=<async def>) outside a running loop raises TypeError naming aget."""
+    async def handler(event: Event) -> None:
+        return None
+
+    with pytest.raises(TypeError, match=r"aget\(\)"):
+        system.subscribe(handler=handler)
+
+
+def test_coroutine_handler_failures_follow_handler_rules(system: Brama) -> None:
+    """A raising coroutine handler is retried on critical events, then counted as failed."""
+    system.register("db", max_attempts=1)
+    calls: list[str] = []
+
+    async def handler(event: Event) -> None:
+        calls.append(event.event.value)
+        raise RuntimeError("handler bug")
+
+    async def main() -> Any:
+        sub = system.subscribe(events=["failure", "state_change"], handler=handler)
+        system.failure("db")
+        await asyncio.to_thread(system.drain)
+        return sub.statistics()
+
+    stats = asyncio.run(main())
+    assert calls == ["failure"] + ["state_change"] * 4  # critical: 1 + 3 retries
+    assert (stats.delivered, stats.failed) == (0, 2)
+
+
+def test_drain_on_the_handlers_own_loop_is_refused(system: Brama) -> None:
+    """drain() on the loop running a coroutine handler raises instead of deadlocking."""
+    async def handler(event: Event) -> None:
+        return None
+
+    async def main() -> None:
+        system.subscribe(handler=handler)
+        with pytest.raises(RuntimeError, match="to_thread"):
+            system.drain()
+        await asyncio.to_thread(system.drain)
+
+    asyncio.run(main())
+
+
+def test_stop_abandons_a_blocked_coroutine_handler(clock: ManualClock) -> None:
+    """stop() from another thread cancels a coroutine handler still blocked after its wait."""
+    brama = Brama.start(clock=clock)
+    handled: list[str] = []
+
+    async def main() -> bool:
+        forever = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def handler(event: Event) -> None:
+            handled.append(event.event.value)
+            entered.set()
+            await forever.wait()
+
+        sub = brama.subscribe(events=["registration", "connection_registered"],
+                              handler=handler)
+        brama.register("db")
+        await entered.wait()
+        await asyncio.to_thread(brama.stop, 0.3)
+        target = sub.target
+        for _ in range(10):  # the cancellation runs on this loop
+            await asyncio.sleep(0)
+        return target.running
+
+    assert asyncio.run(main()) is False
+    assert handled == ["registration"]
