@@ -24,6 +24,7 @@ from typing import Any, Self
 import cloudpickle
 from pykka import ActorRef
 
+from brama_actors import _nowait
 from brama_actors._errors import (
     AuthenticationFailed,
     BramaError,
@@ -79,8 +80,12 @@ class RemoteTrial:
         self.trial = trial
         self.released = not trial
 
+    # Each method checks _nowait before it changes anything: under nowait() a round trip
+    # raises WouldBlock first, and the whole method is repeated off the event loop.
+
     def succeeded(self) -> None:
         if self.trial:
+            _nowait.check()
             self.released = True
             self.client._request("outcome", identifier=self.identifier, scope=self.scope,
                                  kind="success", trial=True)
@@ -88,6 +93,7 @@ class RemoteTrial:
             self.client.success(self.identifier, scope=self.scope)
 
     def failed(self, reason: Any) -> None:
+        _nowait.check()
         trial, self.released = self.trial, True
         state = self.client._request("outcome", identifier=self.identifier, scope=self.scope,
                                      kind="failure", reason=reason, trial=trial)
@@ -95,6 +101,7 @@ class RemoteTrial:
 
     def release(self) -> None:
         if not self.released:
+            _nowait.check()
             self.released = True
             self.client._request("outcome", identifier=self.identifier, scope=self.scope,
                                  kind="ignore", trial=True)
@@ -268,6 +275,8 @@ class Client:
                  **args: Any) -> Any:
         if self._closed:
             raise NodeUnavailable("this client is closed")
+        if not _oneway:
+            _nowait.check()  # a round trip: an asyncio caller makes it off its loop
         request_id = next(self._ids)
         pending = None if _oneway else _Pending()
         if _oneway:

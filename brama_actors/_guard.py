@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from brama_actors import _circuit as rules
-from brama_actors import _default, _telemetry
+from brama_actors import _default, _nowait, _telemetry
 from brama_actors._config import CONNECTION_OPTIONS, validate_options
 from brama_actors._connection import Cell
 from brama_actors._errors import (
@@ -45,6 +45,10 @@ R = TypeVar("R")
 _SUCCESS = EventType.SUCCESS
 _HALF_OPEN = CircuitState.HALF_OPEN
 _REGISTER_EXTRA = frozenset({"type", "metadata"})
+_SUCCESS_VERDICT: tuple[str, Any] = ("success", None)
+_IGNORE_VERDICT: tuple[str, Any] = ("ignore", None)
+#: error_handler raised: nothing is recorded (the trial permit still goes back).
+_JUDGE_FAILED = BaseException("error_handler raised")
 
 
 def _safe_repr(exc: BaseException) -> str:
@@ -204,49 +208,76 @@ class Guard:
             return
         brama._call(self.identifier, self.scope, Apply(rules.Failure(reason)))
 
-    def judge(self, brama: Any, cell: Any, trial: bool, result: Any) -> None:
-        """Apply ``error_handler`` to a returned result and record its verdict.
+    def verdict(self, result: Any) -> tuple[str, Any]:
+        """What a returned result means: ``(kind, reason)``, kind success/failure/ignore.
+
+        Runs ``error_handler`` (user code) exactly once, in the caller's thread.
 
         Raises:
             TypeError: the handler returned something other than the four verdicts.
         """
         handler = self._error_handler
         if handler is None:
-            self.succeeded(brama, cell, trial)
-            return
+            return _SUCCESS_VERDICT
         verdict = handler(result)
         if verdict == "success" and isinstance(verdict, str):
+            return _SUCCESS_VERDICT
+        if verdict == "failure" and isinstance(verdict, str):
+            return ("failure", None)
+        if verdict == "ignore" and isinstance(verdict, str):
+            return _IGNORE_VERDICT
+        if (isinstance(verdict, tuple) and len(verdict) == 2
+                and verdict[0] == "failure" and isinstance(verdict[0], str)):
+            return ("failure", verdict[1])
+        raise TypeError(
+            "error_handler must return 'success', 'failure', ('failure', reason) or "
+            f"'ignore', got {verdict!r}")
+
+    def exception_verdict(self, exc: BaseException) -> tuple[str, Any]:
+        """What an exception raised by the guarded code means (``exclude`` applied).
+
+        A ``BaseException`` that is not an ``Exception`` (cancellation, KeyboardInterrupt,
+        SystemExit) records nothing.
+        """
+        if not isinstance(exc, Exception) or (self._exclude and isinstance(exc, self._exclude)):
+            return _IGNORE_VERDICT
+        return ("failure", _safe_repr(exc))
+
+    def record(self, brama: Any, cell: Any, trial: bool, verdict: tuple[str, Any]) -> None:
+        """Record a verdict. Under ``_nowait.nowait()`` it does all of it or nothing."""
+        kind, reason = verdict
+        if kind == "success":
             self.succeeded(brama, cell, trial)
-        elif verdict == "failure" and isinstance(verdict, str):
-            self.failed(brama, cell, None)
-        elif verdict == "ignore" and isinstance(verdict, str):
-            return
-        elif (isinstance(verdict, tuple) and len(verdict) == 2
-              and verdict[0] == "failure" and isinstance(verdict[0], str)):
-            self.failed(brama, cell, verdict[1])
-        else:
-            raise TypeError(
-                "error_handler must return 'success', 'failure', ('failure', reason) or "
-                f"'ignore', got {verdict!r}")
+        elif kind == "failure":
+            self.failed(brama, cell, reason)
+
+    def judge(self, brama: Any, cell: Any, trial: bool, result: Any) -> None:
+        """Apply ``error_handler`` to a returned result and record its verdict."""
+        self.record(brama, cell, trial, self.verdict(result))
 
     def record_exception(self, brama: Any, cell: Any, exc: Exception) -> None:
         """Record an exception raised by the guarded code unless it is excluded."""
-        if self._exclude and isinstance(exc, self._exclude):
-            return
-        self.failed(brama, cell, _safe_repr(exc))
+        self.record(brama, cell, False, self.exception_verdict(exc))
 
     def exit(self, entered: tuple[Any, Any, bool], exc: BaseException | None) -> None:
         """Record the outcome of a guarded block entered with ``enter()``."""
         brama, cell, trial = entered
+        verdict = _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc)
         try:
-            if exc is None:
-                self.succeeded(brama, cell, trial)
-            elif isinstance(exc, Exception):
-                self.record_exception(brama, cell, exc)
-            # A BaseException passes through and records nothing.
+            self.record(brama, cell, trial, verdict)
         finally:
             if trial:
                 self.release(cell)
+
+    async def aexit(self, entered: tuple[Any, Any, bool], exc: BaseException | None) -> None:
+        """``exit`` for asyncio code: never blocks the event loop."""
+        brama, cell, trial = entered
+        verdict = _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc)
+        try:
+            await _nowait.run(self.record, brama, cell, trial, verdict)
+        finally:
+            if trial:
+                await _nowait.run(self.release, cell)
 
     # -- decorator -------------------------------------------------------------------
     def wrap(self, function: Callable[P, R]) -> Callable[P, R]:
@@ -317,32 +348,34 @@ class Guard:
         return guarded
 
     def _wrap_async(self, function: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        # Every step that may wait (an actor's answer, a paced event manager, a node's
+        # reply) runs through _nowait.run: in this thread when it completes at once,
+        # else on the loop's executor, so the event loop never blocks on brama_actors.
+        # User code (error_handler) runs once, on the loop, before that.
         enter = self.enter
-        judge = self.judge
-        record_exception = self.record_exception
-        release = self.release
+        verdict = self.verdict
+        aexit = self.aexit
+        run = _nowait.run
 
         @functools.wraps(function)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            brama, cell, trial = enter()
+            entered = await run(enter)
             try:
                 result = await function(*args, **kwargs)
-            except Exception as exc:
-                try:
-                    record_exception(brama, cell, exc)
-                finally:
-                    if trial:
-                        release(cell)
-                raise
-            except BaseException:
-                if trial:
-                    release(cell)
+            except BaseException as exc:
+                await aexit(entered, exc)
                 raise
             try:
-                judge(brama, cell, trial, result)
+                judged = verdict(result)
+            except BaseException:
+                await aexit(entered, _JUDGE_FAILED)
+                raise
+            brama, cell, trial = entered
+            try:
+                await run(self.record, brama, cell, trial, judged)
             finally:
                 if trial:
-                    release(cell)
+                    await run(self.release, cell)
             return result
 
         guarded.__brama_guard__ = self  # type: ignore[attr-defined]
@@ -378,11 +411,16 @@ class GuardBlock:
         self.guard.exit(entered, exc)
 
     async def __aenter__(self) -> GuardBlock:
-        return self.__enter__()
+        if self._entered is not None:
+            raise RuntimeError(f"{self!r} is already in use; call guard() for each block")
+        self._entered = await _nowait.run(self.guard.enter)
+        return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.__exit__(exc_type, exc, tb)
+        entered, self._entered = self._entered, None
+        assert entered is not None
+        await self.guard.aexit(entered, exc)
 
 
 _brama_type: type | None = None

@@ -22,7 +22,7 @@ import pykka
 from pykka import ActorDeadError, ActorRef
 
 from brama_actors import _circuit as rules
-from brama_actors import _telemetry
+from brama_actors import _nowait, _telemetry
 from brama_actors._clock import Clock, SystemClock
 from brama_actors._config import (
     CONNECTION_OPTIONS,
@@ -291,6 +291,7 @@ class Core:
         runs = self.em_runs
         if runs == self.em_stalled_at or self.stopping:
             return
+        _nowait.check()  # asyncio callers wait off their loop instead
         with self.em_space:
             self.em_waiting += 1
             try:
@@ -615,6 +616,7 @@ class Brama:
         return cell
 
     def _ask_supervisor(self, message: Any) -> Any:
+        _nowait.check()
         try:
             return self._core.supervisor.ask(message, timeout=ASK_TIMEOUT)
         except ActorDeadError:
@@ -644,6 +646,7 @@ class Brama:
                 inbox = cell.inbox
                 result = BUSY if inbox is None else inbox.call(message)
                 if result is BUSY:
+                    _nowait.check()  # nothing was sent: an asyncio caller retries off-loop
                     result = ref.ask(message, timeout=ASK_TIMEOUT)
             except ActorDeadError:
                 result = RESTARTED
@@ -888,6 +891,7 @@ class Brama:
 
     def _ask_event_manager(self, message: Any, timeout: float) -> Any:
         """Ask the event manager, following it across a restart."""
+        _nowait.check()
         deadline = time.monotonic() + timeout
         for _ in range(3):
             try:

@@ -484,3 +484,86 @@ def test_register_type_and_metadata_checked_at_decoration() -> None:
         circuit_breaker("api", type="")
     with pytest.raises(TypeError, match="metadata"):
         circuit_breaker("api", metadata=[1])
+
+
+# -- asyncio code never blocks its event loop ------------------------------------------------
+
+_HOLD = object()
+
+
+@pytest.fixture
+def held_actor(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Telling a connection actor _HOLD keeps it busy until the returned event is set."""
+    from brama_actors._connection import ConnectionActor
+
+    gate = threading.Event()
+    original = ConnectionActor._handle
+
+    def handle(self: Any, message: Any) -> Any:
+        if message is _HOLD:
+            gate.wait(10)
+            return None
+        return original(self, message)
+
+    monkeypatch.setattr(ConnectionActor, "_handle", handle)
+    yield gate
+    gate.set()
+
+
+@pytest.mark.parametrize("form", ["decorator", "block"])
+def test_async_failure_waits_for_a_busy_actor_without_blocking_the_loop(
+        system: Brama, held_actor: threading.Event, form: str) -> None:
+    """A failure recorded while its actor is busy is awaited: the event loop keeps running."""
+    system.register("db")
+
+    @brama_actors.circuit_breaker("db", brama=system)
+    async def call() -> None:
+        raise ConnectionError("down")
+
+    async def block() -> None:
+        async with system.guard("db"):
+            raise ConnectionError("down")
+
+    async def main() -> int:
+        system._cells["db"].ref.tell(_HOLD)  # the actor is busy until the gate opens
+        ticks = 0
+        task = asyncio.create_task(call() if form == "decorator" else block())
+        while not task.done() and ticks < 50:
+            await asyncio.sleep(0)
+            ticks += 1          # the loop runs while the failure waits for the actor
+        held_actor.set()
+        with pytest.raises(ConnectionError):
+            await task
+        return ticks
+
+    assert asyncio.run(main()) == 50
+    assert system.status("db").failure_count == 1
+
+
+def test_async_trial_success_on_a_busy_actor_releases_its_permit_once(
+        system: Brama, held_actor: threading.Event) -> None:
+    """A half-open trial whose success must wait is recorded once and releases one permit."""
+    system.register("db", half_open_max_calls=2)
+    set_state("db", "half_open", brama=system)
+
+    @brama_actors.circuit_breaker("db", brama=system)
+    async def call() -> str:
+        return "ok"
+
+    cell = system._cells["db"]
+    with cell.lock:
+        cell.trials += 1  # another caller's trial, still running throughout
+
+    async def main() -> str:
+        cell.ref.tell(_HOLD)
+        task = asyncio.create_task(call())
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not task.done()
+        held_actor.set()
+        return await task
+
+    assert asyncio.run(main()) == "ok"
+    assert system.status("db").state == "closed"
+    assert system.status("db").total_successes == 1
+    assert cell.trials == 1  # ours went back, exactly once; the other caller's is kept

@@ -19,6 +19,7 @@ measures expiry precision: 10,000 circuits opened at the same instant, lateness 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import re
 import sys
@@ -36,6 +37,55 @@ from tests.benchmarks.bench_scale import machine_info, percentile, rss_kib
 SECTION_TITLE = "## Load and soak"
 #: Latency samples kept (reservoir sampling over the whole run).
 RESERVOIR = 100_000
+
+
+def loop_probe(brama: brama_actors.Brama, name: str | None,
+               stop: threading.Event) -> dict[str, float]:
+    """Run an asyncio loop until ``stop``: a ticker measures how late it wakes.
+
+    With ``name``, a task also makes guarded ``async def`` calls on that connection (two
+    failures in three calls) as fast as the loop lets it: whatever brama_actors waits
+    for must not stall the loop. Without, it measures the stalls the load alone causes
+    (other threads holding the GIL), the floor to compare with.
+    """
+    lags: list[float] = []
+    calls = [0]
+
+    async def main() -> None:
+        async def ticker() -> None:
+            while not stop.is_set():
+                before = time.perf_counter()
+                await asyncio.sleep(0.001)
+                lags.append(time.perf_counter() - before - 0.001)
+
+        async def caller() -> None:
+            @brama_actors.circuit_breaker(name, brama=brama)  # type: ignore[arg-type]
+            async def call(i: int) -> None:
+                if i % 3:
+                    raise ConnectionError("down")
+
+            i = 0
+            while not stop.is_set():
+                try:
+                    await call(i)
+                except (ConnectionError, brama_actors.CircuitOpenError):
+                    pass
+                except brama_actors.BramaError:
+                    return
+                i += 1
+                calls[0] += 1
+                if i % 10 == 0:
+                    await asyncio.sleep(0)  # let the ticker run as an application would
+
+        tasks = [asyncio.create_task(ticker())]
+        if name is not None:
+            tasks.append(asyncio.create_task(caller()))
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    return {"max_ms": max(lags) * 1000 if lags else float("nan"),
+            "p99_ms": percentile(lags, 99) * 1000 if lags else float("nan"),
+            "calls": calls[0]}
 
 
 def soak(connections: int, subscriptions: int, seconds: float) -> dict[str, float]:
@@ -97,8 +147,16 @@ def soak(connections: int, subscriptions: int, seconds: float) -> dict[str, floa
     reporters = [threading.Thread(target=report, args=(k,)) for k in range(4)]
     backlog = brama._core.em_inbox.backlog  # internal: how far the manager is behind
     peak_backlog = 0
+    probes: dict[str, dict[str, float]] = {}
+    probe_stop = threading.Event()
+    probe_threads = [
+        threading.Thread(target=lambda: probes.__setitem__(
+            "guarded", loop_probe(brama, names[0], probe_stop))),
+        threading.Thread(target=lambda: probes.__setitem__(
+            "idle", loop_probe(brama, None, probe_stop))),
+    ]
     start = time.perf_counter()
-    for thread in reporters:
+    for thread in reporters + probe_threads:
         thread.start()
     # RSS at start: once the load runs and the first allocations settled (warm-up).
     warm_up = min(5.0, seconds / 6)
@@ -108,6 +166,9 @@ def soak(connections: int, subscriptions: int, seconds: float) -> dict[str, floa
     while (left := deadline - time.perf_counter()) > 0:
         time.sleep(min(0.25, left))
         peak_backlog = max(peak_backlog, backlog())
+    probe_stop.set()
+    for thread in probe_threads:
+        thread.join(30)
     stop.set()
     for thread in reporters:
         thread.join(30)
@@ -128,6 +189,10 @@ def soak(connections: int, subscriptions: int, seconds: float) -> dict[str, floa
         "threads_start": threads_start, "threads_end": threads_end,
         "dropped": sum(s.dropped for s in stats), "failed": sum(s.failed for s in stats),
         "pending": sum(s.pending for s in stats),
+        "loop_max_ms": probes["guarded"]["max_ms"], "loop_p99_ms": probes["guarded"]["p99_ms"],
+        "loop_calls": probes["guarded"]["calls"],
+        "idle_loop_max_ms": probes["idle"]["max_ms"],
+        "idle_loop_p99_ms": probes["idle"]["p99_ms"],
     }
     brama.stop()
     for consumer in consumers:
@@ -185,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
          f"{load['threads_start']} / {load['threads_end']}", "equal"),
         ("dropped / failed / still pending", f"{load['dropped']} / {load['failed']} / "
          f"{load['pending']}", "0 / 0 / 0"),
+        ("event loop stall with guarded async calls, max / p99",
+         f"{load['loop_max_ms']:.1f} / {load['loop_p99_ms']:.2f} ms "
+         f"({load['loop_calls']:,.0f} calls)", "max < 5 ms beyond the floor"),
+        ("event loop stall, same load, no brama calls (floor), max / p99",
+         f"{load['idle_loop_max_ms']:.1f} / {load['idle_loop_p99_ms']:.2f} ms", "—"),
         ("expiry lateness p50 / p99 / max, circuits opened together",
          f"{precision['p50']} / {precision['p99']} / {precision['max']} ms", "p99 < 20 ms"),
     ]
