@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from pykka import ActorRef, ActorRegistry
+from pykka import ActorRef
 
 from brama_actors import _circuit as rules
 from brama_actors._clock import Clock
@@ -138,6 +138,7 @@ class ConnectionActor(PooledActor):
     """
 
     lazy_start = True
+    registered = False  # a system may hold 100,000 of them (see PooledActor.registered)
 
     def __init__(self, core: Core, cell: Cell, leftovers: list[Any] = ()) -> None:  # type: ignore[assignment]
         super().__init__(core.pool)
@@ -264,8 +265,7 @@ class ConnectionActor(PooledActor):
     # -- failure -----------------------------------------------------------------------
     def _stop_now(self) -> None:
         """Stop after this message; later messages are refused (callers re-resolve)."""
-        ActorRegistry.unregister(self.actor_ref)
-        self.actor_stopped.set()
+        self.actor_stopped.set()  # not in Pykka's registry: nothing to unregister
 
     def _crash(self, exc: BaseException) -> object:
         """Hand the connection to the supervisor for a restart from its snapshot."""

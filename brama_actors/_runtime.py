@@ -347,10 +347,23 @@ class PooledActor(pykka.Actor):
 
     #: Run ``on_start`` just before the first message rather than right away.
     lazy_start: ClassVar[bool] = False
+    #: List the actor in Pykka's ``ActorRegistry``. Actors a system starts by the
+    #: hundred thousand leave it out: the registry is one process-wide list whose
+    #: ``unregister`` scans it, so stopping n listed actors costs O(n^2).
+    registered: ClassVar[bool] = True
 
     def __init__(self, pool: Pool) -> None:
         self._pool = pool
         super().__init__()
+
+    @classmethod
+    def start(cls, *args: Any, **kwargs: Any) -> pykka.ActorRef[Any]:
+        """Start the actor on its pool (``Actor.start``, without the registry if so set)."""
+        if cls.registered:
+            return super().start(*args, **kwargs)
+        actor = cls(*args, **kwargs)
+        actor._start_actor_loop()  # the hook Pykka documents for new actor types
+        return actor.actor_ref
 
     def on_yield(self) -> None:
         """Called when the actor is about to give up its worker, between messages.

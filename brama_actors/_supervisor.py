@@ -86,7 +86,8 @@ class Supervisor(PooledActor):
     def _restart(self, message: Crashed) -> None:
         core = self._core
         cell = message.cell
-        if self._gave_up or core.cells.get(cell.key) is not cell or cell.ref is not message.ref:
+        if (self._gave_up or core.stopping or core.cells.get(cell.key) is not cell
+                or cell.ref is not message.ref):
             _refuse(message.leftovers, message.ref)  # removed, stopping, or restarted
             return
         identifier, scope = split_key(cell.key)

@@ -728,3 +728,23 @@ def test_handler_blocked_at_stop_runs_nothing_after_it_returns() -> None:
     finally:
         gate.set()
         telemetry.detach("t-after-stop")
+
+
+def test_many_connections_stay_out_of_pykkas_registry_and_stop_leaves_no_thread() -> None:
+    """20,000 connections add nothing to ActorRegistry; stop() ends every system thread."""
+    import pykka
+
+    listed = len(pykka.ActorRegistry.get_all())
+    brama = Brama.start(clock=ManualClock())
+    for i in range(20_000):
+        brama.register(f"svc-{i}")
+    brama.failure("svc-7")
+    # The registry is one process-wide list whose unregister scans it: listing every
+    # connection made stopping n of them O(n^2) (~7 s for 100,000).
+    assert len(pykka.ActorRegistry.get_all()) == listed + 2  # supervisor, event manager
+    workers = brama._core.pool.threads
+    brama.stop()
+    assert not any(t.is_alive() for t in workers)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("brama-")]
+    with pytest.raises(SystemStopped):
+        brama.failure("svc-7")
