@@ -14,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from brama_actors import _default, telemetry
+from brama_actors import telemetry
 from brama_actors._client import Client, connect
+from brama_actors._delivery._monitor import ConnectionMonitor
+from brama_actors._delivery._subscription import Subscription, SubscriptionStatistics
 from brama_actors._errors import (
     AlreadyRegistered,
     AuthenticationFailed,
@@ -29,12 +31,11 @@ from brama_actors._errors import (
 )
 from brama_actors._events import Event, EventType
 from brama_actors._guard import Guard, GuardBlock, circuit_breaker
-from brama_actors._monitor import ConnectionMonitor
 from brama_actors._server import Server
 from brama_actors._spawn import spawn
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
-from brama_actors._subscription import Subscription, SubscriptionStatistics
-from brama_actors._system import Brama
+from brama_actors._system import _default
+from brama_actors._system._brama import Brama
 
 try:
     __version__ = version("brama-actors")

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import brama_actors
-from brama_actors import _demo, _watch
+from brama_actors._cli import _demo, _watch
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,14 @@ from typing import Any, Self
 import cloudpickle
 from pykka import ActorRef
 
-from brama_actors import _nowait
+from brama_actors._delivery._subscription import Subscription
+from brama_actors._delivery._targets import (
+    AsyncHandlerTarget,
+    HandlerTarget,
+    Target,
+    check_drain_caller,
+    close_runners,
+)
 from brama_actors._errors import (
     AuthenticationFailed,
     BramaError,
@@ -35,15 +42,8 @@ from brama_actors._errors import (
     describe,
 )
 from brama_actors._events import Event, EventType, parse_event_types
+from brama_actors._runtime import _nowait
 from brama_actors._status import CircuitState, ConnectionStatus
-from brama_actors._subscription import Subscription
-from brama_actors._targets import (
-    AsyncHandlerTarget,
-    HandlerTarget,
-    Target,
-    check_drain_caller,
-    close_runners,
-)
 from brama_actors._wire import Address, check_address, encode, hang_up
 
 __all__ = ["Client", "connect"]
@@ -461,7 +461,7 @@ class Client:
                   batch_size: int | None = None, batch_timeout: int | None = None,
                   max_pending: int = 10_000) -> Subscription:
         """Subscribe; events are delivered in this process. ``filter`` runs in the node."""
-        from brama_actors._system import _owner, check_subscription, make_target
+        from brama_actors._system._brama import _owner, check_subscription, make_target
 
         kinds = check_subscription(events, connection, scope, filter, batch_size,
                                    batch_timeout, max_pending)
@@ -496,7 +496,7 @@ class Client:
                     events: Iterable[EventType | str] | None = None,
                     subscriber: ActorRef[Any] | None = None) -> Any:
         """Remove one subscription (-> bool) or the caller's matching ones (-> int)."""
-        from brama_actors._system import _owner
+        from brama_actors._system._brama import _owner
 
         if subscription is not None:
             doomed = [cid for cid, (sub, _, _) in self._subs.items() if sub is subscription]
@@ -585,7 +585,7 @@ def _key(identifier: str, scope: str | None) -> Any:
 
 
 def _validate(identifier: Any, scope: Any) -> Any:
-    from brama_actors._system import _check_key
+    from brama_actors._system._brama import _check_key
 
     return _check_key(identifier, scope)
 

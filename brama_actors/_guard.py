@@ -19,10 +19,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
-from brama_actors import _circuit as rules
-from brama_actors import _default, _nowait, _telemetry
+from brama_actors import _rules as rules
 from brama_actors._config import CONNECTION_OPTIONS, validate_options
-from brama_actors._connection import Cell
+from brama_actors._delivery import _telemetry
 from brama_actors._errors import (
     AlreadyRegistered,
     CircuitOpenError,
@@ -31,11 +30,14 @@ from brama_actors._errors import (
     describe,
 )
 from brama_actors._events import EventType
-from brama_actors._messages import Apply
+from brama_actors._runtime import _nowait
 from brama_actors._status import CircuitState
+from brama_actors._system import _default
+from brama_actors._system._connection import Cell
+from brama_actors._system._messages import Apply
 
 if TYPE_CHECKING:
-    from brama_actors._system import Brama
+    from brama_actors._system._brama import Brama
 
 __all__ = ["Guard", "GuardBlock", "circuit_breaker"]
 
@@ -104,7 +106,7 @@ class Guard:
                  error_handler: Callable[[Any], Any] | None = None,
                  brama: Any = None, register: bool = True,
                  exclude: Any = (), **register_options: Any) -> None:
-        from brama_actors._system import _check_key
+        from brama_actors._system._brama import _check_key
 
         self._key = _check_key(identifier, scope)
         if brama is not None and not hasattr(brama, "_guard_enter") and type(brama) is not _Brama():
@@ -430,7 +432,7 @@ def _Brama() -> type:
     """``Brama``, imported late (``_system`` imports this module)."""
     global _brama_type
     if _brama_type is None:
-        from brama_actors._system import Brama
+        from brama_actors._system._brama import Brama
 
         _brama_type = Brama
     return _brama_type

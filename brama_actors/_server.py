@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 from pykka import ThreadingFuture
 
-from brama_actors._clock import SystemClock
+from brama_actors._delivery._subscription import Subscription
+from brama_actors._delivery._targets import Item, Target
 from brama_actors._errors import BramaError, SystemStopped
 from brama_actors._events import Event, EventType
-from brama_actors._scheduler import Scheduler
-from brama_actors._subscription import Subscription
-from brama_actors._targets import Item, Target
+from brama_actors._runtime._clock import SystemClock
+from brama_actors._runtime._scheduler import Scheduler
 from brama_actors._wire import (
     MAX_FRAME,
     Address,
@@ -45,8 +45,8 @@ from brama_actors._wire import (
 )
 
 if TYPE_CHECKING:
-    from brama_actors._connection import Cell
-    from brama_actors._system import Brama
+    from brama_actors._system._brama import Brama
+    from brama_actors._system._connection import Cell
 
 __all__ = ["Server"]
 

@@ -25,7 +25,7 @@ START_TIMEOUT = 60.0
 
 def _node_main(config: dict[str, Any], control: Connection) -> None:
     """The child process: run a node until the parent goes away."""
-    from brama_actors._system import Brama
+    from brama_actors._system._brama import Brama
 
     brama = Brama.start(**config)
     try:

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from brama_actors._clock import ManualClock
-from brama_actors._system import Brama
+from brama_actors._runtime._clock import ManualClock
+from brama_actors._system._brama import Brama
 
 
 @pytest.fixture

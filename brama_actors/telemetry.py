@@ -9,6 +9,6 @@ per-system telemetry thread, never inside an actor. A handler that raises is det
 and reported as ``("brama", "telemetry", "handler_failure")``.
 """
 
-from brama_actors._telemetry import attach, detach, handlers
+from brama_actors._delivery._telemetry import attach, detach, handlers
 
 __all__ = ["attach", "detach", "handlers"]

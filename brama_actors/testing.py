@@ -13,13 +13,13 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from brama_actors import _circuit as rules
-from brama_actors import _default
-from brama_actors._clock import Clock, ManualClock, SystemClock
+from brama_actors import _rules as rules
 from brama_actors._events import Event, EventType
-from brama_actors._messages import Apply
+from brama_actors._runtime._clock import Clock, ManualClock, SystemClock
 from brama_actors._status import CircuitState
-from brama_actors._system import Brama
+from brama_actors._system import _default
+from brama_actors._system._brama import Brama
+from brama_actors._system._messages import Apply
 
 __all__ = [
     "Clock",

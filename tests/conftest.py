@@ -9,7 +9,7 @@ import pykka
 import pytest
 
 import brama_actors
-from brama_actors import _system
+from brama_actors._system import _brama as _system
 from brama_actors.testing import ManualClock
 
 pytest_plugins = ["pytester"]

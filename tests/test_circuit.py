@@ -1,4 +1,4 @@
-"""The pure circuit rules (``brama_actors._circuit``) against API.md sections 3, 4 and 5.
+"""The pure circuit rules (``brama_actors._rules``) against API.md sections 3, 4 and 5.
 
 Two layers:
 
@@ -28,8 +28,15 @@ from hypothesis.stateful import (
     rule,
 )
 
-from brama_actors import _circuit as rules
-from brama_actors._circuit import (
+from brama_actors import _rules as rules
+from brama_actors._config import (
+    CONNECTION_OPTIONS,
+    Settings,
+    resolve_settings,
+    validate_options,
+)
+from brama_actors._events import EventType
+from brama_actors._rules import (
     Close,
     Configure,
     Expire,
@@ -44,13 +51,6 @@ from brama_actors._circuit import (
     registration_events,
     removal_events,
 )
-from brama_actors._config import (
-    CONNECTION_OPTIONS,
-    Settings,
-    resolve_settings,
-    validate_options,
-)
-from brama_actors._events import EventType
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
 
 T0 = 1_700_000_000_000

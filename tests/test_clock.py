@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from brama_actors import Brama
-from brama_actors._scheduler import Scheduler
+from brama_actors._runtime._scheduler import Scheduler
 from brama_actors.testing import ManualClock, SystemClock
 
 

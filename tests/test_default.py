@@ -9,7 +9,8 @@ import textwrap
 import pytest
 
 import brama_actors
-from brama_actors import BramaError, _default
+from brama_actors import BramaError
+from brama_actors._system import _default
 
 
 def test_lazy_default_system() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from brama_actors import CircuitState, Event, EventType
 from brama_actors.__main__ import main
-from brama_actors._demo import Display, _Interrupts, _services, run
+from brama_actors._cli._demo import Display, _Interrupts, _services, run
 
 #: Seconds a subprocess test waits for a line or an exit before failing.
 WAIT = 30.0

@@ -623,7 +623,7 @@ def test_statistics_count_batched_events_as_pending(system: Brama) -> None:
     system.register("db", max_attempts=100)
     for _ in range(3):
         system.failure("db")
-    from brama_actors._event_manager import ListSubscriptions
+    from brama_actors._delivery._manager import ListSubscriptions
 
     system._core.em.ask(ListSubscriptions(), timeout=5)  # the manager has batched them
     assert sub.statistics().pending == 3
@@ -718,7 +718,7 @@ def test_event_manager_crash_returns_batches_in_order(system: Brama) -> None:
 def test_readers_are_woken_once_per_event_manager_run(
         system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
     """A burst fanned out in one run wakes each inbox reader once, not once per event."""
-    from brama_actors._targets import InboxTarget
+    from brama_actors._delivery._targets import InboxTarget
 
     wakes: dict[int, int] = {}
     original = InboxTarget.wake
@@ -782,7 +782,7 @@ def _hold_event_manager(system: Brama) -> tuple[threading.Event, threading.Event
 def test_reporters_wait_for_an_event_manager_that_falls_behind(
         system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the high-water mark reporting threads wait for the manager; nothing is lost."""
-    from brama_actors import _system
+    from brama_actors._system import _brama as _system
 
     monkeypatch.setattr(_system, "EM_HIGH_WATER", 50)
     monkeypatch.setattr(_system, "EM_LOW_WATER", 10)
@@ -821,7 +821,7 @@ def test_a_stuck_event_manager_delays_reporters_once(
         system: Brama, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """A manager that makes no progress costs one wait of EM_WAIT, not one per report."""
-    from brama_actors import _system
+    from brama_actors._system import _brama as _system
 
     monkeypatch.setattr(_system, "EM_HIGH_WATER", 20)
     monkeypatch.setattr(_system, "EM_LOW_WATER", 5)

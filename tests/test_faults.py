@@ -243,8 +243,8 @@ def test_connection_crash_under_concurrent_reporters(tough: Brama, restarts: Res
 def test_call_survives_repeated_crashes_of_its_message(
         tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
     """A report whose message crashes the actor three times running still completes once."""
-    from brama_actors._connection import ConnectionActor
-    from brama_actors._messages import Apply
+    from brama_actors._system._connection import ConnectionActor
+    from brama_actors._system._messages import Apply
 
     tough.register("db", max_attempts=100)
     original = ConnectionActor._handle
@@ -265,7 +265,7 @@ def test_call_survives_repeated_crashes_of_its_message(
 def test_crash_after_publishing_applies_a_report_once(
         tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between publishing a status and emitting its events neither repeats nor loses it."""
-    from brama_actors._system import Core
+    from brama_actors._system._brama import Core
 
     inbox = tough.subscribe(connection="db")
     tough.register("db", max_attempts=100)
@@ -587,9 +587,9 @@ def test_interpreter_exits_with_the_default_system_running(mode: str) -> None:
 def test_calls_queued_behind_a_fatal_crash_are_answered_at_once(
         clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """When a crash makes the supervisor give up, calls queued behind it end at once."""
-    from brama_actors._circuit import Failure
-    from brama_actors._connection import ConnectionActor
-    from brama_actors._messages import Apply
+    from brama_actors._rules import Failure
+    from brama_actors._system._connection import ConnectionActor
+    from brama_actors._system._messages import Apply
 
     brama = Brama.start(clock=clock, max_restarts=0)
     brama.register("db", max_attempts=100)

@@ -494,7 +494,7 @@ _HOLD = object()
 @pytest.fixture
 def held_actor(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Telling a connection actor _HOLD keeps it busy until the returned event is set."""
-    from brama_actors._connection import ConnectionActor
+    from brama_actors._system._connection import ConnectionActor
 
     gate = threading.Event()
     original = ConnectionActor._handle

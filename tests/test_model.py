@@ -12,7 +12,7 @@ two scopes (one of them ``None``). After every step it drains the system and che
   nothing else may), with the data keys API.md section 5 and docs/circuit-rules.md fix.
 
 The model below is written from the contract (API.md, docs/circuit-rules.md where the
-contract is silent), not from ``brama_actors._circuit``: plain dicts and integers.
+contract is silent), not from ``brama_actors._rules``: plain dicts and integers.
 
 A permanent all-events subscriber is created from a helper thread (so that the machine's
 ``unsubscribe(**filters)`` calls, which only remove the caller's subscriptions, never

@@ -29,7 +29,7 @@ import pytest
 
 import brama_actors
 from brama_actors import Brama, Client, Event, NodeUnavailable, Server, Subscription, _server
-from brama_actors._event_manager import ListSubscriptions
+from brama_actors._delivery._manager import ListSubscriptions
 from tests import proc_fault_helpers
 
 CTX = multiprocessing.get_context("spawn")

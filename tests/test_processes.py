@@ -25,7 +25,7 @@ from brama_actors import (
     NodeUnavailable,
     Server,
 )
-from brama_actors._event_manager import ListSubscriptions
+from brama_actors._delivery._manager import ListSubscriptions
 from tests import proc_helpers
 
 CTX = multiprocessing.get_context("spawn")

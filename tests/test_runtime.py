@@ -10,7 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
-from brama_actors._runtime import BUSY, Pool, PooledActor, current_actor
+from brama_actors._runtime._pool import BUSY, Pool, PooledActor, current_actor
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from typing import Any
 import pykka
 import pytest
 
-from brama_actors import Brama, ConnectionNotFound, SystemStopped, _telemetry
-from brama_actors._supervisor import Sync
+from brama_actors import Brama, ConnectionNotFound, SystemStopped
+from brama_actors._delivery import _telemetry
+from brama_actors._system._supervisor import Sync
 from brama_actors.testing import ManualClock, inject_crash
 from tests.conftest import collect, kinds
 
@@ -232,8 +233,8 @@ def test_base_exception_in_connection_actor_restarts_it(
     system: Brama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A BaseException inside a connection actor restarts it like any crash."""
-    from brama_actors._connection import ConnectionActor
-    from brama_actors._supervisor import Sync
+    from brama_actors._system._connection import ConnectionActor
+    from brama_actors._system._supervisor import Sync
 
     system.register("db", max_attempts=5)
     cell = system._core.cells["db"]

@@ -653,7 +653,7 @@ def test_actors_see_a_complete_system_from_their_first_message(
     """Brama.start assigns everything actors read before the first actor runs."""
     import logging
 
-    from brama_actors._runtime import Pool
+    from brama_actors._runtime._pool import Pool
 
     # The fastest possible worker: an actor runs inside submit(), before start() returns.
     monkeypatch.setattr(Pool, "submit", lambda self, inbox: inbox.run())

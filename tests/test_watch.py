@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from brama_actors import Brama, Server
-from brama_actors._watch import main, parse_address, read_authkey
+from brama_actors._cli._watch import main, parse_address, read_authkey
 
 
 @pytest.fixture

@@ -400,7 +400,7 @@ def child_latency(subs: int, events: int, rate: float) -> dict[str, Any]:
 def child_filter(many: int, k_events: int, calls: int, repeat: int) -> dict[str, Any]:
     from types import MappingProxyType
 
-    from brama_actors._event_manager import Publish
+    from brama_actors._delivery._manager import Publish
     from brama_actors._events import Event, EventType
 
     last_share = max(1, many // 100)

@@ -252,7 +252,7 @@ def build() -> Setup:
     ]
     counted = {
         "ours_dec": (brama, "bench-dec"),
-        "ours_default": (brama_actors._default.get(), "bench-dec-default"),
+        "ours_default": (brama_actors._system._default.get(), "bench-dec-default"),
         "ours_guard": (brama, "bench-guard"),
     }
     return Setup(brama, contenders, counted)

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
          f"({load['rss_end_mib'] - load['rss_start_mib']:+.1f})", "no growth beyond noise"),
         ("event manager backlog, peak (sampled every 0.25 s)",
          f"{load['peak_backlog']:,} messages",
-         f"bounded (pacing above {brama_actors._system.EM_HIGH_WATER:,})"),
+         f"bounded (pacing above {brama_actors._system._brama.EM_HIGH_WATER:,})"),
         ("threads at start / end",
          f"{load['threads_start']} / {load['threads_end']}", "equal"),
         ("dropped / failed / still pending", f"{load['dropped']} / {load['failed']} / "

@@ -20,7 +20,7 @@ from typing import Any
 
 from pykka import ActorDeadError, ActorRef, ThreadingFuture
 
-from brama_actors import _telemetry
+from brama_actors._delivery import _telemetry
 from brama_actors._events import CRITICAL_EVENTS, Event
 
 __all__ = [

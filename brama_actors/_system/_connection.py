@@ -16,10 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 from pykka import ActorRef
 
-from brama_actors import _circuit as rules
-from brama_actors._clock import Clock
+from brama_actors import _rules as rules
 from brama_actors._config import Settings
-from brama_actors._messages import (
+from brama_actors._runtime._clock import Clock
+from brama_actors._runtime._pool import PooledActor, _PooledInbox
+from brama_actors._runtime._scheduler import Timer
+from brama_actors._status import CircuitState, ConnectionStatus
+from brama_actors._system._messages import (
     RESTARTED,
     Apply,
     ArmCrash,
@@ -30,12 +33,9 @@ from brama_actors._messages import (
     Reconfigure,
     Retire,
 )
-from brama_actors._runtime import PooledActor, _PooledInbox
-from brama_actors._scheduler import Timer
-from brama_actors._status import CircuitState, ConnectionStatus
 
 if TYPE_CHECKING:
-    from brama_actors._system import Core
+    from brama_actors._system._brama import Core
 
 __all__ = ["Cell", "ConnectionActor"]
 

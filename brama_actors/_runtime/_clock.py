@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from brama_actors._scheduler import Scheduler
+    from brama_actors._runtime._scheduler import Scheduler
 
 __all__ = ["Clock", "ManualClock", "SystemClock"]
 

@@ -14,11 +14,11 @@ from typing import Any, ClassVar
 
 import pykka
 
-from brama_actors import _default
+from brama_actors._delivery._subscription import Subscription
 from brama_actors._errors import BramaError
 from brama_actors._events import Event
-from brama_actors._subscription import Subscription
-from brama_actors._system import Brama
+from brama_actors._system import _default
+from brama_actors._system._brama import Brama
 
 __all__ = ["ConnectionMonitor"]
 

@@ -13,16 +13,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from brama_actors import _telemetry
+from brama_actors._delivery import _telemetry
+from brama_actors._delivery._subscription import Subscription
+from brama_actors._delivery._targets import Target
 from brama_actors._events import CRITICAL_EVENTS, Event, EventType
-from brama_actors._messages import RESTARTED, ArmCrash, InjectedCrash
-from brama_actors._runtime import Pool, PooledActor
-from brama_actors._scheduler import Timer
-from brama_actors._subscription import Subscription
-from brama_actors._targets import Target
+from brama_actors._runtime._pool import Pool, PooledActor
+from brama_actors._runtime._scheduler import Timer
+from brama_actors._system._messages import RESTARTED, ArmCrash, InjectedCrash
 
 if TYPE_CHECKING:
-    from brama_actors._system import Core
+    from brama_actors._system._brama import Core
 
 __all__ = [
     "EventManager",

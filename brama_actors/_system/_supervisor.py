@@ -17,15 +17,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from brama_actors._connection import Cell, ConnectionActor
 from brama_actors._errors import describe
-from brama_actors._messages import split_key
-from brama_actors._runtime import Pool, PooledActor, reject
+from brama_actors._runtime._pool import Pool, PooledActor, reject
+from brama_actors._system._connection import Cell, ConnectionActor
+from brama_actors._system._messages import split_key
 
 if TYPE_CHECKING:
     from pykka import ActorRef
 
-    from brama_actors._system import Core
+    from brama_actors._system._brama import Core
 
 __all__ = ["Crashed", "EventManagerCrashed", "Supervisor", "Sync"]
 

@@ -21,9 +21,7 @@ from typing import Any, Self
 import pykka
 from pykka import ActorDeadError, ActorRef
 
-from brama_actors import _circuit as rules
-from brama_actors import _nowait, _telemetry
-from brama_actors._clock import Clock, SystemClock
+from brama_actors import _rules as rules
 from brama_actors._config import (
     CONNECTION_OPTIONS,
     DEFAULTS,
@@ -33,17 +31,8 @@ from brama_actors._config import (
     resolve_settings,
     validate_options,
 )
-from brama_actors._connection import Cell, ConnectionActor
-from brama_actors._errors import (
-    AlreadyRegistered,
-    BramaError,
-    ConnectionNotFound,
-    InvalidConfiguration,
-    InvalidIdentifier,
-    SystemStopped,
-    describe,
-)
-from brama_actors._event_manager import (
+from brama_actors._delivery import _telemetry
+from brama_actors._delivery._manager import (
     EventManager,
     Flush,
     FlushBatch,
@@ -53,27 +42,8 @@ from brama_actors._event_manager import (
     Unsubscribe,
     UnsubscribeWhere,
 )
-from brama_actors._events import Event, EventType, parse_event_types
-from brama_actors._guard import Guard, GuardBlock
-from brama_actors._messages import (
-    GET_STATUS,
-    PING,
-    RESTARTED,
-    Apply,
-    ArmCrash,
-    Key,
-    Reconfigure,
-    Retire,
-    make_key,
-    split_key,
-)
-from brama_actors._runtime import BUSY, Pool, _PooledInbox, current_actor
-from brama_actors._scheduler import Scheduler, Timer
-from brama_actors._server import Server
-from brama_actors._status import ConnectionStatus, freeze_mapping
-from brama_actors._subscription import Subscription
-from brama_actors._supervisor import Crashed, EventManagerCrashed, Supervisor, Sync
-from brama_actors._targets import (
+from brama_actors._delivery._subscription import Subscription
+from brama_actors._delivery._targets import (
     RUNNER_STOP_WAIT,
     ActorTarget,
     AsyncHandlerTarget,
@@ -86,6 +56,37 @@ from brama_actors._targets import (
     close_runners,
     is_coroutine_handler,
 )
+from brama_actors._errors import (
+    AlreadyRegistered,
+    BramaError,
+    ConnectionNotFound,
+    InvalidConfiguration,
+    InvalidIdentifier,
+    SystemStopped,
+    describe,
+)
+from brama_actors._events import Event, EventType, parse_event_types
+from brama_actors._guard import Guard, GuardBlock
+from brama_actors._runtime import _nowait
+from brama_actors._runtime._clock import Clock, SystemClock
+from brama_actors._runtime._pool import BUSY, Pool, _PooledInbox, current_actor
+from brama_actors._runtime._scheduler import Scheduler, Timer
+from brama_actors._server import Server
+from brama_actors._status import ConnectionStatus, freeze_mapping
+from brama_actors._system._connection import Cell, ConnectionActor
+from brama_actors._system._messages import (
+    GET_STATUS,
+    PING,
+    RESTARTED,
+    Apply,
+    ArmCrash,
+    Key,
+    Reconfigure,
+    Retire,
+    make_key,
+    split_key,
+)
+from brama_actors._system._supervisor import Crashed, EventManagerCrashed, Supervisor, Sync
 
 __all__ = ["Brama", "Core"]
 
@@ -1012,7 +1013,7 @@ _SUCCESS = EventType.SUCCESS
 
 
 def _forget_default(brama: Brama) -> None:
-    from brama_actors import _default
+    from brama_actors._system import _default
 
     _default.forget(brama)
 

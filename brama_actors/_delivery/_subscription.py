@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from brama_actors._delivery._targets import InboxTarget, Target
 from brama_actors._events import Event, EventType
-from brama_actors._targets import InboxTarget, Target
 
 if TYPE_CHECKING:
-    from brama_actors._system import Brama
+    from brama_actors._system._brama import Brama
 
 __all__ = ["Subscription", "SubscriptionStatistics"]
 

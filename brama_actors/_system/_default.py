@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from brama_actors._errors import BramaError
-from brama_actors._system import Brama
+from brama_actors._system._brama import Brama
 
 _lock = threading.RLock()
 _default: Brama | None = None

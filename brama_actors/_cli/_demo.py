@@ -34,11 +34,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from brama_actors._delivery._subscription import Subscription
 from brama_actors._errors import BramaError, CircuitOpenError
 from brama_actors._events import Event, EventType
 from brama_actors._status import CircuitState, ConnectionStatus
-from brama_actors._subscription import Subscription
-from brama_actors._system import Brama
+from brama_actors._system._brama import Brama
 
 __all__ = ["add_parser", "main", "run"]
 

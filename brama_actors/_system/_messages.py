@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from brama_actors._circuit import Input
 from brama_actors._config import Settings
+from brama_actors._rules import Input
 
 #: A connection's key: the identifier alone when unscoped (the common case, and the
 #: cheapest to look up on the hot path), else ``(scope, identifier)``.

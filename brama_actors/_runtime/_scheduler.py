@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from brama_actors._clock import Clock
+from brama_actors._runtime._clock import Clock
 
 __all__ = ["Scheduler", "Timer"]
 
