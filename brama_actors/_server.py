@@ -377,7 +377,7 @@ class _Session:
         except SystemStopped:
             pass
         self.trials.clear()
-        self.server.forget(self)  # last: `clients` drops once the cleanup is done
+        self.server._forget(self)  # last: `clients` drops once the cleanup is done
 
     def join(self, timeout: float) -> None:
         for thread in (self._reader, self._writer):
@@ -569,7 +569,7 @@ class Server:
         finally:
             self._handshakes.release()
 
-    def forget(self, session: _Session) -> None:
+    def _forget(self, session: _Session) -> None:
         with self._lock:
             self._sessions.discard(session)
             self._changed.notify_all()

@@ -19,6 +19,9 @@ from brama_actors import Brama, ConnectionMonitor, Event, SystemStopped
 from brama_actors.testing import inject_crash
 
 CONNECTIONS = {"payment_api": {"max_attempts": 3}, "inventory_db": {"max_attempts": 5}}
+#: Set once a monitor has printed an opening: main() waits for it, so the monitor's line
+#: (printed on the monitor's thread) always comes before what main() does next.
+OPENED = threading.Event()
 
 
 class Monitor(ConnectionMonitor):
@@ -27,6 +30,8 @@ class Monitor(ConnectionMonitor):
     def handle_event(self, event: Event) -> None:
         print(f"  monitor: {event.connection} {event.data['previous_state']} -> "
               f"{event.data['new_state']}")
+        if event.data["new_state"] == "open":
+            OPENED.set()
 
 
 class AppSupervisor(pykka.ThreadingActor):
@@ -79,22 +84,31 @@ def main() -> int:
     first: Brama = app.ask("current", timeout=5)
     first.failure("payment_api", reason="timeout")
     # Three crashes in a row: the third one exceeds max_restarts=2.
+    stopped_at = None
     for crash in range(3):
         try:
             inject_crash("payment_api", brama=first)
             first.failure("payment_api", reason=f"crash #{crash + 1}")
         except SystemStopped:
-            print(f"app: the system stopped itself at crash #{crash + 1}")
+            stopped_at = crash + 1
             break
+        if not first.available("payment_api") and not OPENED.wait(5):
+            print("the monitor never saw payment_api open")
+            return 1
     if not restarted.wait(10):
         print("the application supervisor was never told")
         return 1
+    # Printed only now: the application supervisor prints from its own thread as soon as
+    # it is told brama_down, so a line printed at the SystemStopped could come before or
+    # after its lines.
+    print(f"app: the first system had stopped itself at crash #{stopped_at}")
     second: Brama = app.ask("current", timeout=5)
     print(f"app: new system has {[s.identifier for s in second.connections()]}")
     for _ in range(3):
         second.failure("payment_api")  # the new system and monitor work
     second.drain()
-    ok = first.stopped and not second.stopped and not second.available("payment_api")
+    ok = (stopped_at == 3 and first.stopped and not second.stopped
+          and not second.available("payment_api"))
     app.stop()
     return 0 if ok else 1
 
