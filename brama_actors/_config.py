@@ -1,4 +1,4 @@
-"""Validation and resolution of configuration options (API.md section 1).
+"""Validation and resolution of configuration options (docs/circuit-rules.md (configuration)).
 
 Every option is checked on its own (type and range) before anything changes, and the
 combined settings are checked together (``max_expiry >= initial_expiry``), so a bad call
@@ -58,7 +58,8 @@ GLOBAL_OPTIONS: frozenset[str] = CONNECTION_OPTIONS | {
     "restart_window",
 }
 
-#: Defaults of the table in API.md; initial_expiry and max_expiry are derived when unset.
+#: Defaults of the configuration table (docs/circuit-rules.md); initial_expiry and max_expiry are
+#: derived when unset.
 DEFAULTS: Mapping[str, Any] = {
     "max_attempts": 5,
     "expiry": 60_000,
@@ -147,7 +148,7 @@ class Settings:
     half_open_max_calls: int
 
     def as_dict(self) -> dict[str, Any]:
-        """The settings as event data keys (API.md section 5, registration)."""
+        """The settings as event data keys (docs/events.md, registration)."""
         return {
             "max_attempts": self.max_attempts,
             "expiry": self.expiry,

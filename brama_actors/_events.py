@@ -29,7 +29,7 @@ class EventType(enum.StrEnum):
     CONNECTION_REMOVED = "connection_removed"
 
 
-#: Events delivered at least once (API.md section 6).
+#: Events delivered at least once (docs/events.md).
 CRITICAL_EVENTS: frozenset[EventType] = frozenset(
     {
         EventType.STATE_CHANGE,

@@ -2,7 +2,8 @@
 
 No actors, no clock, no I/O: the connection actor applies these rules and publishes the
 result. Keeping them pure is what lets tests/test_circuit.py check them exhaustively with
-a hypothesis state machine against a simple model of API.md sections 3-5.
+a hypothesis state machine against a simple model of the contract in docs/circuit-rules.md and
+docs/events.md.
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         now: the time it happened, ms since the epoch.
 
     Returns:
-        The new status and the events to emit, in the order of API.md section 5.
+        The new status and the events to emit, in the order of docs/events.md.
     """
     state = status.state
     if type(op) is Success:

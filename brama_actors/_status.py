@@ -20,7 +20,7 @@ class CircuitState(enum.StrEnum):
 
 
 class ExpiryStrategy(enum.StrEnum):
-    """How long an open circuit stays open (API.md section 4)."""
+    """How long an open circuit stays open (docs/circuit-rules.md (expiry))."""
 
     FIXED = "fixed"
     PROGRESSIVE = "progressive"

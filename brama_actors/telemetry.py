@@ -1,4 +1,4 @@
-"""Telemetry in the manner of Erlang's ``:telemetry`` (API.md section 7).
+"""Telemetry in the manner of Erlang's ``:telemetry`` (docs/events.md (telemetry)).
 
 Every event fires ``("brama", "connection", <event type>)`` with measurements
 ``system_time`` (and ``duration`` in ms spent in the previous state, on

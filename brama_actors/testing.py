@@ -13,13 +13,12 @@ from __future__ import annotations
 import queue
 from typing import Any
 
-from brama_actors import _rules as rules
 from brama_actors._events import Event, EventType
+from brama_actors._keys import check_key
 from brama_actors._runtime._clock import Clock, ManualClock, SystemClock
 from brama_actors._status import CircuitState
 from brama_actors._system import _default
 from brama_actors._system._brama import Brama
-from brama_actors._system._messages import Apply
 
 __all__ = [
     "Clock",
@@ -41,9 +40,7 @@ def _system(brama: Brama | None) -> Brama:
 
 def _expire_now(brama: Brama, identifier: str, scope: str | None) -> None:
     """Move an open circuit to half_open as if its deadline had passed."""
-    status = brama.status(identifier, scope=scope)
-    if status.state is CircuitState.OPEN and status.opened_at is not None:
-        brama._call(identifier, scope, Apply(rules.Expire(status.opened_at)))
+    brama._authority.expire_now(check_key(identifier, scope))
 
 
 def set_state(identifier: str, state: CircuitState | str, *, scope: str | None = None,
@@ -106,7 +103,7 @@ def simulate_recovery(identifier: str, *, scope: str | None = None,
     system = _system(brama)
     _expire_now(system, identifier, scope)
     # Synchronous, unlike success(): the circuit is closed when this returns.
-    system._call(identifier, scope, Apply(rules.Success()))
+    system._authority.succeed_now(check_key(identifier, scope))
 
 
 def wait_for_event(event_type: EventType | str, *, connection: str | None = None,

@@ -65,3 +65,8 @@ def collect(sub: brama_actors.Subscription) -> list[brama_actors.Event]:
 def kinds(events: list[brama_actors.Event]) -> list[str]:
     """The event types of ``events`` as plain strings."""
     return [e.event.value for e in events]
+
+
+def subscriptions(brama: brama_actors.Brama) -> list[brama_actors.Subscription]:
+    """The subscriptions in a system's event manager (asked in order: a sync point too)."""
+    return brama._delivery.ref.proxy().table().get(timeout=5)

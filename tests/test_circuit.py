@@ -1,10 +1,12 @@
-"""The pure circuit rules (``brama_actors._rules``) against API.md sections 3, 4 and 5.
+"""The pure circuit rules (``brama_actors._rules``) against docs/circuit-rules.md and
+docs/events.md.
 
 Two layers:
 
 * a hypothesis ``RuleBasedStateMachine`` drives ``apply`` with random sequences of every
   input while time moves forward, and compares each step with a deliberately simple
-  reference model written from API.md (not from ``_circuit.py``): the status fields and
+  reference model written from the contract (docs/circuit-rules.md, docs/events.md) (not from
+  ``_rules.py``): the status fields and
   the exact event sequence, data keys and reasons of section 5;
 * example tests, one per statement of sections 3 and 4 and per event shape of section 5.
 """
@@ -59,7 +61,7 @@ CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
 
-#: The settings keys that registration events carry (API.md section 5).
+#: The settings keys that registration events carry (docs/events.md).
 SETTINGS_KEYS = (
     "max_attempts",
     "expiry",
@@ -81,11 +83,13 @@ ANY = object()
 ANY_STR = object()
 
 
-# -- the reference model, from API.md --------------------------------------------------
+# -- the reference model, from the contract (docs/circuit-rules.md, docs/events.md)
+# --------------------------------------------------
 
 
 def spec_opening_length(settings: Settings, failure_count: int) -> int:
-    """API.md section 4, computed exactly: fixed -> expiry; progressive -> the capped power.
+    """docs/circuit-rules.md (expiry), computed exactly: fixed -> expiry; progressive -> the
+    capped power.
 
     Exact rational arithmetic, one multiplication per failure and stopping at the cap, so
     it is obviously right rather than fast (the machine keeps failure counts small).
@@ -115,7 +119,7 @@ def close_enough(settings: Settings, actual: int, expected: int) -> bool:
 
 @dataclasses.dataclass
 class Model:
-    """What API.md says a circuit's status is after a sequence of inputs."""
+    """What the docs say a circuit's status is after a sequence of inputs."""
 
     settings: Settings
     state: str = CLOSED
@@ -303,7 +307,7 @@ class CircuitMachine(RuleBasedStateMachine):
         if before == CLOSED and m.failure_count >= m.settings.max_attempts:
             why: Any = "Threshold exceeded"
         elif before == HALF_OPEN:
-            # "the failure's own reason in half_open"; with no reason given, API.md is
+            # "the failure's own reason in half_open"; with no reason given, the contract is
             # silent: any non-empty str is accepted.
             why = reason if reason is not None else ANY_STR
         else:
@@ -430,7 +434,8 @@ class CircuitMachine(RuleBasedStateMachine):
         self.settings = settings
         m.settings = settings
         if m.state != OPEN:
-            # API.md: status.expiry "shows the expiry of the current or last opening";
+            # docs/circuit-rules.md: status.expiry "shows the expiry of the current or last
+            # opening";
             # the code shows the new setting when not open. Both are accepted here; the
             # strict reading is pinned by test_configure_when_not_open_keeps_last_opening.
             m.shown_expiry = m.shown_expiry | {settings.expiry}
@@ -960,7 +965,8 @@ def test_configure_lower_max_attempts_applies_to_next_failure() -> None:
 @pytest.mark.parametrize("where", ["half_open", "closed_after_opening"])
 def test_configure_when_not_open_keeps_last_opening(where: str) -> None:
     """status.expiry shows the expiry of the last opening, even after a Configure."""
-    # API.md section 4: "`status.expiry` shows the expiry of the current or last opening."
+    # docs/circuit-rules.md (expiry): "`status.expiry` shows the expiry of the current or last
+    # opening."
     status, settings = half_opened(expiry=1_000)
     if where == "closed_after_opening":
         status = apply(status, settings, Close(), T0 + 2_000).status
@@ -1024,7 +1030,7 @@ def test_cleanup_events() -> None:
 
 
 def test_event_types_compare_equal_to_their_names() -> None:
-    """Emitted event types are EventType members equal to the API.md strings."""
+    """Emitted event types are EventType members equal to the documented strings."""
     status, settings = make(max_attempts=1)
     transition = apply(status, settings, Failure("x"), T0)
     assert [kind for kind, _ in transition.events] == [

@@ -1,4 +1,5 @@
-"""Configuration validation (API.md section 1): bad values are refused, nothing changes."""
+"""Configuration validation (docs/circuit-rules.md (configuration)): bad values are refused,
+nothing changes."""
 
 from __future__ import annotations
 

@@ -15,9 +15,9 @@ from brama_actors._system import _default
 
 def test_lazy_default_system() -> None:
     """The first module-level call starts the default system; stop() ends it."""
-    assert _default.current() is None
+    assert _default._default is None
     brama_actors.register("db", max_attempts=1)
-    first = _default.current()
+    first = _default._default
     assert first is not None
     brama_actors.failure("db")
     assert brama_actors.available("db") is False
@@ -26,7 +26,7 @@ def test_lazy_default_system() -> None:
     brama_actors.stop()
     assert first.stopped
     assert brama_actors.available("db") is False  # a fresh system: unknown connection
-    assert _default.current() is not first
+    assert _default._default is not first
 
 
 def test_module_level_functions_cover_the_api() -> None:

@@ -1,4 +1,4 @@
-"""The event system (API.md sections 5-7): subscriptions, targets, guarantees, telemetry."""
+"""The event system (docs/events.md): subscriptions, targets, guarantees, telemetry."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import brama_actors
 from brama_actors import Brama, ConnectionMonitor, Event, telemetry
 from brama_actors.testing import ManualClock, inject_event_manager_crash
-from tests.conftest import collect, kinds
+from tests.conftest import collect, kinds, subscriptions
 
 
 class Collector(pykka.ThreadingActor):
@@ -442,11 +442,11 @@ def test_event_manager_crash_keeps_table_and_critical_events(system: Brama) -> N
     system.register("db", max_attempts=1)
     system.drain()
     collect(sub)
-    old = system._core.em
+    old = system._delivery.ref
     inject_event_manager_crash(brama=system)
     system.failure("db")  # its events are the message the manager crashes on
     system.drain(timeout=5)
-    assert system._core.em is old  # recovered in place: same actor, ref and inbox
+    assert system._delivery.ref is old  # recovered in place: same actor, ref and inbox
     assert kinds(collect(sub)) == ["circuit_opened", "state_change"]
     system.reset_circuit("db")
     system.drain()
@@ -623,9 +623,7 @@ def test_statistics_count_batched_events_as_pending(system: Brama) -> None:
     system.register("db", max_attempts=100)
     for _ in range(3):
         system.failure("db")
-    from brama_actors._delivery._manager import ListSubscriptions
-
-    system._core.em.ask(ListSubscriptions(), timeout=5)  # the manager has batched them
+    subscriptions(system)  # the manager has batched them
     assert sub.statistics().pending == 3
     with pytest.raises(queue.Empty):
         sub.get(timeout=0)
@@ -753,7 +751,7 @@ def test_connection_filtered_index_entries_go_with_their_subscriptions(system: B
     subs = [system.subscribe(connection=f"c{i}", events=["failure"]) for i in range(50)]
     subs += [system.subscribe(scope=f"s{i}") for i in range(50)]
     system.drain()
-    interest = system._core.interest
+    interest = system._delivery.interest
     assert interest.wants(brama_actors.EventType.FAILURE, "c7", None)
     assert not interest.wants(brama_actors.EventType.SUCCESS, "c7", None)
     assert interest.wants(brama_actors.EventType.SUCCESS, "x", "s3")
@@ -762,7 +760,7 @@ def test_connection_filtered_index_entries_go_with_their_subscriptions(system: B
     # The interest view shares the manager's indexes; unsubscribe() asked the manager.
     assert interest._by_connection == {}
     assert interest._by_scope == {}
-    assert not system._core.interest.wants(brama_actors.EventType.FAILURE, "c7", None)
+    assert not system._delivery.interest.wants(brama_actors.EventType.FAILURE, "c7", None)
 
 
 def _hold_event_manager(system: Brama) -> tuple[threading.Event, threading.Event]:
@@ -782,7 +780,7 @@ def _hold_event_manager(system: Brama) -> tuple[threading.Event, threading.Event
 def test_reporters_wait_for_an_event_manager_that_falls_behind(
         system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
     """Past the high-water mark reporting threads wait for the manager; nothing is lost."""
-    from brama_actors._system import _brama as _system
+    from brama_actors._delivery import _hub as _system
 
     monkeypatch.setattr(_system, "EM_HIGH_WATER", 50)
     monkeypatch.setattr(_system, "EM_LOW_WATER", 10)
@@ -802,13 +800,13 @@ def test_reporters_wait_for_an_event_manager_that_falls_behind(
 
     reporter = threading.Thread(target=report)
     reporter.start()
-    core = system._core
+    hub = system._delivery
     try:
         with progress:  # it stops once the backlog passes the mark, and waits there
-            assert progress.wait_for(lambda: core.em_waiting == 1, 5)
+            assert progress.wait_for(lambda: hub._waiting == 1, 5)
         # 51 events queued (> 50): it waits before its 52nd report.
         assert done[0] == 51
-        assert core.em_inbox.backlog() == 51
+        assert hub.backlog() == 51
     finally:
         gate.set()
     reporter.join(10)
@@ -821,7 +819,7 @@ def test_a_stuck_event_manager_delays_reporters_once(
         system: Brama, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     """A manager that makes no progress costs one wait of EM_WAIT, not one per report."""
-    from brama_actors._system import _brama as _system
+    from brama_actors._delivery import _hub as _system
 
     monkeypatch.setattr(_system, "EM_HIGH_WATER", 20)
     monkeypatch.setattr(_system, "EM_LOW_WATER", 5)
@@ -830,13 +828,13 @@ def test_a_stuck_event_manager_delays_reporters_once(
     system.subscribe(connection="db")
     _, gate = _hold_event_manager(system)
     waits: list[bool] = []
-    original = system._core.em_space.wait_for
+    original = system._delivery._space.wait_for
 
     def counting(predicate: Any, timeout: float | None = None) -> bool:
         waits.append(result := original(predicate, timeout))
         return result
 
-    monkeypatch.setattr(system._core.em_space, "wait_for", counting)
+    monkeypatch.setattr(system._delivery._space, "wait_for", counting)
     try:
         with caplog.at_level(logging.WARNING, logger="brama_actors"):
             for _ in range(300):

@@ -1,4 +1,4 @@
-"""The public surface is exactly what API.md names (plus documented additions)."""
+"""The public surface is exactly what the docs name (plus documented additions)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ CONTRACT = {
 # Documented additions beyond API.md (docs/changelog.md).
 ADDITIONS = {"ExpiryStrategy", "SubscriptionStatistics", "Guard", "GuardBlock", "telemetry",
              "Client", "Server"}
-# Named by API.md but built by later milestones (guards, processes, monitors).
+# Named by the docs but built by later milestones (guards, processes, monitors).
 PLANNED: set[str] = set()
 
 
@@ -37,7 +37,7 @@ def test_every_exported_name_exists() -> None:
 
 
 def test_errors_tree() -> None:
-    """The error classes have the bases API.md section 8 names."""
+    """The error classes have the bases docs/quickstart.md (errors) names."""
     e = brama_actors
     assert issubclass(e.InvalidConfiguration, e.BramaError)
     assert issubclass(e.InvalidConfiguration, ValueError)

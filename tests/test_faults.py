@@ -149,7 +149,7 @@ def run_threads(targets: list[Callable[[], None]]) -> list[BaseException]:
 
 
 def system_threads(brama: Brama) -> list[str]:
-    prefix = brama._core.name + "-"
+    prefix = brama._context.name + "-"
     return [t.name for t in threading.enumerate() if t.name.startswith(prefix) and t.is_alive()]
 
 
@@ -172,7 +172,7 @@ def test_connection_crash_under_concurrent_reporters(tough: Brama, restarts: Res
     brama.register("hot", max_attempts=10**9)
     brama.register("flip")
     brama.register("cold", max_attempts=10**9)
-    cold_ref = brama._core.cells["cold"].ref
+    cold_ref = brama._authority.cells["cold"].ref
     crashes, minimum = 12, 100
     started = threading.Barrier(9)
     progress = threading.Condition()
@@ -221,7 +221,7 @@ def test_connection_crash_under_concurrent_reporters(tough: Brama, restarts: Res
     total = sum(done)
     hot = brama.status("hot")
     assert (hot.failure_count, hot.total_failures, hot.state) == (total, total, "closed")
-    assert brama._core.cells["cold"].ref is cold_ref  # never restarted
+    assert brama._authority.cells["cold"].ref is cold_ref  # never restarted
     assert brama.status("cold").failure_count == crashes
     assert restarts.exactly(brama, crashes) == crashes
     assert {(r["child"], r["connection"]) for r in restarts.seen} == {
@@ -243,8 +243,7 @@ def test_connection_crash_under_concurrent_reporters(tough: Brama, restarts: Res
 def test_call_survives_repeated_crashes_of_its_message(
         tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
     """A report whose message crashes the actor three times running still completes once."""
-    from brama_actors._system._connection import ConnectionActor
-    from brama_actors._system._messages import Apply
+    from brama_actors._authority._local._actor import Apply, ConnectionActor
 
     tough.register("db", max_attempts=100)
     original = ConnectionActor._handle
@@ -265,21 +264,22 @@ def test_call_survives_repeated_crashes_of_its_message(
 def test_crash_after_publishing_applies_a_report_once(
         tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between publishing a status and emitting its events neither repeats nor loses it."""
-    from brama_actors._system._brama import Core
+    from brama_actors._delivery._hub import Delivery
 
     inbox = tough.subscribe(connection="db")
     tough.register("db", max_attempts=100)
-    original = Core.emit
+    original = Delivery.emit
     left = [1]
 
-    def emit(self: Core, status: Any, specs: Any, now: int) -> None:
+    def emit(self: Delivery, identifier: str, scope: str | None, specs: Any,
+             now: int) -> None:
         specs = list(specs)
         if left[0] and any(kind == "failure" for kind, _ in specs):
             left[0] -= 1
             raise MemoryError("crash after the status was published")
-        original(self, status, specs, now)
+        original(self, identifier, scope, specs, now)
 
-    monkeypatch.setattr(Core, "emit", emit)
+    monkeypatch.setattr(Delivery, "emit", emit)
     tough.failure("db")
     tough.drain()
     assert restarts.exactly(tough, 1) == 1
@@ -440,7 +440,7 @@ def test_hostile_handlers_do_not_disturb_others(system: Brama) -> None:
         system.open_circuit("db")
         assert system.available("db") is False
         assert system.supervisor.is_alive()
-        assert system._core.em.is_alive()
+        assert system._delivery.ref.is_alive()
     finally:
         gate.set()
     system.drain(timeout=10)
@@ -587,9 +587,8 @@ def test_interpreter_exits_with_the_default_system_running(mode: str) -> None:
 def test_calls_queued_behind_a_fatal_crash_are_answered_at_once(
         clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
     """When a crash makes the supervisor give up, calls queued behind it end at once."""
+    from brama_actors._authority._local._actor import Apply, ConnectionActor
     from brama_actors._rules import Failure
-    from brama_actors._system._connection import ConnectionActor
-    from brama_actors._system._messages import Apply
 
     brama = Brama.start(clock=clock, max_restarts=0)
     brama.register("db", max_attempts=100)
@@ -617,7 +616,7 @@ def test_calls_queued_behind_a_fatal_crash_are_answered_at_once(
     assert entered.wait(JOIN)
     # Another caller's request, queued behind the message being handled (what failure()
     # from a second thread does; asked directly so that it is queued for sure).
-    cell = brama._core.cells["db"]
+    cell = brama._authority.cells["db"]
     assert cell.ref is not None
     queued = cell.ref.ask(Apply(Failure("queued")), block=False)
     release.set()
@@ -696,3 +695,37 @@ def test_crash_bursts_hitting_restart_intensity_stop_the_system(clock: ManualClo
             call()
     assert isinstance(SystemStopped("x"), BramaError)
     parent.stop()
+
+
+def test_a_connection_that_never_answers_is_a_timeout_error(
+        clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No answer in time is ``TimeoutError``, the same error the event manager's gives."""
+    from brama_actors._authority._local import _authority
+    from brama_actors._authority._local._actor import ConnectionActor
+
+    monkeypatch.setattr(_authority, "ASK_TIMEOUT", 0.2)
+    brama = Brama.start(clock=clock)
+    try:
+        brama.register("db", max_attempts=100)
+        entered, release = threading.Event(), threading.Event()
+        original = ConnectionActor._handle
+
+        def stuck(self: ConnectionActor, message: Any) -> Any:
+            if message == "stuck":
+                entered.set()
+                release.wait(30)
+                return None
+            return original(self, message)
+
+        monkeypatch.setattr(ConnectionActor, "_handle", stuck)
+        brama._authority.cells["db"].ref.tell("stuck")  # busy on a pool worker
+        assert entered.wait(5)
+        with pytest.raises(TimeoutError, match=r"'db' did not answer within 0\.2 s"):
+            brama.failure("db")
+        release.set()
+        brama.drain()
+        assert brama.status("db").failure_count == 1  # the report was queued, then applied
+    finally:
+        release.set()
+        brama.stop()
+

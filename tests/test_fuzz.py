@@ -3,7 +3,7 @@
 Each call gets arguments of every type (None, bool, ints of any size, floats including
 NaN/inf, empty/unicode/huge strings, bytes, containers, arbitrary objects, enum members,
 str subclasses, tuples shaped like internal keys, and hostile objects whose methods raise)
-and must either succeed as API.md says or raise the error the contract documents for that
+and must either succeed as the docs say or raise the error the contract documents for that
 argument — never another exception, never a hang — and afterwards the system must be
 consistent: what ``connections()`` lists is what was registered, a refused call changed
 nothing, and no actor crashed or restarted.
@@ -12,7 +12,8 @@ One allowance: a hostile object (``Hostile*`` below) may make the call raise its
 ``HostileError`` in the caller's thread; that is the caller's object failing, not us. It
 must still never crash an actor, be recorded half-way, or take the system down.
 
-The expectations are written from API.md (and docs/circuit-rules.md where the contract is
+The expectations are written from the contract (docs/circuit-rules.md, docs/events.md) (and
+docs/circuit-rules.md where the contract is
 silent), independently of the validation code in ``brama_actors``.
 """
 
@@ -239,7 +240,7 @@ def accepted(options: Mapping[str, Any], allowed: tuple[str, ...], *,
 
 
 def resolve(explicit: Mapping[str, Any]) -> dict[str, Any]:
-    """A connection's settings (API.md section 2 defaults); Invalid if inconsistent."""
+    """A connection's settings (docs/circuit-rules.md defaults); Invalid if inconsistent."""
     expiry = explicit.get("expiry", DEFAULTS["expiry"])
     initial = explicit.get("initial_expiry", expiry)
     maximum = explicit.get("max_expiry", 10 * initial)
@@ -337,7 +338,7 @@ POPULATION: list[tuple[str, str | None, dict[str, Any]]] = [
 ]
 
 
-# -- connections (API.md section 2) ----------------------------------------------------------
+# -- connections (docs/circuit-rules.md) ----------------------------------------------------------
 
 
 @FUZZ
@@ -581,7 +582,7 @@ def test_configure_connection(calls: list[tuple[Any, dict[str, Any]]]) -> None:
                 assert after == before
 
 
-# -- subscriptions (API.md section 6) ----------------------------------------------------------
+# -- subscriptions (docs/events.md) ----------------------------------------------------------
 
 
 class Sink(pykka.ThreadingActor):
@@ -610,7 +611,7 @@ event_filters = st.one_of(
 
 
 def predict_events(events: Any) -> set[type[BaseException]]:
-    """API.md section 6: unknown names are a ValueError; non-names a TypeError."""
+    """docs/events.md: unknown names are a ValueError; non-names a TypeError."""
     if events is None or isinstance(events, EventType):
         return set()
     if isinstance(events, str):
@@ -717,7 +718,8 @@ def test_unsubscribe(subscription: Any, connection: Any, scope: Any, events: Any
         assert brama.unsubscribe() == 0
 
 
-# -- starting systems (API.md section 1) --------------------------------------------------------
+# -- starting systems (docs/circuit-rules.md (configuration))
+# --------------------------------------------------------
 
 
 @FUZZ
@@ -751,11 +753,11 @@ def test_start(config: dict[str, Any], clock: Any, parent: Any) -> None:
         assert brama.status("probe").failure_count == 1
     finally:
         brama.stop()
-    prefix = brama._core.name + "-"
+    prefix = brama._context.name + "-"
     assert not [t for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
-# -- guarding calls (API.md section 9) ---------------------------------------------------------
+# -- guarding calls (docs/guarding.md) ---------------------------------------------------------
 
 VERDICTS = ["success", "failure", ("failure", "why"), "ignore"]
 
@@ -840,7 +842,7 @@ def test_guarded_calls(key: tuple[Any, Any], error_handler: Any, verdict: Any,
         if not ok:
             assert keys_of(brama) == registered
             return
-        # What the call must do (API.md section 9), decided step by step.
+        # What the call must do (docs/guarding.md), decided step by step.
         call_error: type[BaseException] | None = None
         records = 0
         if not known and not register:

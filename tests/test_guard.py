@@ -1,4 +1,4 @@
-"""Guarding calls (API.md section 9): the decorator and the context manager."""
+"""Guarding calls (docs/guarding.md): the decorator and the context manager."""
 
 from __future__ import annotations
 
@@ -459,7 +459,7 @@ def test_many_threads_hammering_half_open(system: Brama, clock: ManualClock) -> 
         thread.join(10)
     assert len(outcomes) == 400
     assert system.status("api").state == "closed"
-    assert system._core.cells["api"].trials == 0
+    assert system._authority.cells["api"].trials == 0
 
 
 def test_set_state_then_guard(system: Brama) -> None:
@@ -494,7 +494,7 @@ _HOLD = object()
 @pytest.fixture
 def held_actor(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """Telling a connection actor _HOLD keeps it busy until the returned event is set."""
-    from brama_actors._system._connection import ConnectionActor
+    from brama_actors._authority._local._actor import ConnectionActor
 
     gate = threading.Event()
     original = ConnectionActor._handle
@@ -525,7 +525,7 @@ def test_async_failure_waits_for_a_busy_actor_without_blocking_the_loop(
             raise ConnectionError("down")
 
     async def main() -> int:
-        system._cells["db"].ref.tell(_HOLD)  # the actor is busy until the gate opens
+        system._authority.cells["db"].ref.tell(_HOLD)  # the actor is busy until the gate opens
         ticks = 0
         task = asyncio.create_task(call() if form == "decorator" else block())
         while not task.done() and ticks < 50:
@@ -550,7 +550,7 @@ def test_async_trial_success_on_a_busy_actor_releases_its_permit_once(
     async def call() -> str:
         return "ok"
 
-    cell = system._cells["db"]
+    cell = system._authority.cells["db"]
     with cell.lock:
         cell.trials += 1  # another caller's trial, still running throughout
 

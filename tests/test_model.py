@@ -1,4 +1,5 @@
-"""A real system against a reference model of API.md sections 3-5 (hypothesis stateful).
+"""A real system against a reference model of the contract in docs/circuit-rules.md and
+docs/events.md (hypothesis stateful).
 
 The machine drives one ``Brama`` on a ``ManualClock`` with random sequences of every
 connection call, global and per-connection ``configure``, clock advances that fire
@@ -9,9 +10,9 @@ two scopes (one of them ``None``). After every step it drains the system and che
   equals the model's;
 * every live inbox subscription received exactly the model's events, in order per
   connection (events of different connections fired by one ``advance`` may interleave;
-  nothing else may), with the data keys API.md section 5 and docs/circuit-rules.md fix.
+  nothing else may), with the data keys docs/events.md and docs/circuit-rules.md fix.
 
-The model below is written from the contract (API.md, docs/circuit-rules.md where the
+The model below is written from the contract (docs/circuit-rules.md, docs/events.md where the
 contract is silent), not from ``brama_actors._rules``: plain dicts and integers.
 
 A permanent all-events subscriber is created from a helper thread (so that the machine's
@@ -91,7 +92,7 @@ class Invalid(Exception):
 
 
 def check_value(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    """API.md section 1's table, as the model reads it."""
+    """docs/circuit-rules.md (configuration)'s table, as the model reads it."""
     if name not in allowed:
         raise Invalid(name)
     if name in MINIMUM:
@@ -124,7 +125,7 @@ def resolve(explicit: dict[str, Any]) -> dict[str, Any]:
 
 
 def opening_length(settings: dict[str, Any], failure_count: int) -> int:
-    """API.md section 4, truncated to whole ms (docs/circuit-rules.md)."""
+    """docs/circuit-rules.md (expiry), truncated to whole ms (docs/circuit-rules.md)."""
     if settings["expiry_strategy"] == "fixed":
         return int(settings["expiry"])
     factor = settings["backoff_factor"]
@@ -231,7 +232,7 @@ PREDICATES = {"none": None, "even": even_failures, "raises": raising_filter}
 
 
 class Model:
-    """The whole system as API.md describes it."""
+    """The whole system as the docs describe it."""
 
     def __init__(self, now: int, explicit: dict[str, Any]) -> None:
         self.now = now

@@ -1,4 +1,4 @@
-"""Process-level faults (API.md section 11, docs/reliability.md): real processes, real kills.
+"""Process-level faults (docs/processes.md, docs/reliability.md): real processes, real kills.
 
 Every child is started with the ``spawn`` method, killed with SIGKILL or told to stop, and
 joined in a ``finally``. Nothing sleeps: the tests wait on pipes, events, futures,
@@ -28,9 +28,10 @@ from typing import Any
 import pytest
 
 import brama_actors
-from brama_actors import Brama, Client, Event, NodeUnavailable, Server, Subscription, _server
-from brama_actors._delivery._manager import ListSubscriptions
+from brama_actors import Brama, Client, Event, NodeUnavailable, Server, Subscription
+from brama_actors._remote import _session as _server
 from tests import proc_fault_helpers
+from tests.conftest import subscriptions
 
 CTX = multiprocessing.get_context("spawn")
 #: Seconds to wait for a child process to start (it imports brama_actors first).
@@ -139,7 +140,7 @@ def _kill(process: BaseProcess) -> None:
 
 def _subscription_list(brama: Brama) -> list[Subscription]:
     """Every subscription the node's event manager holds."""
-    subs = brama._core.em.ask(ListSubscriptions(), block=True, timeout=5)
+    subs = subscriptions(brama)
     return list(subs)
 
 
@@ -185,7 +186,7 @@ def _frame(body: bytes) -> bytes:
 
 
 def _request(request_id: int, op: str, **args: Any) -> bytes:
-    return _frame(pickle.dumps((request_id, op, args)))
+    return _frame(pickle.dumps(("request", request_id, op, args)))
 
 
 def _read_until_closed(sock: socket.socket, timeout: float) -> bool:
@@ -290,14 +291,14 @@ def test_client_killed_holding_trial_permit(node: tuple[Brama, Server]) -> None:
                           "api")
     try:
         _receive(pipe)
-        assert brama._cells["api"].trials == 1
+        assert brama._authority.cells["api"].trials == 1
         with pytest.raises(brama_actors.CircuitOpenError), brama.guard("api"):
             pass  # the one permit is taken
         _kill(worker)
     finally:
         _kill(worker)
     assert server.wait_for_clients(0, timeout=WAIT)
-    assert brama._cells["api"].trials == 0
+    assert brama._authority.cells["api"].trials == 0
     with brama.guard("api"):  # the permit is back: a trial runs and closes the circuit
         pass
     assert brama.status("api").state == "closed"
@@ -311,7 +312,7 @@ def _close_from_another_thread(session: Any) -> None:
     assert session.closed
 
 
-@pytest.mark.parametrize("op", ["subscribe", "trial"])
+@pytest.mark.parametrize("op", ["subscribe", "admit"])
 def test_session_closed_mid_request_leaves_nothing(node: tuple[Brama, Server],
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    op: str) -> None:
@@ -320,7 +321,6 @@ def test_session_closed_mid_request_leaves_nothing(node: tuple[Brama, Server],
     Deterministic form of the race behind the rare failure of test_client_killed_mid_call:
     the session is closed from another thread exactly while the request runs.
     """
-    from brama_actors import _guard
     from brama_actors.testing import set_state
 
     brama, server = node
@@ -332,25 +332,25 @@ def test_session_closed_mid_request_leaves_nothing(node: tuple[Brama, Server],
         assert server.wait_for_clients(1, timeout=WAIT)
         (session,) = server._sessions
         if op == "subscribe":
-            subscribe = brama._subscribe_target
+            subscribe = brama._authority.subscribe
 
             def subscribe_then_close(*args: Any, **kwargs: Any) -> Any:
-                sub = subscribe(*args, **kwargs)
+                subscribe(*args, **kwargs)
                 _close_from_another_thread(session)
-                return sub
 
-            monkeypatch.setattr(brama, "_subscribe_target", subscribe_then_close)
-            request: tuple[Any, ...] = (1, "subscribe", {"client_id": 1, "events": ["failure"]})
+            monkeypatch.setattr(brama._authority, "subscribe", subscribe_then_close)
+            request: tuple[Any, ...] = ("request", 1, "subscribe",
+                                        {"client_id": 1, "events": ["failure"]})
         else:
-            enter = _guard.Guard.enter
+            admit = brama._authority.admit
 
-            def enter_then_close(self: Any) -> Any:
-                admitted = enter(self)
+            def admit_then_close(*args: Any) -> Any:
+                admitted = admit(*args)
                 _close_from_another_thread(session)
                 return admitted
 
-            monkeypatch.setattr(_guard.Guard, "enter", enter_then_close)
-            request = (1, "trial", {"identifier": "api"})
+            monkeypatch.setattr(brama._authority, "admit", admit_then_close)
+            request = ("request", 1, "admit", {"identifier": "api"})
         conn.send_bytes(pickle.dumps(request))
         assert server.wait_for_clients(0, timeout=WAIT)
         session.join(WAIT)  # the reader finished the request
@@ -358,7 +358,7 @@ def test_session_closed_mid_request_leaves_nothing(node: tuple[Brama, Server],
         conn.close()
     monkeypatch.undo()
     assert _subscriptions(brama) == subscriptions_before, "a subscription outlived its client"
-    assert brama._cells["api"].trials == 0, "a trial permit outlived its client"
+    assert brama._authority.cells["api"].trials == 0, "a trial permit outlived its client"
 
 
 def test_session_closed_between_header_and_body(node: tuple[Brama, Server],
@@ -423,7 +423,7 @@ def test_flooding_client_does_not_starve_others(node: tuple[Brama, Server]) -> N
             peak_threads = threading.active_count()
             peak_queue = peak_inbox = 0
             latencies = []
-            cell = brama._cells["db"]
+            cell = brama._authority.cells["db"]
             # Round trips of our own until the flood has put FLOOD_ONE_WAY one-way and
             # FLOOD_ROUND_TRIPS round-trip reports through the node.
             deadline = time.monotonic() + WAIT
@@ -436,7 +436,7 @@ def test_flooding_client_does_not_starve_others(node: tuple[Brama, Server]) -> N
                 peak_queue = max(peak_queue, _session_peaks(server))
                 assert cell.inbox is not None
                 peak_inbox = max(peak_inbox, len(cell.inbox._items))
-                flooded = cell.current_status(brama._core.clock)
+                flooded = cell.current_status(brama._context.clock)
                 if (flooded.total_successes >= FLOOD_ONE_WAY
                         and flooded.total_failures >= FLOOD_ROUND_TRIPS):
                     break
@@ -489,7 +489,8 @@ def test_writer_backlog_is_bounded(node: tuple[Brama, Server],
     brama, server = node
     brama.register("db", max_attempts=1_000_000_000)
     conn = RawClient(server.address, authkey=server.authkey)
-    conn.send_bytes(pickle.dumps((1, "subscribe", {"client_id": 1, "events": ["failure"]})))
+    conn.send_bytes(pickle.dumps(("request", 1, "subscribe",
+                                  {"client_id": 1, "events": ["failure"]})))
     assert conn.poll(WAIT)
     assert conn.recv()[:3] == ("reply", 1, True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=os.dup(conn.fileno()))
@@ -559,7 +560,7 @@ def _short_body(sock: socket.socket) -> None:
 
 
 def _truncated_pickle(sock: socket.socket) -> None:
-    body = pickle.dumps((1, "register", {"identifier": "x"}))
+    body = pickle.dumps(("request", 1, "register", {"identifier": "x"}))
     sock.sendall(_frame(body[: len(body) // 2]))  # a whole frame, half a pickle
 
 
@@ -674,7 +675,7 @@ def test_node_killed_client_goes_stale_then_resyncs(tmp_path: Any, when_stale: s
         assert client.available("up") is True and client.available("down") is False
 
         _kill(first)
-        assert client._unlinked.wait(WAIT)
+        assert client._authority.unlinked.wait(WAIT)
         for call in (lambda: client.status("up"), lambda: client.failure("up"),
                      lambda: client.register("x"), client.connections,
                      lambda: client.subscribe(events=["failure"])):
@@ -747,7 +748,7 @@ def test_spawned_node_killed() -> None:
         client.failure("down")
         os.kill(process.pid, signal.SIGKILL)
         process.join(WAIT)
-        assert client._unlinked.wait(WAIT)
+        assert client._authority.unlinked.wait(WAIT)
         with pytest.raises(NodeUnavailable):
             client.status("up")
         with pytest.raises(NodeUnavailable):

@@ -1,4 +1,4 @@
-"""Several processes (API.md section 11): serve, connect, spawn, with real processes."""
+"""Several processes (docs/processes.md): serve, connect, spawn, with real processes."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from brama_actors import (
     NodeUnavailable,
     Server,
 )
-from brama_actors._delivery._manager import ListSubscriptions
 from tests import proc_helpers
+from tests.conftest import subscriptions
 
 CTX = multiprocessing.get_context("spawn")
 
@@ -63,7 +63,7 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 
 def _subscriptions(brama: Brama) -> int:
-    return len(brama._core.em.ask(ListSubscriptions(), timeout=5))
+    return len(subscriptions(brama))
 
 
 # -- serving ----------------------------------------------------------------------------
@@ -175,10 +175,11 @@ def test_authenticated_request_with_globals_is_refused(node: tuple[Brama, Server
     evil = _Evil()
     evil.path = str(marker)  # type: ignore[attr-defined]
     client = brama_actors.connect(server.address, authkey=server.authkey)
-    assert client._conn is not None
-    client._conn.send_bytes(pickle.dumps((1, "register", {"identifier": evil})))
+    conn = client._link._conn
+    assert conn is not None
+    conn.send_bytes(pickle.dumps(("request", 1, "register", {"identifier": evil})))
     with pytest.raises(NodeUnavailable):
-        client._request("ping", _timeout=5)
+        client._link.call("ping", _timeout=5)
     client.close()
     assert not marker.exists()
 
@@ -196,7 +197,7 @@ def test_oversized_request_drops_client(node: tuple[Brama, Server]) -> None:
 
 def test_many_connections_bounded(node: tuple[Brama, Server]) -> None:
     """Many silent peers at once do not explode the thread count."""
-    from brama_actors._server import MAX_HANDSHAKES
+    from brama_actors._remote._server import MAX_HANDSHAKES
 
     _, server = node
     before = threading.active_count()
@@ -404,7 +405,7 @@ def test_stale_behaviour(tmp_path: Any, when_stale: str, expected: bool) -> None
     client = Client(address, b"k", stale_after=1_000, when_stale=when_stale,
                     _monotonic=lambda: now[0])
     brama.stop()
-    assert client._unlinked.wait(10)
+    assert client._authority.unlinked.wait(10)
     assert client.available("up") is True and client.available("down") is False
     now[0] += 0.999
     assert client.available("down") is False  # still within stale_after

@@ -10,7 +10,7 @@ import pytest
 
 from brama_actors import Brama, ConnectionNotFound, SystemStopped
 from brama_actors._delivery import _telemetry
-from brama_actors._system._supervisor import Sync
+from brama_actors._runtime._supervisor import Sync
 from brama_actors.testing import ManualClock, inject_crash
 from tests.conftest import collect, kinds
 
@@ -59,10 +59,10 @@ def test_other_connections_untouched(system: Brama) -> None:
     system.register("a", max_attempts=2)
     system.register("b", max_attempts=2)
     system.failure("b")
-    refs_before = {c.key: c.ref for c in system._core.cells.values()}
+    refs_before = {c.key: c.ref for c in system._authority.cells.values()}
     inject_crash("a", brama=system)
     system.failure("a")
-    refs_after = {c.key: c.ref for c in system._core.cells.values()}
+    refs_after = {c.key: c.ref for c in system._authority.cells.values()}
     assert refs_after["b"] is refs_before["b"]
     assert refs_after["a"] is not refs_before["a"]
     assert system.status("b").failure_count == 1
@@ -188,7 +188,7 @@ def test_giving_up_leaves_no_thread(clock: ManualClock) -> None:
     inject_crash("db", brama=brama)
     with pytest.raises(SystemStopped):
         brama.failure("db")
-    name = brama._core.name
+    name = brama._context.name
     brama.stop()  # waits for the supervisor's teardown to finish
     assert not [t.name for t in _threading.enumerate() if t.name.startswith(name + "-")]
     assert brama.stopped
@@ -233,11 +233,10 @@ def test_base_exception_in_connection_actor_restarts_it(
     system: Brama, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A BaseException inside a connection actor restarts it like any crash."""
-    from brama_actors._system._connection import ConnectionActor
-    from brama_actors._system._supervisor import Sync
+    from brama_actors._authority._local._actor import ConnectionActor
 
     system.register("db", max_attempts=5)
-    cell = system._core.cells["db"]
+    cell = system._authority.cells["db"]
     old = cell.ref
     original = ConnectionActor._handle
 
@@ -249,7 +248,7 @@ def test_base_exception_in_connection_actor_restarts_it(
     monkeypatch.setattr(ConnectionActor, "_handle", explode)
     assert old is not None
     old.ask("boom", timeout=5)
-    system._ask_supervisor(Sync())
+    system._authority.sync_supervisor()
     assert cell.ref is not old
     system.failure("db")
     assert system.status("db").failure_count == 1

@@ -1,4 +1,5 @@
-"""The system and its connections (API.md sections 1, 2, 3 and 5) on a real actor system."""
+"""The system and its connections (docs/circuit-rules.md and docs/events.md) on a real actor
+system."""
 
 from __future__ import annotations
 
@@ -374,7 +375,7 @@ def test_success_visible_to_same_thread(system: Brama) -> None:
 
 
 def test_event_sequence_for_a_full_cycle(system: Brama, clock: ManualClock) -> None:
-    """Each operation emits the events of API.md section 5, in order."""
+    """Each operation emits the events of docs/events.md, in order."""
     sub = system.subscribe(connection="db")
     system.register("db", max_attempts=2, expiry=100)
     system.failure("db", reason="a")
@@ -565,7 +566,7 @@ def test_stop_while_threads_report() -> None:
 def test_quiet_successes_are_counted(system: Brama, clock: ManualClock) -> None:
     """Successes on a healthy circuit nobody listens to still count and time-stamp."""
     system.register("db")
-    cell = system._core.cells["db"]
+    cell = system._authority.cells["db"]
     for _ in range(100):
         system.success("db")
     assert cell.inbox is not None and cell.inbox.idle()  # no actor message was needed
@@ -619,7 +620,7 @@ def test_success_after_failure_resets_count_from_any_thread(system: Brama) -> No
 def test_events_nobody_wants_are_not_built(system: Brama) -> None:
     """With no subscription the event manager receives nothing; with one, only its kinds."""
     published: list[int] = []
-    em = system._core.em
+    em = system._delivery.ref
     original = em.tell
 
     def spy(message: object) -> None:
@@ -668,7 +669,7 @@ def test_actors_see_a_complete_system_from_their_first_message(
 
 def test_call_racing_unregister_raises_not_found_not_crashed(system: Brama) -> None:
     """A call whose actor was stopped by unregister raises ConnectionNotFound at once."""
-    core = system._core
+    authority = system._authority
     racing = {"on": False}
 
     class RacingCells(dict):  # type: ignore[type-arg]
@@ -683,8 +684,7 @@ def test_call_racing_unregister_raises_not_found_not_crashed(system: Brama) -> N
                 racing["on"] = True
             return cell
 
-    cells = RacingCells(core.cells)
-    core.cells = system._cells = cells
+    authority.cells = authority.views = RacingCells(authority.cells)
     system.register("same")
     racing["on"] = True
     with pytest.raises(ConnectionNotFound):
@@ -742,7 +742,7 @@ def test_many_connections_stay_out_of_pykkas_registry_and_stop_leaves_no_thread(
     # The registry is one process-wide list whose unregister scans it: listing every
     # connection made stopping n of them O(n^2) (~7 s for 100,000).
     assert len(pykka.ActorRegistry.get_all()) == listed + 2  # supervisor, event manager
-    workers = brama._core.pool.threads
+    workers = brama._context.pool.threads
     brama.stop()
     assert not any(t.is_alive() for t in workers)
     assert not [t.name for t in threading.enumerate() if t.name.startswith("brama-")]

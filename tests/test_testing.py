@@ -1,4 +1,4 @@
-"""brama_actors.testing helpers and the pytest plugin (API.md section 10)."""
+"""brama_actors.testing helpers and the pytest plugin (docs/testing.md)."""
 
 from __future__ import annotations
 

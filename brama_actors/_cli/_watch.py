@@ -18,9 +18,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
-from brama_actors._client import Client, connect
 from brama_actors._errors import BramaError
 from brama_actors._events import Event, EventType
+from brama_actors._remote._client import Client, connect
 from brama_actors._status import ConnectionStatus
 
 __all__ = ["add_parser", "main", "read_authkey", "render"]

@@ -2,6 +2,7 @@
 
 ``_manager`` holds the subscription table and fans events out; ``_subscription`` is the
 public handle; ``_targets`` are where events go (inboxes, actors, handler runners);
-``_telemetry`` is the process-wide handler registry; ``_monitor`` the
-``ConnectionMonitor`` actor base class. Nothing here decides a circuit.
+``_runners`` run handlers (threads or event-loop tasks); ``_interest`` tells emitters
+what anybody wants; ``_hub`` is the system's side of all this; ``_telemetry`` is the
+process-wide handler registry. Nothing here decides a circuit.
 """

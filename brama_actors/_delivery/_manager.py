@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from brama_actors._delivery import _telemetry
+from brama_actors._delivery._interest import ALL_TYPES, Interest
 from brama_actors._delivery._subscription import Subscription
 from brama_actors._delivery._targets import Target
 from brama_actors._events import CRITICAL_EVENTS, Event, EventType
-from brama_actors._runtime._pool import Pool, PooledActor
-from brama_actors._runtime._scheduler import Timer
-from brama_actors._system._messages import RESTARTED, ArmCrash, InjectedCrash
+from brama_actors._runtime import Pool, PooledActor, Timer
+from brama_actors._runtime._crash import RESTARTED, ArmCrash, InjectedCrash
 
 if TYPE_CHECKING:
-    from brama_actors._system._brama import Core
+    from brama_actors._delivery._hub import Delivery
 
 __all__ = [
     "EventManager",
     "Flush",
     "FlushBatch",
-    "Interest",
     "Publish",
     "Subscribe",
     "Unsubscribe",
@@ -37,63 +36,7 @@ __all__ = [
 
 logger = logging.getLogger("brama_actors")
 
-_ALL_TYPES = tuple(EventType)
-
-
-
-
-class Interest:
-    """Which events anybody subscribes to: lets emitters skip what nobody wants.
-
-    A read-only view of the event manager's own subscription indexes, which it alone
-    updates (one append or remove per subscribe or unsubscribe, so subscribing stays
-    O(1) however many subscriptions exist). Other threads only read it; each read is
-    one dict or list lookup, atomic under the GIL.
-    """
-
-    __slots__ = ("_by_connection", "_by_scope", "_by_type", "_counts", "successes")
-
-    def __init__(self, by_type: Mapping[EventType, list[Any]],
-                 by_connection: Mapping[str, list[Any]],
-                 by_scope: Mapping[str, list[Any]]) -> None:
-        self._by_type = by_type
-        self._by_connection = by_connection
-        self._by_scope = by_scope
-        self._counts: dict[EventType, int] = dict.fromkeys(_ALL_TYPES, 0)
-        #: Anyone at all wants ``success`` events (the guarded-call fast path's test).
-        self.successes = False
-
-    def count(self, kinds: Iterable[EventType], delta: int) -> None:
-        """Called by the event manager when a subscription for ``kinds`` comes or goes."""
-        counts = self._counts
-        for kind in kinds:
-            counts[kind] += delta
-        self.successes = counts[EventType.SUCCESS] > 0
-
-    def wants(self, kind: EventType, connection: str | None, scope: str | None) -> bool:
-        """True if some subscription may want ``kind`` for this connection."""
-        if not self._counts[kind]:
-            return False
-        if self._by_type[kind]:
-            return True
-        if connection is not None:
-            subs = self._by_connection.get(connection)
-            if subs is not None and _any_wants(subs, kind):
-                return True
-        if scope is not None:
-            subs = self._by_scope.get(scope)
-            if subs is not None and _any_wants(subs, kind):
-                return True
-        return False
-
-    NONE: Interest
-
-
-Interest.NONE = Interest({kind: [] for kind in _ALL_TYPES}, {}, {})
-
-
-def _any_wants(subs: list[Any], kind: EventType) -> bool:
-    return any(sub.events is None or kind in sub.events for sub in subs)
+_ALL_TYPES = ALL_TYPES
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +75,6 @@ class Flush:
     __slots__ = ()
 
 
-class ListSubscriptions:
-    __slots__ = ()
-
-
 def _kinds(sub: Subscription) -> Iterable[EventType]:
     return sub.events if sub.events is not None else _ALL_TYPES
 
@@ -160,12 +99,12 @@ class EventManager(PooledActor):
 
     Args:
         pool: the pool that runs it.
-        core: the system's internals.
+        hub: the system's event hub (interest table, telemetry runner, pacing).
     """
 
-    def __init__(self, pool: Pool, core: Core) -> None:
+    def __init__(self, pool: Pool, hub: Delivery) -> None:
         super().__init__(pool)
-        self._core = core
+        self._hub = hub
         self._subs: dict[int, Subscription] = {}
         self._reset_indexes()
         self._filter_warned: set[int] = set()
@@ -186,6 +125,10 @@ class EventManager(PooledActor):
         self._interest = Interest(self._by_type, self._by_connection, self._by_scope)
 
     # -- table -------------------------------------------------------------------------
+    def table(self) -> list[Subscription]:
+        """The subscriptions, in creation order (for diagnostics and tests, via a proxy)."""
+        return list(self._subs.values())
+
     def _buckets(self, sub: Subscription) -> Iterable[list[Subscription]]:
         if sub.connection is not None:
             return (self._by_connection.setdefault(sub.connection, []),)
@@ -213,7 +156,7 @@ class EventManager(PooledActor):
             del self._by_scope[sub.scope]
 
     def _publish_interest(self) -> None:
-        self._core.interest = self._interest
+        self._hub.interest = self._interest
 
     def _remove(self, sub: Subscription) -> bool:
         if self._subs.pop(sub.id, None) is None:
@@ -262,12 +205,10 @@ class EventManager(PooledActor):
             for sub in list(self._subs.values()):
                 self._flush_batch(sub)
             markers = [s.target.marker() for s in self._subs.values()]
-            telemetry = self._core.telemetry_target
+            telemetry = self._hub.telemetry_target
             if telemetry is not None:
                 markers.append(telemetry.marker())
             return [m for m in markers if m is not None]
-        if kind is ListSubscriptions:
-            return list(self._subs.values())
         if kind is ArmCrash:
             self._crashes_armed = message.times
             return None
@@ -297,8 +238,7 @@ class EventManager(PooledActor):
         """Recover in place from a crash while handling ``message``."""
         logger.error("event manager crashed: %r; restarting it with its subscriptions", exc,
                      exc_info=not isinstance(exc, InjectedCrash))
-        core = self._core
-        core.event_manager_crashed(repr(exc))
+        self._hub.manager_crashed(repr(exc))
         # Rebuild what the crash may have left half-updated from the table itself.
         table = list(self._subs.values())
         self._subs = {}
@@ -326,9 +266,8 @@ class EventManager(PooledActor):
         by_scope = self._by_scope
         by_type = self._by_type
         dead: list[Subscription] = []
-        core = self._core
         if _telemetry.HANDLERS:
-            core.telemetry().deliver(events)
+            self._hub.telemetry().deliver(events)
         for event in events:
             kind = event.event
             candidates = by_type[kind]
@@ -360,7 +299,7 @@ class EventManager(PooledActor):
 
     def on_yield(self) -> None:
         """Wake every reader delivered to since the last wake, once each."""
-        self._core.event_manager_yielded()
+        self._hub.manager_yielded()
         owed = self._owed
         while owed:
             target = next(iter(owed))
@@ -379,7 +318,7 @@ class EventManager(PooledActor):
         if sub.batch_size is not None and len(batch.events) >= sub.batch_size:
             self._flush_batch(sub)
         elif len(batch.events) == 1 and sub.batch_timeout is not None:
-            batch.timer = self._core.schedule_batch_flush(sub.id, batch.token,
+            batch.timer = self._hub.schedule_batch_flush(sub.id, batch.token,
                                                           sub.batch_timeout)
 
     def _flush_batch(self, sub: Subscription) -> None:

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from brama_actors._delivery._targets import InboxTarget, Target
-from brama_actors._events import Event, EventType
+import pykka
+from pykka import ActorRef
 
-if TYPE_CHECKING:
-    from brama_actors._system._brama import Brama
+from brama_actors._delivery._runners import (
+    AsyncHandlerTarget,
+    HandlerTarget,
+    is_coroutine_handler,
+)
+from brama_actors._delivery._targets import ActorTarget, InboxTarget, Target
+from brama_actors._errors import SystemStopped
+from brama_actors._events import Event, EventType, parse_event_types
+from brama_actors._keys import check_key
+from brama_actors._runtime import current_actor
 
-__all__ = ["Subscription", "SubscriptionStatistics"]
+__all__ = [
+    "Subscription",
+    "SubscriptionStatistics",
+    "caller_actor",
+    "check_subscription",
+    "make_target",
+    "owner",
+]
 
 _ids = itertools.count(1)
 
@@ -49,7 +65,7 @@ class Subscription:
 
     def __init__(
         self,
-        brama: Brama,
+        brama: Any,
         target: Target,
         *,
         events: frozenset[EventType] | None,
@@ -154,10 +170,94 @@ class Subscription:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        from brama_actors._errors import SystemStopped
-
         try:
             self.unsubscribe()
         except SystemStopped:
             pass
 
+
+
+def check_subscription(events: Any, connection: Any, scope: Any, filter: Any,
+                       batch_size: Any, batch_timeout: Any,
+                       max_pending: Any) -> frozenset[EventType] | None:
+    """Validate subscription filters and options; return the parsed event types.
+
+    Raises:
+        ValueError: unknown event names or bad numbers.
+        TypeError: a non-callable filter.
+        InvalidIdentifier: a bad connection or scope filter.
+    """
+    kinds = parse_event_types(events)
+    if connection is not None or scope is not None:
+        check_key(connection if connection is not None else "x", scope)
+    if filter is not None and not callable(filter):
+        raise TypeError(f"filter must be callable, got {filter!r}")
+    if type(max_pending) is bool or not isinstance(max_pending, int) or max_pending < 1:
+        raise ValueError(f"max_pending must be an int >= 1, got {max_pending!r}")
+    for name, value in (("batch_size", batch_size), ("batch_timeout", batch_timeout)):
+        if value is not None and (type(value) is bool or not isinstance(value, int)
+                                  or value < 1):
+            raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
+    return kinds
+
+
+def make_target(subscriber: Any, handler: Any, max_pending: int,
+                handler_name: str) -> tuple[Target, Any]:
+    """The target of a new subscription: a handler runner, an actor, or an inbox.
+
+    Returns the target and the subscriber actor (the calling actor when none is given
+    from inside one).
+
+    Raises:
+        ValueError: both ``subscriber`` and ``handler``.
+        TypeError: a handler that is not callable, a subscriber that is not an ActorRef,
+            a coroutine handler outside a running event loop.
+    """
+    if subscriber is not None and handler is not None:
+        raise ValueError("give subscriber= or handler=, not both")
+    if handler is not None:
+        if not callable(getattr(handler, "handle_event", None)) and not callable(handler):
+            raise TypeError(
+                f"handler must have a handle_event(event) method or be callable, got {handler!r}")
+        if is_coroutine_handler(handler):
+            import asyncio  # only coroutine handlers pay for importing it
+
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise TypeError(
+                    f"handler {handler!r} is a coroutine function: subscribe it from inside "
+                    "a running event loop (it runs on that loop), or read an inbox "
+                    "subscription with `await sub.aget()` or `async for event in sub`"
+                ) from None
+            return AsyncHandlerTarget(handler, max_pending, handler_name), None
+        return HandlerTarget(handler, max_pending, handler_name), None
+    if subscriber is None:
+        subscriber = caller_actor()
+    if subscriber is None:
+        return InboxTarget(max_pending), None
+    if not isinstance(subscriber, ActorRef):
+        raise TypeError(f"subscriber must be a pykka ActorRef, got {subscriber!r}")
+    return ActorTarget(subscriber, max_pending), subscriber
+
+
+def caller_actor() -> ActorRef[Any] | None:
+    """The Pykka actor whose message the current thread is handling, if any."""
+    ref = current_actor()
+    if ref is not None:
+        return ref
+    # A ThreadingActor's thread runs its bound _actor_loop; the stdlib keeps the target
+    # on the Thread while it runs. Pykka offers no public "current actor".
+    target = getattr(threading.current_thread(), "_target", None)
+    actor = getattr(target, "__self__", None)
+    if isinstance(actor, pykka.Actor):
+        return actor.actor_ref
+    return None
+
+
+def owner() -> tuple[str, Any]:
+    """Who is subscribing: the current actor, or else the current thread."""
+    actor = caller_actor()
+    if actor is not None:
+        return ("actor", actor.actor_urn)
+    return ("thread", threading.get_ident())

@@ -1,8 +1,10 @@
-"""The runtime every system runs on: pooled actors, one scheduler, injected clocks.
+"""The runtime every system runs on: pooled actors, supervision, one scheduler, clocks.
 
 Nothing here knows about circuits. ``_pool`` runs Pykka actors on a few shared worker
-threads; ``_scheduler`` fires callbacks at clock deadlines from one heap; ``_clock`` is
-the only source of time; ``_nowait`` lets asyncio callers avoid waiting on the loop.
+threads; ``_supervisor`` restarts what crashes within restart intensity (``_crash``: the
+seam and the reply of a restarted actor); ``_scheduler`` fires callbacks at clock
+deadlines from one heap; ``_clock`` is the only source of time; ``_context`` is what one
+system's parts share; ``_nowait`` lets asyncio callers avoid waiting on the loop.
 """
 
 from brama_actors._runtime._clock import Clock, ManualClock, SystemClock

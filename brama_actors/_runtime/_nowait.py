@@ -11,7 +11,6 @@ hand-off only when the call really has to wait.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import threading
@@ -59,5 +58,7 @@ async def run(function: Callable[..., T], *args: Any) -> T:
             return function(*args)
     except WouldBlock:
         pass
+    import asyncio  # the caller runs on a loop: asyncio is imported already
+
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(None, functools.partial(function, *args))

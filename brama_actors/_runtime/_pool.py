@@ -1,7 +1,9 @@
 """A pooled actor runtime on Pykka's runtime hooks.
 
-Why: one ``ThreadingActor`` per connection costs an OS thread each; RESEARCH.md measured
-10k of them at +217 MiB, ~4.5 s to start and triple the ask latency. Here every actor of
+Why: one ``ThreadingActor`` per connection costs an OS thread each; measured before
+this was built (figures in docs/actor-design.md), 10k of them cost +217 MiB, ~4.5 s to start and
+triple the ask latency. Here every
+actor of
 a system shares a small pool of daemon worker threads: an actor whose inbox receives a
 message is queued once on the pool, and a worker runs a bounded batch of its messages.
 One actor's messages are never processed by two workers at once, so the usual actor

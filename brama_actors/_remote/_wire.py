@@ -1,4 +1,4 @@
-"""The wire between a node and its clients: framing, limits, and safe decoding.
+"""The wire between a node and its clients: limits, safe decoding, addresses, sockets.
 
 Every frame is a ``multiprocessing.connection`` message. The HMAC challenge runs both ways
 with ``recv_bytes`` before anything is unpickled. After that, what a client sends is
@@ -19,23 +19,16 @@ from typing import Any
 
 __all__ = [
     "MAX_FRAME",
-    "OPS",
     "Address",
     "check_address",
-    "decode_request",
     "encode",
+    "family",
     "hang_up",
+    "loads_plain",
 ]
 
 #: The largest frame a node accepts from a client; larger ones drop the client.
 MAX_FRAME = 1 << 20
-
-#: The request types a client may send.
-OPS = frozenset({
-    "hello", "register", "unregister", "success", "failure", "status", "connections",
-    "open_circuit", "close_circuit", "reset_circuit", "configure", "subscribe",
-    "unsubscribe", "drain", "trial", "outcome", "ping",
-})
 
 Address = str | tuple[str, int]
 
@@ -47,21 +40,16 @@ class _NoGlobals(pickle.Unpickler):
         raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a request")
 
 
-def decode_request(data: bytes) -> tuple[int, str, dict[str, Any]]:
-    """Decode one client request, refusing anything but ``(id, op, args)`` of plain data.
+def loads_plain(data: bytes) -> Any:
+    """Unpickle ``data`` refusing every global: only plain data comes through.
 
     Raises:
-        ValueError: not a well-formed request (the caller drops the client).
+        ValueError: undecodable, or it names a class or function.
     """
     try:
-        request = _NoGlobals(io.BytesIO(data)).load()
+        return _NoGlobals(io.BytesIO(data)).load()
     except Exception as exc:
-        raise ValueError(f"undecodable request: {exc!r}") from None
-    if (not isinstance(request, tuple) or len(request) != 3 or type(request[0]) is not int
-            or request[1] not in OPS or not isinstance(request[2], dict)
-            or not all(isinstance(k, str) for k in request[2])):
-        raise ValueError(f"malformed request {request!r:.200}")
-    return request
+        raise ValueError(f"undecodable frame: {exc!r}") from None
 
 
 def encode(message: Any) -> bytes:

@@ -13,9 +13,9 @@ import multiprocessing
 from multiprocessing.connection import Connection
 from typing import Any
 
-from brama_actors._client import Client
 from brama_actors._config import GLOBAL_OPTIONS, check_global, validate_options
 from brama_actors._errors import NodeUnavailable
+from brama_actors._remote._client import Client
 
 __all__ = ["spawn"]
 

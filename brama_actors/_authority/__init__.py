@@ -1,0 +1,147 @@
+"""Where a circuit is decided: one protocol, one implementation per kind of authority.
+
+Everything above this layer (the ``Brama`` and ``Client`` facades, guards, the node's
+operations, ``watch``, the exporters) reaches circuits only through :class:`Authority`
+and never asks which kind it has:
+
+* ``_local.LocalAuthority``: connection actors in this process (``Brama.start()``).
+* ``_node.NodeAuthority``: a node in another process, reached over its socket
+  (``connect()``, ``spawn()``).
+
+A new kind of authority is one new module implementing this protocol.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from brama_actors._keys import Key
+from brama_actors._status import ConnectionStatus
+
+if TYPE_CHECKING:
+    from brama_actors._delivery._subscription import Subscription
+    from brama_actors._rules import Close, Failure, Open, Reset, Success
+
+__all__ = ["ALL_SCOPES", "Admission", "Authority", "Registration", "View"]
+
+#: ``statuses(scope=ALL_SCOPES)``: every connection, whatever its scope.
+ALL_SCOPES: Any = object()
+
+
+class View(Protocol):
+    """What an authority publishes about one connection, read without waiting.
+
+    Attributes:
+        available: closed or half_open (False while open).
+        quiet: a success here would change nothing but counters (closed, no failures,
+            nothing else to record): the guard may count it in place.
+    """
+
+    available: bool
+    quiet: bool
+
+    @property
+    def state(self) -> str:
+        """The circuit's state (a ``CircuitState`` value)."""
+
+    def add_quiet_success(self, raw: float) -> None:
+        """Count a success that changes nothing but counters, in the reporting thread."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """What a guard registers on first use: type, settings and metadata."""
+
+    kind: str = "general"
+    options: Mapping[str, Any] | None = None
+    metadata: Mapping[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Admission:
+    """A guarded call let through by an authority.
+
+    Attributes:
+        key: the connection.
+        view: its view when admitted.
+        trial: True if the call holds a half-open trial permit, which ``settle``
+            gives back.
+        token: the authority's own handle on the permit (None when ``trial`` is False).
+    """
+
+    key: Key
+    view: Any
+    trial: bool = False
+    token: Any = None
+
+
+class Authority(Protocol):
+    """The operations through which everything above reaches the circuits.
+
+    Reads never wait. Every write takes effect before it returns (``failure()`` and
+    manual control included), except a success, which may be applied asynchronously:
+    ``status()`` from the same thread still reflects it and ``drain()`` covers it.
+    Under ``_runtime._nowait.nowait()`` an operation that would wait raises
+    ``WouldBlock`` before changing anything.
+    """
+
+    @property
+    def views(self) -> Mapping[Key, View]:
+        """Key -> view, for the hot path (``available()`` and the guard's fast path)."""
+
+    # -- connections ---------------------------------------------------------------------
+    def register(self, key: Key, kind: str, options: Mapping[str, Any],
+                 metadata: Mapping[str, Any] | None) -> ConnectionStatus:
+        """Register a connection with explicit per-connection options (checked)."""
+
+    def unregister(self, key: Key) -> bool:
+        """Remove a connection; False if it did not exist."""
+
+    def available(self, key: Key) -> bool:
+        """The slow path of ``available()`` (the key is checked): never waits."""
+
+    def report(self, key: Key, outcome: Success | Failure) -> None:
+        """Report an outcome: a failure returns once applied, a success may be async."""
+
+    def control(self, key: Key, op: Open | Close | Reset) -> None:
+        """Manual control: open, close or reset a circuit."""
+
+    def configure(self, key: Key | None, options: Mapping[str, Any]) -> None:
+        """New options for one connection, or (``key`` None) the system's defaults."""
+
+    def status(self, key: Key) -> ConnectionStatus:
+        """The connection's status, reflecting every report this thread made."""
+
+    def statuses(self, scope: Any = ALL_SCOPES) -> list[ConnectionStatus]:
+        """Every connection's status, or those of one scope (None: unscoped)."""
+
+    # -- guarded calls -------------------------------------------------------------------
+    def admit(self, key: Key, register: Registration | None) -> Admission:
+        """Let a guarded call through, registering the connection first if asked.
+
+        Raises:
+            CircuitOpenError: open, or half_open with every trial permit taken.
+            ConnectionNotFound: unknown and ``register`` is None.
+        """
+
+    def record_success(self, key: Key, view: Any) -> None:
+        """A guarded call's success, admitted without a trial permit (the fast path)."""
+
+    def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
+        """Record a guarded call's verdict (success/failure/ignore), give its permit back."""
+
+    # -- events --------------------------------------------------------------------------
+    def subscribe(self, subscription: Subscription) -> None:
+        """Start delivering matching events to the subscription's target."""
+
+    def unsubscribe(self, subscription: Subscription) -> bool:
+        """Stop one subscription; False if it was gone."""
+
+    def unsubscribe_where(self, owner: tuple[str, Any] | None,
+                          filters: dict[str, Any]) -> int:
+        """Stop ``owner``'s (None: anybody's) subscriptions whose filters match."""
+
+    def drain(self, timeout: float) -> None:
+        """Return once every event of earlier calls was handed to its target."""

@@ -1,0 +1,437 @@
+"""The local authority: every circuit decided by its own actor, in this process.
+
+A cell per connection is published for readers; writes go to the connection's actor,
+run in the caller's thread when the actor is idle (``_PooledInbox.call``) and asked
+otherwise, always with a timeout. The cleanup sweep and the expiry timers run on the
+system's scheduler.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import pykka
+from pykka import ActorDeadError, ActorRef
+
+from brama_actors import _rules as rules
+from brama_actors._authority import ALL_SCOPES, Admission, Registration
+from brama_actors._authority._local._actor import (
+    GET_STATUS,
+    PING,
+    Apply,
+    ConnectionActor,
+    Reconfigure,
+    Retire,
+)
+from brama_actors._authority._local._cell import Cell
+from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
+from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery, wait_all
+from brama_actors._errors import AlreadyRegistered, BramaError, CircuitOpenError, SystemStopped
+from brama_actors._keys import Key, describe_key, not_found, split_key
+from brama_actors._runtime import BUSY, Timer, _nowait
+from brama_actors._runtime._context import Context
+from brama_actors._runtime._crash import RESTARTED, ArmCrash
+from brama_actors._runtime._pool import reject
+from brama_actors._runtime._supervisor import Crashed
+from brama_actors._status import CircuitState, ConnectionStatus
+
+if TYPE_CHECKING:
+    from brama_actors._delivery._subscription import Subscription
+
+__all__ = ["LocalAuthority"]
+
+logger = logging.getLogger("brama_actors")
+
+_HALF_OPEN = CircuitState.HALF_OPEN
+_SUCCESS = rules.Success()
+
+
+class _StoppedCells(dict[Key, Cell]):
+    """Stands in for the cell table of a stopped system: every lookup raises."""
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        raise SystemStopped("this Brama system is stopped")
+
+    def values(self) -> Any:
+        raise SystemStopped("this Brama system is stopped")
+
+
+_STOPPED = _StoppedCells()
+
+
+class LocalAuthority:
+    """Circuits owned by connection actors on this system's pool.
+
+    Args:
+        context: the system's shared runtime.
+        delivery: the system's event hub.
+        supervisor: the system's supervisor (restarts crashed connection actors).
+        explicit: the system's explicitly set options (``configure()`` changes them).
+    """
+
+    def __init__(self, context: Context, delivery: Delivery, supervisor: ActorRef[Any],
+                 explicit: dict[str, Any]) -> None:
+        self.context = context
+        self.delivery = delivery
+        self._supervisor = supervisor
+        self._explicit = explicit
+        self._lock = threading.Lock()  # registration (check-and-insert) and configure
+        self.cells: dict[Key, Cell] = {}
+        #: The Authority protocol's views: the cells, or a stand-in that raises.
+        self.views: Mapping[Key, Cell] = self.cells
+        self._sweep_timer: Timer | None = None
+
+    # -- connections ---------------------------------------------------------------------
+    def register(self, key: Key, kind: str, options: Mapping[str, Any],
+                 metadata: Mapping[str, Any] | None) -> ConnectionStatus:
+        """Start a connection's actor and publish its cell, in the caller's thread.
+
+        Why not a message to the supervisor: the ask round trip and the thread hand-offs
+        cost ~3x the work itself (tests/benchmarks/bench_scale.py). The lock makes
+        check-and-insert atomic; the supervisor still owns restarts.
+
+        Raises:
+            AlreadyRegistered: the key is taken.
+            InvalidConfiguration: the options resolve to an invalid combination.
+        """
+        identifier, scope = split_key(key)
+        context = self.context
+        with self._lock:
+            explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
+            explicit.update(options)
+            settings = resolve_settings(explicit)
+            if context.stopping:
+                raise SystemStopped("this Brama system is stopped")
+            if key in self.cells:
+                raise AlreadyRegistered(f"connection {describe_key(key)} is already registered")
+            now = context.clock.now()
+            status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
+            cell = Cell(key, status, settings, explicit)
+            self._start_actor(cell)
+            # Events first, then the cell: nothing the actor emits can overtake them.
+            self.delivery.emit(identifier, scope, rules.registration_events(status, settings),
+                               now)
+            self.cells[key] = cell
+        return status
+
+    def _start_actor(self, cell: Cell, leftovers: list[Any] | None = None) -> None:
+        """Start (or restart) the actor of ``cell`` and point the cell at it."""
+        ref = ConnectionActor.start(self, cell, leftovers)
+        cell.inbox = ref.actor_inbox  # type: ignore[assignment]
+        cell.ref = ref
+
+    def remove_cell(self, cell: Cell) -> None:
+        """Called by a retiring actor: forget its cell (if it is still the current one)."""
+        with self._lock:
+            if self.cells.get(cell.key) is cell:
+                del self.cells[cell.key]
+
+    def unregister(self, key: Key) -> bool:
+        try:
+            return bool(self._call(key, Retire()))
+        except LookupError:  # ConnectionNotFound
+            return False
+
+    def available(self, key: Key) -> bool:
+        cell = self.views.get(key)
+        return cell is not None and cell.available
+
+    def report(self, key: Key, outcome: rules.Success | rules.Failure) -> None:
+        if type(outcome) is rules.Success:
+            cell = self.views.get(key)
+            if (cell is not None and cell.quiet and outcome.metadata is None
+                    and not self.delivery.wants_success(*split_key(key))):
+                # Changes nothing but counters and nobody listens: no actor message.
+                cell.add_quiet_success(self.context.clock.raw())
+                return
+            self._call(key, Apply(outcome), block=False)
+            return
+        self._call(key, Apply(outcome))
+
+    def record_success(self, key: Key, view: Any) -> None:
+        """A guarded call's success (no trial): counted in place when nothing changes."""
+        if view.quiet and not self.delivery.wants_success(*split_key(key)):
+            view.add_quiet_success(self.context.clock.raw())
+            return
+        self._call(key, Apply(_SUCCESS), block=False)
+
+    def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
+        self._call(key, Apply(op))
+
+    def configure(self, key: Key | None, options: Mapping[str, Any]) -> None:
+        """New settings for one connection, or new defaults (checked by the caller).
+
+        Raises:
+            InvalidConfiguration: the options resolve to an invalid combination.
+        """
+        if key is None:
+            with self._lock:
+                merged = {**self._explicit, **options}
+                check_global(merged)
+                self._explicit.clear()
+                self._explicit.update(merged)
+                self.context.config.update(options)
+            if "cleanup_interval" in options:
+                self.arm_sweep()
+            return
+        cell = self.views.get(key)
+        if cell is None:
+            raise not_found(key)
+        explicit = {**cell.explicit, **options}
+        self._call(key, Reconfigure(explicit, resolve_settings(explicit)))
+
+    def status(self, key: Key) -> ConnectionStatus:
+        cell = self.views.get(key)
+        if cell is None:
+            raise not_found(key)
+        inbox = cell.inbox
+        if inbox is not None and inbox.idle():
+            # Nothing queued or running: the published status is current.
+            return cell.current_status(self.context.clock)
+        status: ConnectionStatus = self._call(key, GET_STATUS)
+        return status
+
+    def statuses(self, scope: Any = ALL_SCOPES) -> list[ConnectionStatus]:
+        cells = list(self.views.values())
+        clock = self.context.clock
+        if scope is ALL_SCOPES:
+            return [cell.current_status(clock) for cell in cells]
+        return [cell.current_status(clock) for cell in cells if cell.status.scope == scope]
+
+    # -- guarded calls -------------------------------------------------------------------
+    def admit(self, key: Key, register: Registration | None) -> Admission:
+        cell = self.views.get(key)
+        if cell is None:
+            if register is None:
+                raise not_found(key, "register=False")
+            try:
+                self.register(key, register.kind, register.options or {}, register.metadata)
+            except AlreadyRegistered:
+                pass  # another thread registered it first
+            cell = self.views.get(key)
+            if cell is None:  # unregistered again at once: report it as unknown
+                raise not_found(key)
+        if not cell.available:
+            raise CircuitOpenError(f"circuit for {describe_key(key)} is open", cell.status)
+        if cell.status.state is not _HALF_OPEN:
+            return Admission(key, cell)
+        with cell.lock:
+            limit = cell.status.half_open_max_calls
+            full = cell.trials >= limit
+            if not full:
+                cell.trials += 1
+        if full:
+            raise CircuitOpenError(
+                f"circuit for {describe_key(key)} is half-open and its {limit} trial "
+                "call(s) are running", cell.status)
+        return Admission(key, cell, trial=True)
+
+    def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
+        kind, reason = verdict
+        key = admission.key
+        try:
+            if kind == "success":
+                if admission.trial:
+                    # Applied before the permit goes back: the next caller sees the
+                    # circuit closed, not half_open with a free permit.
+                    self._call(key, Apply(_SUCCESS))
+                else:
+                    self.record_success(key, admission.view)
+            elif kind == "failure":
+                self._call(key, Apply(rules.Failure(reason)))
+        except _nowait.WouldBlock:
+            raise  # nothing was done: the caller repeats the whole settle off its loop
+        except BaseException:
+            self._release(admission)
+            raise
+        self._release(admission)
+
+    def _release(self, admission: Admission) -> None:
+        if admission.trial:
+            admission.trial = False  # given back once, whatever happens next
+            self.release_permit(admission.view)
+
+    @staticmethod
+    def release_permit(cell: Cell) -> None:
+        """Give back one half-open trial permit of ``cell``."""
+        with cell.lock:
+            if cell.trials > 0:
+                cell.trials -= 1
+
+    # -- events --------------------------------------------------------------------------
+    def subscribe(self, subscription: Subscription) -> None:
+        self.delivery.subscribe(subscription)
+
+    def unsubscribe(self, subscription: Subscription) -> bool:
+        return self.delivery.unsubscribe(subscription)
+
+    def unsubscribe_where(self, owner: tuple[str, Any] | None,
+                          filters: dict[str, Any]) -> int:
+        return self.delivery.unsubscribe_where(owner, filters)
+
+    def drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        futures = [
+            cell.ref.ask(PING, block=False)
+            for cell in list(self.views.values())
+            if cell.ref is not None and cell.inbox is not None and not cell.inbox.idle()
+        ]
+        wait_all(futures, deadline)
+        self.delivery.flush(deadline)
+
+    # -- calls to connection actors ------------------------------------------------------
+    def _call(self, key: Key, message: Any, *, block: bool = True) -> Any:
+        """Send ``message`` to a connection's actor, following it across a restart."""
+        self.delivery.pace()
+        # A message that crashes its actor is retried on the restarted one; a poison
+        # message ends when restart intensity gives up (SystemStopped) or here.
+        attempts = int(self.context.config["max_restarts"]) + 2
+        for _ in range(attempts):
+            cell = self.views.get(key)
+            if cell is None:
+                raise not_found(key)
+            ref = cell.ref
+            assert ref is not None
+            try:
+                if not block:
+                    ref.tell(message)
+                    return None
+                inbox = cell.inbox
+                result = BUSY if inbox is None else inbox.call(message)
+                if result is BUSY:
+                    _nowait.check()  # nothing was sent: an asyncio caller retries off-loop
+                    result = ref.ask(message, timeout=ASK_TIMEOUT)
+            except ActorDeadError:
+                result = RESTARTED
+            except pykka.Timeout:
+                self._check_running()
+                raise TimeoutError(f"connection {describe_key(key)} did not answer within "
+                                   f"{ASK_TIMEOUT} s") from None
+            if result is not RESTARTED:
+                return result
+            self._check_running()
+            if cell.retired:
+                # Refused because the connection was removed meanwhile (unregister or
+                # the sweep), not because it crashed: the call raced the removal.
+                raise not_found(key)
+            # The crashed actor told the supervisor before refusing us: once the
+            # supervisor has caught up, the cell points at the restarted actor.
+            self.sync_supervisor()
+        self._check_running()
+        raise BramaError(f"connection {describe_key(key)} crashed {attempts} times "
+                         "handling this call")
+
+    def sync_supervisor(self) -> None:
+        """Wait until the supervisor processed earlier messages (crash reports).
+
+        Raises:
+            SystemStopped: the system stopped.
+            TimeoutError: no answer within ``ASK_TIMEOUT``.
+        """
+        from brama_actors._runtime._supervisor import Sync
+
+        _nowait.check()
+        try:
+            self._supervisor.ask(Sync(), timeout=ASK_TIMEOUT)
+        except ActorDeadError:
+            raise SystemStopped("this Brama system is stopped") from None
+        except pykka.Timeout:
+            self._check_running()
+            raise TimeoutError(f"the supervisor did not answer within {ASK_TIMEOUT} s") \
+                from None
+
+    def _check_running(self) -> None:
+        if self.context.stopping:
+            raise SystemStopped("this Brama system is stopped")
+
+    # -- what connection actors ask of their authority ---------------------------------
+    def schedule_expiry(self, key: Key, deadline: int, opened_at: int) -> Timer:
+        """Apply the expiry of the opening at ``opened_at`` when ``deadline`` comes."""
+        def fire() -> list[Any] | None:
+            cell = self.cells.get(key)
+            if cell is None or cell.ref is None:
+                return None
+            return [cell.ref.ask(Apply(rules.Expire(opened_at)), block=False)]
+
+        return self.context.scheduler.schedule(deadline, fire)
+
+    def crashed(self, cell: Cell, ref: ActorRef[Any], exc: BaseException,
+                leftovers: list[Any]) -> None:
+        """Called by a crashing actor (under its inbox lock): have it restarted."""
+        identifier, scope = split_key(cell.key)
+
+        def current() -> bool:
+            return self.cells.get(cell.key) is cell and cell.ref is ref
+
+        def restart() -> None:
+            self._start_actor(cell, leftovers)
+
+        def refuse() -> None:
+            for envelope in leftovers:
+                reject(envelope, ref)
+
+        try:
+            self._supervisor.tell(Crashed("connection", identifier, scope, repr(exc),
+                                          current, restart, refuse))
+        except ActorDeadError:
+            refuse()  # stopping
+
+    # -- the cleanup sweep ----------------------------------------------------------------
+    def arm_sweep(self) -> None:
+        """(Re)schedule the sweep ``cleanup_interval`` ms from now."""
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+        context = self.context
+        self._sweep_timer = context.scheduler.schedule(
+            context.clock.now() + context.config["cleanup_interval"], self._sweep)
+
+    def _sweep(self) -> list[Any]:
+        context = self.context
+        threshold = context.config["inactive_threshold"]
+        now = context.clock.now()
+        waits = []
+        for cell in list(self.cells.values()):
+            if now - cell.last_activity(context.clock) > threshold and cell.ref is not None:
+                try:
+                    waits.append(cell.ref.ask(Retire(threshold), block=False))
+                except ActorDeadError:
+                    pass
+        if not context.stopping:
+            self.arm_sweep()
+        return waits
+
+    # -- lifecycle and test seams ---------------------------------------------------------
+    def close(self) -> None:
+        """Refuse every lookup and halt every connection actor (the system is stopping).
+
+        Connection actors have nothing to do on stop: halting them in place (their
+        queued asks answer ``ActorDeadError``, hence ``SystemStopped``) instead of
+        sending each a stop message through the pool takes 100,000 of them down in a
+        fraction of a second.
+        """
+        self.views = _STOPPED
+        for cell in list(self.cells.values()):
+            if cell.inbox is not None:
+                cell.inbox.halt()
+
+    def mark_stopped(self) -> None:
+        """Refuse lookups from now on (``close`` halts the actors later)."""
+        self.views = _STOPPED
+
+    def inject_crash(self, key: Key, times: int) -> None:
+        """Test seam: crash the connection's actor at its next ``times`` messages."""
+        self._call(key, ArmCrash(times))
+
+    def expire_now(self, key: Key) -> None:
+        """Test helper: move an open circuit to half_open as if its deadline had passed."""
+        status = self.status(key)
+        if status.state is CircuitState.OPEN and status.opened_at is not None:
+            self._call(key, Apply(rules.Expire(status.opened_at)))
+
+    def succeed_now(self, key: Key) -> None:
+        """Test helper: a success applied before returning."""
+        self._call(key, Apply(_SUCCESS))

@@ -1,0 +1,107 @@
+"""A cell: what the local authority publishes about one connection.
+
+Readers (``available()``, ``status()``, guards, the sweep) use it without waiting: the
+connection's actor replaces ``status``, ``available`` and ``quiet`` whole, never mutates
+them in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from brama_actors._config import Settings
+from brama_actors._keys import Key
+from brama_actors._runtime import Clock
+from brama_actors._status import ConnectionStatus
+
+if TYPE_CHECKING:
+    from pykka import ActorRef
+
+    from brama_actors._runtime._pool import _PooledInbox
+
+__all__ = ["Cell"]
+
+
+@dataclass(eq=False, slots=True)
+class Cell:
+    """One connection's published state, and the handles of the actor that owns it.
+
+    Quiet successes: a success on a closed circuit with no failures changes nothing but
+    two counters, and when nobody listens for ``success`` events it needs no actor. The
+    reporting thread then only counts it under ``lock`` (one uncontended lock round,
+    ~60 ns); the actor folds the count into its status before its next message, and
+    readers merge it in (``current_status``). This is what keeps a guarded call cheaper
+    than a Pykka tell.
+
+    ``lock`` also guards ``trials``, the half-open permits guards hold right now.
+    """
+
+    key: Key
+    status: ConnectionStatus
+    settings: Settings
+    explicit: dict[str, Any]
+    available: bool = True
+    quiet: bool = True  # closed with failure_count 0
+    ref: ActorRef[Any] | None = None
+    inbox: _PooledInbox | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    quiet_count: int = 0  # quiet successes not folded into status yet, under lock
+    quiet_raw: float = 0.0  # clock.raw() of the latest quiet success, under lock
+    quiet_last: float = 0.0  # the same, kept across folds (for the sweep)
+    trials: int = 0  # guarded half-open trials running now, under lock
+    # Set by the actor when the connection is removed (unregister or the sweep), before
+    # the actor stops: a caller whose message is refused then knows the connection is
+    # gone, rather than taking the refusal for a crash and retrying.
+    retired: bool = False
+    # Events of a published status that a crashing actor could not hand over; its
+    # successor emits them first (so they are neither lost nor emitted twice).
+    unsent: list[tuple[ConnectionStatus, Any, int]] = field(default_factory=list)
+    crashes_armed: int = 0  # test seam: crash this many messages, across restarts
+
+    @property
+    def state(self) -> str:
+        """The circuit's state (the published status's)."""
+        return self.status.state
+
+    def add_quiet_success(self, raw: float) -> None:
+        """Count a success that changes no state (called from the reporting thread)."""
+        with self.lock:
+            self.quiet_count += 1
+            self.quiet_raw = raw
+
+    def fold_quiet(self, clock: Clock) -> None:
+        """Fold counted quiet successes into ``status`` (only the owning actor calls it)."""
+        with self.lock:
+            count = self.quiet_count
+            if not count:
+                return
+            self.quiet_count = 0
+            self.quiet_last = raw = self.quiet_raw
+            self.status = _with_successes(self.status, count, clock.from_raw(raw))
+
+    def last_activity(self, clock: Clock) -> int:
+        """The latest activity, quiet successes included (ms since the epoch)."""
+        raw = max(self.quiet_raw, self.quiet_last)
+        quiet = clock.from_raw(raw) if raw else 0
+        return max(self.status.last_activity, quiet)
+
+    def current_status(self, clock: Clock) -> ConnectionStatus:
+        """The published status with not yet folded quiet successes merged in."""
+        with self.lock:
+            status = self.status
+            count = self.quiet_count
+            raw = self.quiet_raw
+        if not count:
+            return status
+        return _with_successes(status, count, clock.from_raw(raw))
+
+
+def _with_successes(status: ConnectionStatus, count: int, last: int) -> ConnectionStatus:
+    return dataclasses.replace(
+        status,
+        total_successes=status.total_successes + count,
+        last_success_time=max(last, status.last_success_time or 0),
+    )
