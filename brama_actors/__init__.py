@@ -6,16 +6,15 @@ This module only re-exports. Layers, bottom up (docs/actor-design.md draws them)
   ``_rules``;
 * ``_runtime/``: pooled actors, the scheduler, clocks;
 * ``_delivery/``: the event manager, subscriptions, targets, telemetry;
+* the wire (``_remote/_wire``, ``_ops``, ``_frames``, ``_link``): frames between processes;
 * ``_authority/``: where circuits are decided (local actors, a node);
 * ``_guard``, then ``_system/``: the ``Brama`` facade, its supervisor, the default system
   and the module-level functions;
-* ``_remote/`` (serve, connect, spawn) and ``_cli/``: loaded only when used.
+* the rest of ``_remote/`` (serve, connect, spawn) and ``_cli/``: loaded only when used.
 """
 
-from __future__ import annotations
-
-import logging
-from typing import TYPE_CHECKING, Any
+import logging as _logging
+import typing as _typing
 
 from brama_actors import telemetry
 from brama_actors._delivery._subscription import Subscription, SubscriptionStatistics
@@ -56,12 +55,12 @@ from brama_actors._system._default import (
 )
 from brama_actors._system._monitor import ConnectionMonitor
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from brama_actors._remote._client import Client, connect
     from brama_actors._remote._server import Server
     from brama_actors._remote._spawn import spawn
 
-logging.getLogger("brama_actors").addHandler(logging.NullHandler())
+_logging.getLogger("brama_actors").addHandler(_logging.NullHandler())
 
 __all__ = [
     "AlreadyRegistered",
@@ -120,7 +119,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name in _LAZY:
         import importlib
 

@@ -76,3 +76,24 @@ def test_version_on_the_command_line() -> None:
     result = subprocess.run([sys.executable, "-m", "brama_actors", "--version"],
                             capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == f"brama_actors {brama_actors.__version__}"
+
+
+def test_public_names_are_exactly_all() -> None:
+    """The package's public (non-underscore) names are ``__all__``, nothing more.
+
+    Submodules that are public on purpose (``testing``, ``pytest_plugin``, ``telemetry``)
+    are modules, not names the package defines; ``__version__`` is dunder.
+    """
+    import subprocess
+    import sys
+    import types
+
+    code = ("import brama_actors, types\n"
+            "print(sorted(n for n, v in vars(brama_actors).items() if not n.startswith('_')"
+            " and not isinstance(v, types.ModuleType)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    defined = set(eval(done.stdout))  # a list of str printed by the child
+    lazy = {"Client", "connect", "Server", "spawn"}  # loaded on first access (PEP 562)
+    assert defined | lazy == set(brama_actors.__all__) - {"telemetry"}
+    assert isinstance(brama_actors.telemetry, types.ModuleType)

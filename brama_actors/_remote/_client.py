@@ -12,14 +12,14 @@ import itertools
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from brama_actors._authority._node import NodeAuthority
 from brama_actors._delivery._runners import close_runners
 from brama_actors._errors import InvalidConfiguration, NodeUnavailable
 from brama_actors._remote._link import Link
 from brama_actors._remote._wire import Address, check_address
-from brama_actors._system._facade import Facade
+from brama_actors._system._facade import Facade, SystemAPI
 
 __all__ = ["Client", "connect"]
 
@@ -128,3 +128,10 @@ def connect(address: Any, authkey: bytes = b"", stale_after: int = 5_000,
         InvalidConfiguration: a bad ``stale_after`` or ``when_stale``.
     """
     return Client(address, authkey, stale_after, when_stale)
+
+
+if TYPE_CHECKING:  # mypy checks that both systems offer everything SystemAPI names
+    from brama_actors._system._brama import Brama
+
+    def _both_are_systems(local: Brama, client: Client) -> tuple[SystemAPI, SystemAPI]:
+        return local, client

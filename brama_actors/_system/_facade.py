@@ -296,7 +296,7 @@ class Facade(Guardable):
 
 class SystemAPI(Protocol):
     """What every system offers (``Brama``, ``Client``): a method missing on one of them
-    is a mypy error where ``tests/test_exported_members.py`` checks the assignment."""
+    is a mypy error (``_remote._client`` assigns both to it)."""
 
     def register(self, identifier: str, *, scope: str | None = ..., type: str = ...,
                  max_attempts: int | None = ..., expiry: int | None = ...,
