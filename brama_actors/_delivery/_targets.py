@@ -168,6 +168,27 @@ class InboxTarget(_Queued):
         self.stats.delivered += count(item)
         return item
 
+    def _take_many(self, max_items: int | None) -> list[Item]:
+        items = self._items
+        n = len(items) if max_items is None else min(max_items, len(items))
+        popleft = items.popleft
+        taken: list[Item] = [popleft() for _ in range(n)]
+        self.stats.delivered += sum(map(count, taken))
+        return taken
+
+    def put_back(self, items: list[Item]) -> None:
+        """Return items taken but not handed to the reader, ahead of newer ones.
+
+        Why: iteration takes a batch at a time; when the reader stops early, the rest
+        of the batch must stay readable, in order, and not count as delivered.
+        """
+        if not items:
+            return
+        with self._cond:
+            self._items.extendleft(reversed(items))
+            self.stats.delivered -= sum(map(count, items))
+        self.wake()
+
     def get(self, timeout: float | None) -> Item:
         with self._cond:
             if self._items:
@@ -176,10 +197,22 @@ class InboxTarget(_Queued):
                 raise queue.Empty
             return self._take()
 
+    def get_many(self, max_items: int | None, timeout: float | None) -> list[Item]:
+        with self._cond:
+            if not self._items and not self._cond.wait_for(self._has_items, timeout):
+                return []
+            return self._take_many(max_items)
+
     def _has_items(self) -> bool:
         return bool(self._items)
 
     async def aget(self, timeout: float | None) -> Item:
+        taken = await self.aget_many(1, timeout)
+        if not taken:
+            raise queue.Empty
+        return taken[0]
+
+    async def aget_many(self, max_items: int | None, timeout: float | None) -> list[Item]:
         import asyncio  # only asyncio readers pay for importing it
 
         loop = asyncio.get_running_loop()
@@ -187,19 +220,17 @@ class InboxTarget(_Queued):
         while True:
             with self._cond:
                 if self._items:
-                    return self._take()
+                    return self._take_many(max_items)
                 future: asyncio.Future[None] = loop.create_future()
                 self._waiters.append((loop, future))
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
-                raise queue.Empty
+                return []
             try:
                 await asyncio.wait_for(future, remaining)
             except TimeoutError:
                 with self._cond:
-                    if self._items:
-                        return self._take()
-                raise queue.Empty from None
+                    return self._take_many(max_items) if self._items else []
 
 
 def _wake(future: asyncio.Future[None]) -> None:
