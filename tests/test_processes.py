@@ -451,3 +451,38 @@ def test_module_level_serve() -> None:
     with brama_actors.connect(server.address, authkey=server.authkey) as client:
         client.register("db")
     assert brama_actors.available("db")
+
+
+def test_close_racing_a_reconnect_leaves_no_thread(node: tuple[Brama, Server],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() while the link is reconnecting: the new connection is hung up, no reader
+    thread starts after close, and close() never joins a thread not yet started."""
+    from brama_actors._remote import _link
+    from brama_actors._remote._wire import hang_up
+
+    _, server = node
+    client = brama_actors.connect(server.address, authkey=server.authkey)
+    real = _link.mpc.Client
+    connected, release = threading.Event(), threading.Event()
+
+    def slow_client(*args: Any, **kwargs: Any) -> Any:
+        conn = real(*args, **kwargs)
+        connected.set()  # connected again; close() now runs before the link records it
+        release.wait(10)
+        return conn
+
+    monkeypatch.setattr(_link.mpc, "Client", slow_client)
+    link = client._link
+    conn = link._conn
+    assert conn is not None
+    hang_up(conn)  # the reader sees the link drop and starts reconnecting
+    assert connected.wait(10)
+    closer = threading.Thread(target=client.close, args=(10.0,))
+    closer.start()
+    assert link._wake.wait(10)  # close() has marked the link closed
+    release.set()
+    closer.join(15)
+    assert not closer.is_alive()
+    assert link._conn is None
+    left = [t.name for t in threading.enumerate() if t.name.startswith(client.name)]
+    assert left == []

@@ -94,11 +94,17 @@ class Link:
                 from exc
         except (OSError, EOFError) as exc:
             raise NodeUnavailable(f"no node at {self.address!r}: {exc}") from exc
+        # Threads are created and started under the lock, where close() sets ``closed``:
+        # close() then joins every thread the link has (one it saw created but not
+        # started yet could not be joined), and none appears after it.
         with self._lock:
+            if self.closed:
+                hang_up(conn)
+                raise NodeUnavailable("this client is closed")
             self._conn = conn
-        self._reader = threading.Thread(target=self._read, args=(conn,),
-                                        name=f"{self.name}-reader", daemon=True)
-        self._reader.start()
+            self._reader = threading.Thread(target=self._read, args=(conn,),
+                                            name=f"{self.name}-reader", daemon=True)
+            self._reader.start()
         self._on_up(again)
 
     def _read(self, conn: mpc.Connection) -> None:
@@ -136,10 +142,11 @@ class Link:
             entry.error = NodeUnavailable(f"lost the node at {self.address!r}")
             entry.event.set()
         self._on_down()
-        if not self.closed:
-            self._reconnector = threading.Thread(target=self._reconnect,
-                                                 name=f"{self.name}-reconnect", daemon=True)
-            self._reconnector.start()
+        with self._lock:
+            if not self.closed:
+                self._reconnector = threading.Thread(
+                    target=self._reconnect, name=f"{self.name}-reconnect", daemon=True)
+                self._reconnector.start()
 
     def _reconnect(self) -> None:
         delay = 0.05
@@ -204,16 +211,17 @@ class Link:
     # -- closing -------------------------------------------------------------------------
     def close(self, timeout: float) -> None:
         """Disconnect for good and join the link's threads."""
-        self.closed = True
-        self._wake.set()
         with self._lock:
+            self.closed = True
             conn, self._conn = self._conn, None
             pending, self._pending = self._pending, {}
+            threads = (self._reader, self._reconnector)
+        self._wake.set()
         for entry in pending.values():
             entry.error = NodeUnavailable("this client is closed")
             entry.event.set()
         if conn is not None:
             hang_up(conn)
-        for thread in (self._reader, self._reconnector):
+        for thread in threads:
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout)
