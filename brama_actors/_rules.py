@@ -8,14 +8,19 @@ docs/events.md.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from brama_actors._config import Settings
 from brama_actors._events import EventType
-from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy, freeze_mapping
+from brama_actors._status import (
+    CircuitState,
+    ConnectionStatus,
+    ExpiryStrategy,
+    evolve,
+    freeze_mapping,
+)
 
 __all__ = [
     "Close",
@@ -229,7 +234,7 @@ def _open(status: ConnectionStatus, settings: Settings, now: int, expiry: int | 
           **changes: Any) -> ConnectionStatus:
     failure_count = changes.get("failure_count", status.failure_count)
     length = expiry if expiry is not None else opening_expiry(settings, failure_count)
-    return dataclasses.replace(status, state=OPEN, opened_at=now, expiry=length, **changes)
+    return evolve(status, state=OPEN, opened_at=now, expiry=length, **changes)
 
 
 def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> Transition:
@@ -248,7 +253,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
     if type(op) is Success:
         extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
         if state is HALF_OPEN:
-            new = dataclasses.replace(
+            new = evolve(
                 status, state=CLOSED, failure_count=0, state_changed_at=now,
                 last_success_time=now, total_successes=status.total_successes + 1,
             )
@@ -257,7 +262,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
                 _simple(EventType.CIRCUIT_CLOSED, new, reason=TRIAL_SUCCEEDED),
                 _state_change(state, new, TRIAL_SUCCEEDED),
             ))
-        new = dataclasses.replace(
+        new = evolve(
             status, failure_count=0, last_success_time=now,
             total_successes=status.total_successes + 1,
         )
@@ -282,13 +287,13 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
                 _opened(new, reason),
                 _state_change(state, new, reason),
             ))
-        new = dataclasses.replace(status, **counters)
+        new = evolve(status, **counters)
         return Transition(new, (_simple(EventType.FAILURE, new, reason=op.reason, **extra),))
 
     if type(op) is Expire:
         if state is not OPEN or status.opened_at != op.opened_at:
             return Transition(status, ())  # a stale timer: that opening is over
-        new = dataclasses.replace(status, state=HALF_OPEN, state_changed_at=now)
+        new = evolve(status, state=HALF_OPEN, state_changed_at=now)
         return Transition(new, (
             _simple(EventType.EXPIRY, new, opened_at=status.opened_at, expiry=status.expiry),
             _simple(EventType.CIRCUIT_HALF_OPENED, new),
@@ -307,7 +312,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         if state is CLOSED:
             return Transition(status, ())
         reason = op.reason if op.reason is not None else MANUALLY_CLOSED
-        new = dataclasses.replace(status, state=CLOSED, state_changed_at=now)
+        new = evolve(status, state=CLOSED, state_changed_at=now)
         return Transition(new, (
             _simple(EventType.CIRCUIT_CLOSED, new, reason=reason),
             _state_change(state, new, reason),
@@ -316,9 +321,9 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
     if type(op) is Reset:
         reason = op.reason if op.reason is not None else MANUALLY_RESET
         if state is CLOSED:
-            new = dataclasses.replace(status, failure_count=0)
+            new = evolve(status, failure_count=0)
             return Transition(new, (_simple(EventType.CIRCUIT_RESET, new, reason=reason),))
-        new = dataclasses.replace(status, state=CLOSED, failure_count=0, state_changed_at=now)
+        new = evolve(status, state=CLOSED, failure_count=0, state_changed_at=now)
         return Transition(new, (
             _simple(EventType.CIRCUIT_RESET, new, reason=reason),
             _state_change(state, new, reason),
@@ -338,6 +343,6 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
             # status.expiry is the current or last opening's length; before any
             # opening it shows the configured expiry.
             changes["expiry"] = s.expiry
-        return Transition(dataclasses.replace(status, **changes), ())
+        return Transition(evolve(status, **changes), ())
 
     raise TypeError(f"unknown circuit input {op!r}")

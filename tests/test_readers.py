@@ -158,8 +158,10 @@ def test_aget_many_and_async_iteration(db: Brama) -> None:
         waiting = asyncio.create_task(sub.aget_many(timeout=10))
         await asyncio.sleep(0)  # the reader is waiting before anything is queued
         await loop.run_in_executor(None, _failures, db, 3)
-        first = await waiting
-        await loop.run_in_executor(None, _failures, db, 3)
+        first = await waiting  # woken by the first event: takes what was there then
+        assert first
+        first += await sub.aget_many(timeout=0)
+        await loop.run_in_executor(None, _failures, db, 3)  # all queued (drained)
         seen = []
         iterator = sub.__aiter__()
         async for event in iterator:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["bench_scale", "bench_guard", "bench_events", "bench_processes"]
+BENCHMARKS = ["bench_scale", "bench_guard", "bench_failure_path", "bench_events",
+              "bench_processes"]
 CHARTS_TITLE = "## Charts"
 
 

@@ -7,7 +7,6 @@ them in place.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from brama_actors._config import Settings
 from brama_actors._keys import Key
 from brama_actors._runtime import Clock
-from brama_actors._status import ConnectionStatus
+from brama_actors._status import ConnectionStatus, evolve
 
 if TYPE_CHECKING:
     from pykka import ActorRef
@@ -100,7 +99,7 @@ class Cell:
 
 
 def _with_successes(status: ConnectionStatus, count: int, last: int) -> ConnectionStatus:
-    return dataclasses.replace(
+    return evolve(
         status,
         total_successes=status.total_successes + count,
         last_success_time=max(last, status.last_success_time or 0),
