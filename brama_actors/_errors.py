@@ -66,15 +66,19 @@ class CircuitOpenError(BramaError):
     Attributes:
         status: the connection's frozen status at the moment of refusal, never a
             live object, so the error reads the same whenever it is printed.
+        retry_after: ms until the circuit may admit a trial call
+            (``opened_at + expiry - now``, at least 0); 0 when it is half-open and
+            every trial permit is taken (one may come back at any moment).
     """
 
-    def __init__(self, message: str, status: ConnectionStatus) -> None:
+    def __init__(self, message: str, status: ConnectionStatus, retry_after: int = 0) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, ConnectionStatus]]:
-        # Keeps the error picklable across processes despite the extra argument.
-        return (type(self), (str(self), self.status))
+    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, ConnectionStatus, int]]:
+        # Keeps the error picklable across processes despite the extra arguments.
+        return (type(self), (str(self), self.status, self.retry_after))
 
 
 class NodeUnavailable(BramaError):

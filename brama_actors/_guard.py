@@ -8,22 +8,28 @@ nobody listens for ``success`` events. Only failures, half-open trials and
 state-changing successes reach the authority's writers.
 
 Exceptions: an ``Exception`` is recorded as a failure (``reason=repr(exc)``) and
-re-raised unchanged; a type listed in ``exclude`` is re-raised without being recorded; a
-``BaseException`` (``KeyboardInterrupt``, ``SystemExit``, ``asyncio.CancelledError``)
-passes through untouched and records nothing.
+re-raised unchanged; one matching ``exclude`` (or, with ``record=``, not matching it) is
+re-raised without being recorded; a ``BaseException`` (``KeyboardInterrupt``,
+``SystemExit``, ``asyncio.CancelledError``) passes through untouched and records nothing.
+Every outcome, also one that records nothing, gives a half-open trial permit back.
+
+Options beyond the outcome: ``fallback`` (decorator only) answers a refused call instead
+of ``CircuitOpenError``; ``timeout`` (``async`` only) cancels a call that takes too long
+and records it as a failure with reason ``"Timeout"``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from brama_actors._authority import Admission, Registration
 from brama_actors._config import CONNECTION_OPTIONS, validate_options
-from brama_actors._errors import InvalidConfiguration, describe
+from brama_actors._errors import CircuitOpenError, InvalidConfiguration, describe
 from brama_actors._keys import check_key
 from brama_actors._runtime import _nowait
 from brama_actors._status import freeze_mapping
@@ -36,7 +42,11 @@ __all__ = ["Guard", "GuardBlock", "Guardable", "circuit_breaker", "set_default_s
 P = ParamSpec("P")
 R = TypeVar("R")
 
+logger = logging.getLogger("brama_actors")
+
 _REGISTER_EXTRA = frozenset({"type", "metadata"})
+#: What a call cancelled by the guard's own ``timeout`` records.
+_TIMEOUT_VERDICT: tuple[str, Any] = ("failure", "Timeout")
 _SUCCESS_VERDICT: tuple[str, Any] = ("success", None)
 _IGNORE_VERDICT: tuple[str, Any] = ("ignore", None)
 
@@ -71,17 +81,89 @@ def _safe_repr(exc: BaseException) -> str:
         return f"<{type(exc).__qualname__} (repr failed)>"
 
 
-def _check_exclude(exclude: Any) -> tuple[type[BaseException], ...]:
-    if isinstance(exclude, type):
-        exclude = (exclude,)
+class _Matcher:
+    """Which exceptions an ``exclude=`` or ``record=`` option names.
+
+    Exception types match subclasses (``isinstance``); a predicate ``exc -> bool`` that
+    raises counts as no match and is logged (it is user code run in the caller's
+    thread, never in an actor).
+    """
+
+    __slots__ = ("_option", "_predicates", "_types")
+
+    def __init__(self, option: str, spec: Any) -> None:
+        if isinstance(spec, type) or (callable(spec) and not isinstance(spec, tuple)):
+            spec = (spec,)
+        elif isinstance(spec, str | bytes) or not hasattr(spec, "__iter__"):
+            raise TypeError(f"{option} must be an exception type, a predicate or a tuple "
+                            f"of them, got {spec!r}")
+        types: list[type[BaseException]] = []
+        predicates: list[Callable[[BaseException], Any]] = []
+        for item in spec:
+            if isinstance(item, type):
+                if not issubclass(item, BaseException):
+                    raise TypeError(f"{option} must contain exception types or predicates, "
+                                    f"got the class {item.__qualname__}")
+                types.append(item)
+            elif callable(item):
+                predicates.append(item)
+            else:
+                raise TypeError(f"{option} must contain exception types or predicates, "
+                                f"got {item!r}")
+        self._option = option
+        self._types = tuple(types)
+        self._predicates = tuple(predicates)
+
+    def __bool__(self) -> bool:
+        return bool(self._types or self._predicates)
+
+    def matches(self, exc: BaseException) -> bool:
+        if isinstance(exc, self._types):
+            return True
+        for predicate in self._predicates:
+            try:
+                if predicate(exc):
+                    return True
+            except Exception:
+                logger.warning("%s predicate %r raised on %s; counted as no match",
+                               self._option, predicate, _safe_repr(exc), exc_info=True)
+        return False
+
+
+class _Expired(Exception):
+    """The guard's own ``timeout`` ended the call (raised to the user as TimeoutError)."""
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    """``timeout=`` in ms, as seconds for asyncio."""
+    if timeout is None:
+        return None
+    if type(timeout) is bool or not isinstance(timeout, int):
+        raise TypeError(f"timeout must be an int (ms) or None, got {timeout!r}")
+    if timeout < 1:
+        raise ValueError(f"timeout must be >= 1 ms, got {timeout!r}")
+    return timeout / 1000
+
+
+async def _within(awaitable: Awaitable[R], seconds: float) -> R:
+    """Await ``awaitable``, cancelled after ``seconds`` (then ``_Expired``).
+
+    ``_Expired`` tells the guard's own timeout from a ``TimeoutError`` the call raised.
+    """
+    import asyncio  # only async guards with a timeout pay for it
+
+    deadline = asyncio.timeout(seconds)
     try:
-        excluded = tuple(exclude)
-    except TypeError:
-        raise TypeError(f"exclude must be exception types, got {exclude!r}") from None
-    for item in excluded:
-        if not (isinstance(item, type) and issubclass(item, BaseException)):
-            raise TypeError(f"exclude must contain exception types, got {item!r}")
-    return excluded
+        async with deadline:
+            return await awaitable
+    except TimeoutError:
+        if deadline.expired():
+            raise _Expired from None
+        raise
+
+
+def _timeout_error(what: str, timeout_ms: int | None) -> TimeoutError:
+    return TimeoutError(f"the {what} took longer than {timeout_ms} ms")
 
 
 def _registration(options: Mapping[str, Any]) -> Registration:
@@ -106,18 +188,31 @@ class Guard:
         error_handler: ``result -> "success" | "failure" | ("failure", reason) | "ignore"``.
         brama: the system (``None``: the default system, looked up at each call).
         register: register the connection on first use if it is unknown.
-        exclude: exception types re-raised without being recorded.
+        exclude: exception types and/or predicates: a match is re-raised unrecorded.
+        record: ``None`` (every exception is a failure) or the same forms: only a
+            match is a failure, anything else is re-raised unrecorded.
+        fallback: called with the call's arguments when the circuit refuses it
+            (decorator only).
+        timeout: ms after which an ``async`` call is cancelled and recorded as a
+            failure (``"Timeout"``); ``TimeoutError`` is raised.
         register_options: ``type``, ``metadata`` and connection options for that
             registration.
+
+    Raises:
+        TypeError: a bad ``exclude``/``record``/``timeout`` or a non-callable
+            ``error_handler``/``fallback``.
+        ValueError: ``timeout`` below 1 ms.
     """
 
-    __slots__ = ("_brama", "_error_handler", "_exclude", "_registration", "identifier",
-                 "key", "scope")
+    __slots__ = ("_brama", "_error_handler", "_exclude", "_record", "_registration",
+                 "fallback", "identifier", "key", "scope", "timeout", "timeout_ms")
 
     def __init__(self, identifier: str, *, scope: str | None = None,
                  error_handler: Callable[[Any], Any] | None = None,
                  brama: Any = None, register: bool = True,
-                 exclude: Any = (), **register_options: Any) -> None:
+                 exclude: Any = (), record: Any = None,
+                 fallback: Callable[..., Any] | None = None, timeout: int | None = None,
+                 **register_options: Any) -> None:
         self.key = check_key(identifier, scope)
         if brama is not None and not isinstance(brama, Guardable):
             raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
@@ -129,7 +224,13 @@ class Guard:
         self.scope = scope
         self._error_handler = error_handler
         self._brama = brama
-        self._exclude = _check_exclude(exclude)
+        if fallback is not None and not callable(fallback):
+            raise TypeError(f"fallback must be callable, got {fallback!r}")
+        self._exclude = _Matcher("exclude", exclude)
+        self._record = None if record is None else _Matcher("record", record)
+        self.fallback = fallback
+        self.timeout = _check_timeout(timeout)
+        self.timeout_ms = timeout
         registration = _registration(register_options)
         self._registration = registration if register else None
 
@@ -181,12 +282,16 @@ class Guard:
             f"'ignore', got {verdict!r}")
 
     def exception_verdict(self, exc: BaseException) -> tuple[str, Any]:
-        """What an exception raised by the guarded code means (``exclude`` applied).
+        """What an exception raised by the guarded code means (``exclude``/``record``).
 
         A ``BaseException`` that is not an ``Exception`` (cancellation, KeyboardInterrupt,
         SystemExit) records nothing.
         """
-        if not isinstance(exc, Exception) or (self._exclude and isinstance(exc, self._exclude)):
+        if not isinstance(exc, Exception):
+            return _IGNORE_VERDICT
+        if self._exclude and self._exclude.matches(exc):
+            return _IGNORE_VERDICT
+        if self._record is not None and not self._record.matches(exc):
             return _IGNORE_VERDICT
         return ("failure", _safe_repr(exc))
 
@@ -218,7 +323,11 @@ class Guard:
         """Wrap a function or ``async def`` coroutine function."""
         if inspect.iscoroutinefunction(function):
             return cast("Callable[P, R]", self._wrap_async(function))
+        if self.timeout is not None:
+            raise TypeError(f"timeout= applies to async def functions; {function!r} is not "
+                            "one (a thread running sync code cannot be cancelled)")
         enter = self.enter
+        fallback = self.fallback
         exit_ = self.exit
         judge_and_settle = self._judge_and_settle
         key = self.key
@@ -226,7 +335,12 @@ class Guard:
         resolve = _the_default
 
         def general(args: Any, kwargs: Any) -> R:
-            entered = enter()
+            try:
+                entered = enter()
+            except CircuitOpenError:
+                if fallback is None:
+                    raise
+                return cast("R", fallback(*args, **kwargs))
             try:
                 result = function(*args, **kwargs)
             except BaseException as exc:
@@ -271,12 +385,28 @@ class Guard:
         verdict = self.verdict
         aexit = self.aexit
         run = _nowait.run
+        fallback = self.fallback
+        seconds, timeout_ms = self.timeout, self.timeout_ms
 
         @functools.wraps(function)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            entered = await run(enter)
             try:
-                result = await function(*args, **kwargs)
+                entered = await run(enter)
+            except CircuitOpenError:
+                if fallback is None:
+                    raise
+                answer = fallback(*args, **kwargs)
+                if inspect.isawaitable(answer):
+                    answer = await answer
+                return cast("R", answer)
+            try:
+                if seconds is None:
+                    result = await function(*args, **kwargs)
+                else:
+                    result = await _within(function(*args, **kwargs), seconds)
+            except _Expired:
+                await run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
+                raise _timeout_error("call", timeout_ms) from None
             except BaseException as exc:
                 await aexit(entered, exc)
                 raise
@@ -302,14 +432,18 @@ class GuardBlock:
         TypeError: the guard has an ``error_handler`` (a block has no result to judge).
     """
 
-    __slots__ = ("_entered", "guard")
+    __slots__ = ("_deadline", "_entered", "guard")
 
     def __init__(self, guard: Guard) -> None:
         if guard.has_error_handler:
             raise TypeError("error_handler= applies to decorated functions: a guard block "
                             "has no result to judge")
+        if guard.fallback is not None:
+            raise TypeError("fallback= applies to decorated functions: a guard block has "
+                            "no call to answer in its place")
         self.guard = guard
         self._entered: tuple[Authority, Admission] | None = None
+        self._deadline: Any = None
 
     def __repr__(self) -> str:
         return f"<GuardBlock {describe(self.guard.identifier, self.guard.scope)}>"
@@ -319,6 +453,9 @@ class GuardBlock:
             raise RuntimeError(f"{self!r} is already in use; call guard() for each block")
 
     def __enter__(self) -> GuardBlock:
+        if self.guard.timeout is not None:
+            raise TypeError("timeout= applies to async with: a block of sync code cannot "
+                            "be cancelled")
         self._claim()
         self._entered = self.guard.enter()
         return self
@@ -332,20 +469,35 @@ class GuardBlock:
     async def __aenter__(self) -> GuardBlock:
         self._claim()
         self._entered = await _nowait.run(self.guard.enter)
+        if self.guard.timeout is not None:
+            import asyncio
+
+            self._deadline = asyncio.timeout(self.guard.timeout)
+            await self._deadline.__aenter__()
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         entered, self._entered = self._entered, None
+        deadline, self._deadline = self._deadline, None
         assert entered is not None
+        if deadline is not None:
+            try:
+                await deadline.__aexit__(exc_type, exc, tb)
+            except TimeoutError:
+                if not deadline.expired():
+                    raise
+                await _nowait.run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
+                raise _timeout_error("block", self.guard.timeout_ms) from None
         await self.guard.aexit(entered, exc)
 
 
 def circuit_breaker(identifier: str, scope: str | None = None,
                     error_handler: Callable[[Any], Any] | None = None,
                     brama: Any = None, register: bool = True,
-                    exclude: Any = (), **register_options: Any) -> Callable[[Callable[P, R]],
-                                                                            Callable[P, R]]:
+                    exclude: Any = (), record: Any = None,
+                    fallback: Callable[..., Any] | None = None, timeout: int | None = None,
+                    **register_options: Any) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function (or ``async def``) so calls go through the circuit.
 
     Args:
@@ -355,15 +507,26 @@ def circuit_breaker(identifier: str, scope: str | None = None,
             ``("failure", reason)`` or ``"ignore"``.
         brama: the system (default: the default system).
         register: register the connection on first use (with ``register_options``).
-        exclude: exception types that are re-raised without counting as failures.
+        exclude: exception types and/or predicates ``exc -> bool``: a matching
+            exception is re-raised without counting as a failure.
+        record: ``None`` (every exception counts) or the same forms: only a match
+            counts as a failure; ``exclude`` wins.
+        fallback: ``fallback(*args, **kwargs)`` answers a call the circuit refuses
+            (awaited if the function is ``async def`` and it returns an awaitable).
+        timeout: ms (``async def`` only): the call is cancelled after that long,
+            recorded as a failure (``"Timeout"``), and ``TimeoutError`` is raised.
         **register_options: ``type``, ``metadata`` and connection options for that
             registration.
 
     Raises:
         InvalidIdentifier: bad identifier or scope (at decoration time).
         InvalidConfiguration: a bad registration option (at decoration time).
-        TypeError: a non-callable error_handler or a non-exception in ``exclude``.
+        TypeError: a non-callable ``error_handler``/``fallback``, something in
+            ``exclude``/``record`` that is neither an exception type nor a callable, or
+            ``timeout`` on a sync function.
+        ValueError: ``timeout`` below 1 ms.
     """
     guard = Guard(identifier, scope=scope, error_handler=error_handler, brama=brama,
-                  register=register, exclude=exclude, **register_options)
+                  register=register, exclude=exclude, record=record, fallback=fallback,
+                  timeout=timeout, **register_options)
     return guard.wrap

@@ -36,6 +36,7 @@ __all__ = [
     "initial_status",
     "opening_expiry",
     "registration_events",
+    "retry_after",
 ]
 
 CLOSED = CircuitState.CLOSED
@@ -138,6 +139,17 @@ def opening_expiry(settings: Settings, failure_count: int) -> int:
     if length >= settings.max_expiry:
         return settings.max_expiry
     return int(length)
+
+
+def retry_after(status: ConnectionStatus | None, now: int) -> int:
+    """Ms until an open circuit may admit a trial (``CircuitOpenError.retry_after``).
+
+    0 when the circuit is not open (half-open and full: a permit may come back at any
+    moment) or its status is unknown.
+    """
+    if status is None or status.state is not OPEN or status.opened_at is None:
+        return 0
+    return max(0, status.opened_at + status.expiry - now)
 
 
 def initial_status(

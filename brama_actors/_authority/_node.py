@@ -30,6 +30,7 @@ from brama_actors._remote._frames import EventFrame, Push
 from brama_actors._remote._link import Link
 from brama_actors._remote._wire import Address
 from brama_actors._runtime import _nowait
+from brama_actors._runtime._clock import SystemClock
 from brama_actors._status import CircuitState, ConnectionStatus
 
 if TYPE_CHECKING:
@@ -118,6 +119,9 @@ class NodeAuthority:
         self._stale_after = stale_after
         self._allow = when_stale == "allow"
         self._monotonic = monotonic
+        # A node runs on a SystemClock (epoch ms); ours reads the same wall time, for
+        # CircuitOpenError.retry_after.
+        self._clock = SystemClock()
         self._replica: dict[Key, ReplicaView] = {}
         #: The Authority protocol's views: the replica, or its stale stand-in.
         self.views: Mapping[Key, ReplicaView] = self._replica
@@ -299,8 +303,8 @@ class NodeAuthority:
             except NodeUnavailable:
                 status = self._statuses.get(key)  # type: ignore[assignment]
             if status is None or status.state is CircuitState.OPEN or not self.link.up:
-                raise CircuitOpenError(f"circuit for {describe_key(key)} is open",
-                                       status)
+                raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
+                                       rules.retry_after(status, self._clock.now()))
             self._note(key, status.state.value)
             return self.admit(key, register)
         return Admission(key, view)

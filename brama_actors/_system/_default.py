@@ -164,10 +164,12 @@ def unsubscribe(subscription: Subscription | None = None, **filters: Any) -> Any
 
 def guard(identifier: str, *, scope: str | None = None,
           error_handler: Callable[[Any], Any] | None = None, register: bool = True,
-          exclude: Any = (), **register_options: Any) -> GuardBlock:
+          exclude: Any = (), record: Any = None, timeout: int | None = None,
+          **register_options: Any) -> GuardBlock:
     """``Brama.guard`` on the default system (looked up when the block is entered)."""
     return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
-                            register=register, exclude=exclude, **register_options))
+                            register=register, exclude=exclude, record=record,
+                            timeout=timeout, **register_options))
 
 
 def serve(address: Any = None, authkey: bytes | None = None,

@@ -271,14 +271,18 @@ class Facade(Guardable):
     # -- guarding calls ------------------------------------------------------------------
     def guard(self, identifier: str, *, scope: str | None = None,
               error_handler: Callable[[Any], Any] | None = None, register: bool = True,
-              exclude: Any = (), **register_options: Any) -> GuardBlock:
+              exclude: Any = (), record: Any = None, timeout: int | None = None,
+              **register_options: Any) -> GuardBlock:
         """A context manager (``with`` and ``async with``) that guards a block.
 
         Raises on entry ``CircuitOpenError`` when the circuit refuses the call; records
-        the block's outcome on exit, with the rules of the ``circuit_breaker`` decorator.
+        the block's outcome on exit, with the rules of the ``circuit_breaker`` decorator
+        (``exclude``, ``record``; ``timeout`` for ``async with`` only, else
+        ``TypeError`` on entry; ``fallback`` is a ``TypeError``: a block has no call to
+        answer in its place).
         """
-        if (error_handler is None and register and exclude == ()
-                and not register_options):
+        if (error_handler is None and register and exclude == () and record is None
+                and timeout is None and not register_options):
             # The common form: reuse one validated Guard per connection.
             try:
                 template = self._guards.get(
@@ -291,7 +295,7 @@ class Facade(Guardable):
             return GuardBlock(template)
         return GuardBlock(Guard(identifier, scope=scope, error_handler=error_handler,
                                 brama=self, register=register, exclude=exclude,
-                                **register_options))
+                                record=record, timeout=timeout, **register_options))
 
 
 class SystemAPI(Protocol):
@@ -333,4 +337,5 @@ class SystemAPI(Protocol):
     def drain(self, timeout: float = ...) -> None: ...
     def guard(self, identifier: str, *, scope: str | None = ...,
               error_handler: Callable[[Any], Any] | None = ..., register: bool = ...,
-              exclude: Any = ..., **register_options: Any) -> GuardBlock: ...
+              exclude: Any = ..., record: Any = ..., timeout: int | None = ...,
+              **register_options: Any) -> GuardBlock: ...

@@ -216,7 +216,9 @@ class LocalAuthority:
             if cell is None:  # unregistered again at once: report it as unknown
                 raise not_found(key)
         if not cell.available:
-            raise CircuitOpenError(f"circuit for {describe_key(key)} is open", cell.status)
+            status = cell.status
+            raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
+                                   rules.retry_after(status, self.context.clock.now()))
         if cell.status.state is not _HALF_OPEN:
             return Admission(key, cell)
         with cell.lock:
