@@ -31,6 +31,8 @@ _INT_MINIMUM: dict[str, int] = {
     "initial_expiry": 1,
     "max_expiry": 1,
     "half_open_max_calls": 1,
+    "success_threshold": 1,
+    "half_open_timeout": 1,
     "cleanup_interval": 1,
     "inactive_threshold": 1,
     "max_restarts": 0,
@@ -47,6 +49,8 @@ CONNECTION_OPTIONS: frozenset[str] = frozenset(
         "max_expiry",
         "backoff_factor",
         "half_open_max_calls",
+        "success_threshold",
+        "half_open_timeout",
     }
 )
 
@@ -68,6 +72,8 @@ DEFAULTS: Mapping[str, Any] = {
     "max_expiry": None,
     "backoff_factor": 2.0,
     "half_open_max_calls": 1,
+    "success_threshold": 1,
+    "half_open_timeout": None,
     "cleanup_interval": 10_000,
     "inactive_threshold": 86_400_000,
     "max_restarts": 10,
@@ -146,6 +152,8 @@ class Settings:
     max_expiry: int
     backoff_factor: float
     half_open_max_calls: int
+    success_threshold: int = 1
+    half_open_timeout: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """The settings as event data keys (docs/events.md, registration)."""
@@ -157,6 +165,8 @@ class Settings:
             "max_expiry": self.max_expiry,
             "backoff_factor": self.backoff_factor,
             "half_open_max_calls": self.half_open_max_calls,
+            "success_threshold": self.success_threshold,
+            "half_open_timeout": self.half_open_timeout,
         }
 
 
@@ -184,6 +194,8 @@ def resolve_settings(explicit: Mapping[str, Any]) -> Settings:
         max_expiry=maximum,
         backoff_factor=explicit.get("backoff_factor") or DEFAULTS["backoff_factor"],
         half_open_max_calls=explicit.get("half_open_max_calls") or DEFAULTS["half_open_max_calls"],
+        success_threshold=explicit.get("success_threshold") or DEFAULTS["success_threshold"],
+        half_open_timeout=explicit.get("half_open_timeout") or DEFAULTS["half_open_timeout"],
     )
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Success",
     "Transition",
     "apply",
+    "deadline",
     "initial_status",
     "opening_expiry",
     "registration_events",
@@ -50,21 +51,29 @@ EXPIRY_REACHED = "Expiry reached"
 MANUALLY_OPENED = "Manually opened"
 MANUALLY_CLOSED = "Manually closed"
 MANUALLY_RESET = "Manually reset"
+HALF_OPEN_TIMEOUT = "Half-open timeout"
 
 
 @dataclass(frozen=True, slots=True)
 class Success:
-    """A reported success."""
+    """A reported success.
+
+    ``trial``: for a guarded half-open trial, the ``opened_at`` of the opening whose
+    half_open period admitted it; once that period is over (a half-open timeout, a
+    manual change) the outcome is void and changes nothing.
+    """
 
     metadata: Mapping[str, Any] | None = None
+    trial: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A reported failure."""
+    """A reported failure (``trial``: as for :class:`Success`)."""
 
     reason: Any = None
     metadata: Mapping[str, Any] | None = None
+    trial: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +100,8 @@ class Reset:
 
 @dataclass(frozen=True, slots=True)
 class Expire:
-    """The deadline of the opening that started at ``opened_at`` was reached."""
+    """A deadline of the opening that started at ``opened_at`` was reached: its expiry
+    (open -> half_open) or, in its half_open period, ``half_open_timeout``."""
 
     opened_at: int
 
@@ -118,11 +128,20 @@ class Transition:
 
     @property
     def deadline(self) -> int | None:
-        """When the new status's opening expires, if the circuit is open."""
-        status = self.status
-        if status.state is OPEN and status.opened_at is not None:
-            return status.opened_at + status.expiry
+        """The new status's next deadline (see :func:`deadline`)."""
+        return deadline(self.status)
+
+
+def deadline(status: ConnectionStatus) -> int | None:
+    """When ``Expire(status.opened_at)`` is due: an open circuit's expiry, or the end of
+    a half_open period with ``half_open_timeout``; None when nothing is due."""
+    if status.opened_at is None:
         return None
+    if status.state is OPEN:
+        return status.opened_at + status.expiry
+    if status.state is HALF_OPEN and status.half_open_timeout is not None:
+        return status.state_changed_at + status.half_open_timeout
+    return None
 
 
 def opening_expiry(settings: Settings, failure_count: int) -> int:
@@ -174,6 +193,8 @@ def initial_status(
         max_expiry=settings.max_expiry,
         backoff_factor=settings.backoff_factor,
         half_open_max_calls=settings.half_open_max_calls,
+        success_threshold=settings.success_threshold,
+        half_open_timeout=settings.half_open_timeout,
         opened_at=None,
         last_success_time=None,
         last_failure_time=None,
@@ -246,7 +267,8 @@ def _open(status: ConnectionStatus, settings: Settings, now: int, expiry: int | 
           **changes: Any) -> ConnectionStatus:
     failure_count = changes.get("failure_count", status.failure_count)
     length = expiry if expiry is not None else opening_expiry(settings, failure_count)
-    return evolve(status, state=OPEN, opened_at=now, expiry=length, **changes)
+    return evolve(status, state=OPEN, opened_at=now, expiry=length, half_open_successes=0,
+                  **changes)
 
 
 def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> Transition:
@@ -262,12 +284,22 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         The new status and the events to emit, in the order of docs/events.md.
     """
     state = status.state
+    if ((type(op) is Success or type(op) is Failure) and op.trial is not None
+            and (state is not HALF_OPEN or status.opened_at != op.trial)):
+        return Transition(status, ())  # a trial of a half_open period that is over
     if type(op) is Success:
         extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
+        if state is HALF_OPEN and status.half_open_successes + 1 < status.success_threshold:
+            new = evolve(
+                status, failure_count=0, half_open_successes=status.half_open_successes + 1,
+                last_success_time=now, total_successes=status.total_successes + 1,
+            )
+            return Transition(new, (_simple(EventType.SUCCESS, new, **extra),))
         if state is HALF_OPEN:
             new = evolve(
                 status, state=CLOSED, failure_count=0, state_changed_at=now,
                 last_success_time=now, total_successes=status.total_successes + 1,
+                half_open_successes=0,
             )
             return Transition(new, (
                 _simple(EventType.SUCCESS, new, **extra),
@@ -303,9 +335,18 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         return Transition(new, (_simple(EventType.FAILURE, new, reason=op.reason, **extra),))
 
     if type(op) is Expire:
-        if state is not OPEN or status.opened_at != op.opened_at:
+        if status.opened_at != op.opened_at or state is CLOSED:
             return Transition(status, ())  # a stale timer: that opening is over
-        new = evolve(status, state=HALF_OPEN, state_changed_at=now)
+        if state is HALF_OPEN:
+            due = deadline(status)
+            if due is None or now < due:
+                return Transition(status, ())  # the timeout was lifted or moved on
+            new = _open(status, settings, now, None, state_changed_at=now)
+            return Transition(new, (
+                _opened(new, HALF_OPEN_TIMEOUT),
+                _state_change(state, new, HALF_OPEN_TIMEOUT),
+            ))
+        new = evolve(status, state=HALF_OPEN, state_changed_at=now, half_open_successes=0)
         return Transition(new, (
             _simple(EventType.EXPIRY, new, opened_at=status.opened_at, expiry=status.expiry),
             _simple(EventType.CIRCUIT_HALF_OPENED, new),
@@ -324,7 +365,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         if state is CLOSED:
             return Transition(status, ())
         reason = op.reason if op.reason is not None else MANUALLY_CLOSED
-        new = evolve(status, state=CLOSED, state_changed_at=now)
+        new = evolve(status, state=CLOSED, state_changed_at=now, half_open_successes=0)
         return Transition(new, (
             _simple(EventType.CIRCUIT_CLOSED, new, reason=reason),
             _state_change(state, new, reason),
@@ -335,7 +376,8 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         if state is CLOSED:
             new = evolve(status, failure_count=0)
             return Transition(new, (_simple(EventType.CIRCUIT_RESET, new, reason=reason),))
-        new = evolve(status, state=CLOSED, failure_count=0, state_changed_at=now)
+        new = evolve(status, state=CLOSED, failure_count=0, state_changed_at=now,
+                     half_open_successes=0)
         return Transition(new, (
             _simple(EventType.CIRCUIT_RESET, new, reason=reason),
             _state_change(state, new, reason),
@@ -350,6 +392,8 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
             "max_expiry": s.max_expiry,
             "backoff_factor": s.backoff_factor,
             "half_open_max_calls": s.half_open_max_calls,
+            "success_threshold": s.success_threshold,
+            "half_open_timeout": s.half_open_timeout,
         }
         if status.opened_at is None:
             # status.expiry is the current or last opening's length; before any

@@ -64,6 +64,12 @@ class ConnectionStatus:
     total_successes: int = 0
     total_failures: int = 0
     metadata: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
+    #: Successes in half_open needed to close (the first failure re-opens).
+    success_threshold: int = 1
+    #: Ms a circuit may stay half_open before it opens again (None: no limit).
+    half_open_timeout: int | None = None
+    #: Successes counted in the current half_open period.
+    half_open_successes: int = 0
 
     @property
     def success_rate(self) -> float | None:
@@ -90,8 +96,8 @@ class ConnectionStatus:
 
     def __reduce__(self) -> tuple[Any, ...]:
         # MappingProxyType does not pickle; ship metadata as a plain dict.
-        values = [getattr(self, f) for f in _FIELDS]
-        values[-1] = dict(self.metadata)
+        values = [dict(self.metadata) if f == "metadata" else getattr(self, f)
+                  for f in _FIELDS]
         return (_rebuild_status, tuple(values))
 
 

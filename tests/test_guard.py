@@ -552,6 +552,7 @@ def test_async_trial_success_on_a_busy_actor_releases_its_permit_once(
 
     cell = system._authority.cells["db"]
     with cell.lock:
+        cell.trial_period = cell.status.opened_at  # this half_open period's permits:
         cell.trials += 1  # another caller's trial, still running throughout
 
     async def main() -> str:
@@ -567,3 +568,35 @@ def test_async_trial_success_on_a_busy_actor_releases_its_permit_once(
     assert system.status("db").state == "closed"
     assert system.status("db").total_successes == 1
     assert cell.trials == 1  # ours went back, exactly once; the other caller's is kept
+
+
+def test_quiet_successes_from_many_threads_are_all_counted(system: Brama) -> None:
+    """Guarded successes counted in place (lock-free marks, moved in batches) lose none,
+    and the marks a cell holds stay bounded."""
+    from brama_actors._authority._local._cell import QUIET_BATCH
+
+    system.register("db")
+
+    @circuit_breaker("db", brama=system)
+    def call() -> None:
+        return None
+
+    per_thread, threads = 3 * QUIET_BATCH + 7, 4
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait(10)
+        for _ in range(per_thread):
+            call()
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    cell = system._authority.cells["db"]
+    assert len(cell.quiet_marks) < QUIET_BATCH
+    assert system.status("db").total_successes == per_thread * threads
+    system.failure("db")  # the actor folds the count into its own status
+    assert system.status("db").total_successes == per_thread * threads
+    assert (cell.quiet_count, cell.quiet_marks) == (0, [])

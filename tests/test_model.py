@@ -73,17 +73,21 @@ DEFAULT = {
     "expiry_strategy": "fixed",
     "backoff_factor": 2.0,
     "half_open_max_calls": 1,
+    "success_threshold": 1,
+    "half_open_timeout": None,
     "cleanup_interval": 10_000,
     "inactive_threshold": 86_400_000,
     "max_restarts": 10,
     "restart_window": 60_000,
 }
 CONNECTION_KEYS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
-                   "backoff_factor", "half_open_max_calls")
+                   "backoff_factor", "half_open_max_calls", "success_threshold",
+                   "half_open_timeout")
 GLOBAL_KEYS = (*CONNECTION_KEYS, "cleanup_interval", "inactive_threshold", "max_restarts",
                "restart_window")
 MINIMUM = {"max_attempts": 1, "expiry": 1, "initial_expiry": 1, "max_expiry": 1,
-           "half_open_max_calls": 1, "cleanup_interval": 1, "inactive_threshold": 1,
+           "half_open_max_calls": 1, "success_threshold": 1, "half_open_timeout": 1,
+           "cleanup_interval": 1, "inactive_threshold": 1,
            "max_restarts": 0, "restart_window": 1}
 
 
@@ -121,6 +125,8 @@ def resolve(explicit: dict[str, Any]) -> dict[str, Any]:
         "backoff_factor": float(explicit.get("backoff_factor", DEFAULT["backoff_factor"])),
         "half_open_max_calls": explicit.get("half_open_max_calls",
                                             DEFAULT["half_open_max_calls"]),
+        "success_threshold": explicit.get("success_threshold", DEFAULT["success_threshold"]),
+        "half_open_timeout": explicit.get("half_open_timeout", DEFAULT["half_open_timeout"]),
     }
 
 
@@ -158,8 +164,9 @@ class MConn:
     state_changed_at: int = 0
     successes: int = 0
     failures: int = 0
-    deadline: int | None = None
+    deadline: int | None = None  # open: the expiry; half_open: half_open_timeout's end
     timer_seq: int = -1
+    half_open_successes: int = 0
 
     def last_activity(self) -> int:
         return max(self.registered_at, self.state_changed_at, self.last_success or 0,
@@ -184,6 +191,7 @@ class MConn:
             "total_failures": self.failures,
             "metadata": self.metadata,
             "success_rate": None if total == 0 else self.successes / total,
+            "half_open_successes": self.half_open_successes,
         }
 
 
@@ -292,9 +300,17 @@ class Model:
     def _change(self, conn: MConn, new: str) -> str:
         previous, conn.state = conn.state, new
         conn.state_changed_at = self.now
-        if new != "open":
-            conn.deadline = None
+        conn.half_open_successes = 0
+        conn.deadline = None
+        if new == "half_open":
+            self._arm_half_open(conn)
         return previous
+
+    def _arm_half_open(self, conn: MConn) -> None:
+        """A half_open period ends half_open_timeout ms after it began (if set)."""
+        timeout = conn.settings["half_open_timeout"]
+        conn.deadline = None if timeout is None else conn.state_changed_at + timeout
+        conn.timer_seq = self.next_seq()
 
     def _state_change(self, conn: MConn, previous: str, reason: Any) -> None:
         self.emit(conn, "state_change", previous_state=previous, new_state=conn.state,
@@ -306,7 +322,11 @@ class Model:
         conn.last_success = self.now
         conn.failure_count = 0
         extra = {} if metadata is None else {"metadata": metadata}
-        if conn.state == "half_open":
+        if (conn.state == "half_open"
+                and conn.half_open_successes + 1 < conn.settings["success_threshold"]):
+            conn.half_open_successes += 1
+            self.emit(conn, "success", **extra)
+        elif conn.state == "half_open":
             previous = self._change(conn, "closed")
             self.emit(conn, "success", **extra)
             reason = "Success in half_open"
@@ -378,6 +398,8 @@ class Model:
         conn.settings = settings
         if not conn.ever_opened:
             conn.expiry = settings["expiry"]
+        if conn.state == "half_open":  # a new half_open_timeout applies at once
+            self._arm_half_open(conn)
 
     def configure_global(self, options: dict[str, Any]) -> None:
         merged = {**self.explicit, **options}
@@ -392,7 +414,7 @@ class Model:
         self.now += dt
         due: list[tuple[int, int, Key | None]] = [
             (c.deadline, c.timer_seq, key) for key, c in self.conns.items()
-            if c.state == "open" and c.deadline is not None and c.deadline <= self.now
+            if c.state != "closed" and c.deadline is not None and c.deadline <= self.now
         ]
         if self.sweep_at <= self.now:
             due.append((self.sweep_at, self.sweep_seq, None))
@@ -401,8 +423,16 @@ class Model:
                 self._sweep()
                 continue
             conn = self.conns.get(key)
-            if conn is None or conn.state != "open":
+            if conn is None or conn.state == "closed":
                 continue  # removed by a sweep that came first
+            if conn.state == "half_open":
+                why = "Half-open timeout"
+                previous = self._change(conn, "open")
+                self._open(conn, opening_length(conn.settings, conn.failure_count))
+                self.emit(conn, "circuit_opened", reason=why, opened_at=conn.opened_at,
+                          expiry=conn.expiry)
+                self._state_change(conn, previous, why)
+                continue
             ended_at, ended_expiry = conn.opened_at, conn.expiry
             previous = self._change(conn, "half_open")
             self.emit(conn, "expiry", opened_at=ended_at, expiry=ended_expiry)
@@ -432,6 +462,8 @@ good_values: dict[str, st.SearchStrategy[Any]] = {
     "max_expiry": st.sampled_from([30, 200, 1000]),
     "backoff_factor": st.sampled_from([1.0, 2.0, 3]),
     "half_open_max_calls": st.integers(1, 3),
+    "success_threshold": st.integers(1, 3),
+    "half_open_timeout": st.sampled_from([30, 100, 300]),
     "cleanup_interval": st.sampled_from([200, 500, 1000]),
     "inactive_threshold": st.sampled_from([300, 1000, 2500]),
     "max_restarts": st.integers(0, 5),
@@ -590,6 +622,14 @@ class BramaMachine(RuleBasedStateMachine):
         assert brama.status(key[0], scope=key[1]).total_successes == \
             self.model.conns[key].successes
 
+    @rule(data=st.data())
+    def success_in_half_open(self, data: st.DataObject) -> None:
+        """A success to a half_open connection: the rare state success_threshold acts in."""
+        half_open = sorted((k for k, c in self.model.conns.items() if c.state == "half_open"),
+                           key=repr)
+        if half_open:
+            self.success(data.draw(st.sampled_from(half_open)), None)
+
     @rule(key=known, reason=reasons, metadata=metadatas)
     def failure(self, key: Key, reason: Any, metadata: dict[str, Any] | None) -> None:
         assert self.brama is not None
@@ -696,7 +736,7 @@ class BramaMachine(RuleBasedStateMachine):
             deadline = model.sweep_at
         else:
             deadlines = [c.deadline for c in model.conns.values()
-                         if c.state == "open" and c.deadline is not None]
+                         if c.state != "closed" and c.deadline is not None]
             deadline = min(deadlines, default=model.sweep_at)
         self.advance(max(0, deadline - model.now + offset))
 

@@ -25,6 +25,7 @@ OTHER: dict[str, Any] = {
     "half_open_max_calls": 2, "opened_at": 50, "last_success_time": None,
     "last_failure_time": 60, "state_changed_at": 70, "registered_at": 80,
     "total_successes": 11, "total_failures": 12, "metadata": freeze_mapping({"a": 1}),
+    "success_threshold": 3, "half_open_timeout": 500, "half_open_successes": 2,
 }
 
 

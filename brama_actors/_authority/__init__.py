@@ -36,7 +36,8 @@ class View(Protocol):
     Attributes:
         available: closed or half_open (False while open).
         quiet: a success here would change nothing but counters (closed, no failures,
-            nothing else to record): the guard may count it in place.
+            nothing else to record): the guard takes its fast path and leaves the
+            counting to ``Authority.record_success``.
     """
 
     available: bool
@@ -45,9 +46,6 @@ class View(Protocol):
     @property
     def state(self) -> str:
         """The circuit's state (a ``CircuitState`` value)."""
-
-    def add_quiet_success(self, raw: float) -> None:
-        """Count a success that changes nothing but counters, in the reporting thread."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,6 @@ class ReplicaView:
         self.available = available
         self.quiet = False  # every success goes to the node
 
-    def add_quiet_success(self, raw: float) -> None:  # pragma: no cover - quiet is False
-        raise AssertionError("a replica view is never quiet")
-
     def __repr__(self) -> str:
         return f"<ReplicaView {self.state}>"
 

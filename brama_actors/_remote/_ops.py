@@ -16,7 +16,7 @@ __all__ = ["OPS", "Op"]
 
 _CONNECTION = ("identifier", "scope")
 _OPTIONS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
-            "backoff_factor", "half_open_max_calls")
+            "backoff_factor", "half_open_max_calls", "success_threshold", "half_open_timeout")
 
 
 @dataclass(frozen=True, slots=True)

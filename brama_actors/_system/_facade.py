@@ -81,6 +81,7 @@ class Facade(Guardable):
                  expiry_strategy: str | None = None, initial_expiry: int | None = None,
                  max_expiry: int | None = None, backoff_factor: float | None = None,
                  half_open_max_calls: int | None = None,
+                 success_threshold: int | None = None, half_open_timeout: int | None = None,
                  metadata: Mapping[str, Any] | None = None) -> ConnectionStatus:
         """Register a connection.
 
@@ -97,7 +98,8 @@ class Facade(Guardable):
         given = validate_options(
             {"max_attempts": max_attempts, "expiry": expiry, "expiry_strategy": expiry_strategy,
              "initial_expiry": initial_expiry, "max_expiry": max_expiry,
-             "backoff_factor": backoff_factor, "half_open_max_calls": half_open_max_calls},
+             "backoff_factor": backoff_factor, "half_open_max_calls": half_open_max_calls,
+             "success_threshold": success_threshold, "half_open_timeout": half_open_timeout},
             CONNECTION_OPTIONS, skip_none=True,
         )
         return self._authority.register(key, type, given, frozen)
@@ -307,6 +309,7 @@ class SystemAPI(Protocol):
                  expiry_strategy: str | None = ..., initial_expiry: int | None = ...,
                  max_expiry: int | None = ..., backoff_factor: float | None = ...,
                  half_open_max_calls: int | None = ...,
+                 success_threshold: int | None = ..., half_open_timeout: int | None = ...,
                  metadata: Mapping[str, Any] | None = ...) -> ConnectionStatus: ...
     def unregister(self, identifier: str, *, scope: str | None = ...) -> bool: ...
     def available(self, identifier: str, *, scope: str | None = ...) -> bool: ...

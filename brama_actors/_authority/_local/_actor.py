@@ -107,8 +107,10 @@ class ConnectionActor(PooledActor):
             cell.unsent.pop(0)
         # A restarted actor owns the current opening's deadline from the start.
         status = self._status
-        if status.state is CircuitState.OPEN and status.opened_at is not None:
-            self._arm(status.opened_at + status.expiry, status.opened_at)
+        due = rules.deadline(status)
+        if due is not None:
+            assert status.opened_at is not None
+            self._arm(due, status.opened_at)
 
     def on_receive(self, message: Any) -> Any:
         cell = self._cell
@@ -128,7 +130,7 @@ class ConnectionActor(PooledActor):
     # -- message handling --------------------------------------------------------------
     def _handle(self, message: Any) -> Any:
         cell = self._cell
-        if cell.quiet_count:
+        if cell.quiet_count or cell.quiet_marks:
             cell.fold_quiet(self._clock)
             self._status = cell.status
         kind = type(message)
@@ -163,8 +165,11 @@ class ConnectionActor(PooledActor):
             cell.status = new
             cell.available = new.state is not CircuitState.OPEN
             cell.quiet = new.state is CircuitState.CLOSED and new.failure_count == 0
+            # A new opening or state has a new deadline; so has a half_open period
+            # whose half_open_timeout was just reconfigured (it applies at once).
             if (new.opened_at != old.opened_at or new.state is not old.state
-                    or type(op) is rules.Open):
+                    or type(op) is rules.Open
+                    or (type(op) is rules.Configure and new.state is CircuitState.HALF_OPEN)):
                 deadline = transition.deadline
                 if deadline is not None:
                     assert new.opened_at is not None

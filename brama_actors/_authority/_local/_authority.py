@@ -27,8 +27,9 @@ from brama_actors._authority._local._actor import (
     Reconfigure,
     Retire,
 )
-from brama_actors._authority._local._cell import Cell
+from brama_actors._authority._local._cell import QUIET_BATCH, Cell
 from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
+from brama_actors._delivery import _telemetry
 from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery, wait_all
 from brama_actors._errors import AlreadyRegistered, BramaError, CircuitOpenError, SystemStopped
 from brama_actors._keys import Key, describe_key, not_found, split_key
@@ -84,6 +85,7 @@ class LocalAuthority:
         #: The Authority protocol's views: the cells, or a stand-in that raises.
         self.views: Mapping[Key, Cell] = self.cells
         self._sweep_timer: Timer | None = None
+        self._raw = context.clock.raw  # bound once: read on every quiet success
 
     # -- connections ---------------------------------------------------------------------
     def register(self, key: Key, kind: str, options: Mapping[str, Any],
@@ -143,20 +145,32 @@ class LocalAuthority:
     def report(self, key: Key, outcome: rules.Success | rules.Failure) -> None:
         if type(outcome) is rules.Success:
             cell = self.views.get(key)
-            if (cell is not None and cell.quiet and outcome.metadata is None
-                    and not self.delivery.wants_success(*split_key(key))):
-                # Changes nothing but counters and nobody listens: no actor message.
-                cell.add_quiet_success(self.context.clock.raw())
-                return
-            self._call(key, Apply(outcome), block=False)
+            if cell is not None and outcome.metadata is None:
+                self.record_success(key, cell)
+            else:
+                self._call(key, Apply(outcome), block=False)
             return
         self._call(key, Apply(outcome))
 
     def record_success(self, key: Key, view: Any) -> None:
-        """A guarded call's success (no trial): counted in place when nothing changes."""
-        if view.quiet and not self.delivery.wants_success(*split_key(key)):
-            view.add_quiet_success(self.context.clock.raw())
-            return
+        """A success without metadata (a guarded call's, or ``success()``'s).
+
+        When it changes nothing but counters (closed, no failures) and nobody listens
+        for its event, it is counted in the cell (a mark in ``Cell.quiet_marks``), with
+        no actor message:
+        the guarded call's hot path, so plain reads come first and the precise interest
+        check runs only when some subscription wants ``success`` events at all.
+        """
+        if view.quiet and not _telemetry.HANDLERS:
+            delivery = self.delivery
+            if not (delivery.interest.successes
+                    and delivery.wants_success(*split_key(key))):
+                view.quiet_raw = self._raw()  # first: whoever sees the mark sees its time
+                marks = view.quiet_marks
+                marks.append(None)  # atomic: no lock on the hot path
+                if len(marks) >= QUIET_BATCH:
+                    view.collect_marks()
+                return
         self._call(key, Apply(_SUCCESS), block=False)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
@@ -222,15 +236,20 @@ class LocalAuthority:
         if cell.status.state is not _HALF_OPEN:
             return Admission(key, cell)
         with cell.lock:
-            limit = cell.status.half_open_max_calls
+            status = cell.status
+            period = status.opened_at
+            if cell.trial_period != period:  # a new half_open period: earlier permits void
+                cell.trial_period = period
+                cell.trials = 0
+            limit = status.half_open_max_calls
             full = cell.trials >= limit
             if not full:
                 cell.trials += 1
         if full:
             raise CircuitOpenError(
                 f"circuit for {describe_key(key)} is half-open and its {limit} trial "
-                "call(s) are running", cell.status)
-        return Admission(key, cell, trial=True)
+                "call(s) are running", status)
+        return Admission(key, cell, trial=True, token=period)
 
     def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
         kind, reason = verdict
@@ -239,12 +258,14 @@ class LocalAuthority:
             if kind == "success":
                 if admission.trial:
                     # Applied before the permit goes back: the next caller sees the
-                    # circuit closed, not half_open with a free permit.
-                    self._call(key, Apply(_SUCCESS))
+                    # circuit closed, not half_open with a free permit. A trial of a
+                    # half_open period that is over changes nothing (the rules check).
+                    self._call(key, Apply(rules.Success(trial=admission.token)))
                 else:
                     self.record_success(key, admission.view)
             elif kind == "failure":
-                self._call(key, Apply(rules.Failure(reason)))
+                trial = admission.token if admission.trial else None
+                self._call(key, Apply(rules.Failure(reason, trial=trial)))
         except _nowait.WouldBlock:
             raise  # nothing was done: the caller repeats the whole settle off its loop
         except BaseException:
@@ -252,17 +273,15 @@ class LocalAuthority:
             raise
         self._release(admission)
 
-    def _release(self, admission: Admission) -> None:
+    @staticmethod
+    def _release(admission: Admission) -> None:
+        """Give back a half-open trial permit once (none if its period is over)."""
         if admission.trial:
             admission.trial = False  # given back once, whatever happens next
-            self.release_permit(admission.view)
-
-    @staticmethod
-    def release_permit(cell: Cell) -> None:
-        """Give back one half-open trial permit of ``cell``."""
-        with cell.lock:
-            if cell.trials > 0:
-                cell.trials -= 1
+            cell = admission.view
+            with cell.lock:
+                if cell.trial_period == admission.token and cell.trials > 0:
+                    cell.trials -= 1
 
     # -- events --------------------------------------------------------------------------
     def subscribe(self, subscription: Subscription) -> None:
