@@ -20,6 +20,7 @@ __all__ = [
     "DEFAULTS",
     "GLOBAL_OPTIONS",
     "Settings",
+    "check_optional_int",
     "resolve_settings",
     "validate_options",
 ]
@@ -115,6 +116,23 @@ def _check_one(name: str, value: Any) -> Any:
                 f"expiry_strategy must be 'fixed' or 'progressive', got {value!r}"
             ) from None
     raise InvalidConfiguration(f"unknown option {name!r} (value {value!r})")
+
+
+def check_optional_int(name: str, value: Any, minimum: int = 1) -> int | None:
+    """An argument that is ``None`` or an int >= ``minimum`` (not a configuration
+    option: a bad one is a plain ``TypeError``/``ValueError`` naming it).
+
+    Raises:
+        TypeError: not an int (a bool included) and not None.
+        ValueError: below ``minimum``.
+    """
+    if value is None:
+        return None
+    if type(value) is bool or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
 
 
 def validate_options(

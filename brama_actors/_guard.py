@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from brama_actors._authority import Admission, Registration
-from brama_actors._config import CONNECTION_OPTIONS, validate_options
+from brama_actors._config import CONNECTION_OPTIONS, check_optional_int, validate_options
 from brama_actors._errors import CircuitOpenError, InvalidConfiguration, describe
 from brama_actors._keys import check_key
 from brama_actors._runtime import _nowait
@@ -136,13 +136,8 @@ class _Expired(Exception):
 
 def _check_timeout(timeout: Any) -> float | None:
     """``timeout=`` in ms, as seconds for asyncio."""
-    if timeout is None:
-        return None
-    if type(timeout) is bool or not isinstance(timeout, int):
-        raise TypeError(f"timeout must be an int (ms) or None, got {timeout!r}")
-    if timeout < 1:
-        raise ValueError(f"timeout must be >= 1 ms, got {timeout!r}")
-    return timeout / 1000
+    ms = check_optional_int("timeout", timeout)
+    return None if ms is None else ms / 1000
 
 
 async def _within(awaitable: Awaitable[R], seconds: float) -> R:

@@ -12,6 +12,7 @@ from typing import Any
 import pykka
 from pykka import ActorRef
 
+from brama_actors._config import check_optional_int
 from brama_actors._delivery._runners import (
     AsyncHandlerTarget,
     HandlerTarget,
@@ -37,16 +38,6 @@ _ids = itertools.count(1)
 
 #: Items iteration takes at once (the rest stays queued, so other readers still share).
 _ITER_BATCH = 256
-
-
-def _check_max_items(max_items: int | None) -> int | None:
-    if max_items is None:
-        return None
-    if type(max_items) is bool or not isinstance(max_items, int):
-        raise TypeError(f"max_items must be an int or None, got {max_items!r}")
-    if max_items < 1:
-        raise ValueError(f"max_items must be >= 1, got {max_items!r}")
-    return max_items
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +151,7 @@ class Subscription:
             TypeError: ``max_items`` is not an int (or is a bool).
             ValueError: ``max_items`` is below 1.
         """
-        return self._inbox().get_many(_check_max_items(max_items), timeout)
+        return self._inbox().get_many(check_optional_int("max_items", max_items), timeout)
 
     async def aget_many(self, max_items: int | None = None,
                         timeout: float | None = None) -> list[Event | tuple[Event, ...]]:
@@ -170,7 +161,7 @@ class Subscription:
             TypeError: ``max_items`` is not an int (or is a bool).
             ValueError: ``max_items`` is below 1.
         """
-        return await self._inbox().aget_many(_check_max_items(max_items), timeout)
+        return await self._inbox().aget_many(check_optional_int("max_items", max_items), timeout)
 
     def __iter__(self) -> Iterator[Event | tuple[Event, ...]]:
         # Takes what is queued in batches; what the loop did not consume when it stops
