@@ -480,7 +480,8 @@ class GuardBlock:
             try:
                 await deadline.__aexit__(exc_type, exc, tb)
             except TimeoutError:
-                if not deadline.expired():
+                if not deadline.expired():  # not ours: record the block's own outcome
+                    await self.guard.aexit(entered, exc)
                     raise
                 await _nowait.run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
                 raise _timeout_error("block", self.guard.timeout_ms) from None
