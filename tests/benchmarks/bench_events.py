@@ -62,6 +62,10 @@ FINDINGS_TITLE = "### Findings"
 TARGET_DELIVERIES_PER_S = 100_000
 #: The same fan-out with readers taking bursts with ``get_many()``.
 TARGET_DELIVERIES_GET_MANY = 300_000
+#: An outage seen by 1 all-events + 9 connection-filtered inboxes: calls/s, every event
+#: delivered, and the p99 from failure() to the reader.
+TARGET_FILTERED_CALLS = 50_000
+TARGET_FILTERED_P99_MS = 20
 TARGET_P99_MS = 5.0
 TARGET_FILTER_RATIO = 1.5
 TARGET_KIB_PER_SUB = 4.0
@@ -345,6 +349,57 @@ def child_fanout(kind: str, subs: int, threads: int, events: int, rounds: int,
 
 
 # -- child: paced latency (section 2) ------------------------------------------------------
+def child_filtered(calls: int, rounds: int) -> dict[str, Any]:
+    """An outage seen by a dashboard: ``calls`` failure() over 100 connections, one
+    all-events inbox and nine inboxes filtered to one connection each, every inbox read
+    by its own thread with get_many(). Report-to-receipt latency per delivery: the
+    reason carries perf_counter_ns() at the call, the reader stamps its receipt."""
+    brama, names = start_system()
+    subs = [brama.subscribe(max_pending=BIG)]
+    subs += [brama.subscribe(connection=names[i], max_pending=BIG) for i in range(9)]
+    per_connection = calls // len(names)
+    expected = [calls] + [per_connection] * 9
+    out: dict[str, Any] = {"calls": calls, "runs": []}
+    clock = time.perf_counter_ns
+    for _ in range(rounds + 1):  # the first round warms up, not reported
+        lags: list[list[int]] = [[] for _ in subs]
+        ends: list[int] = [0] * len(subs)
+
+        def read(index: int, lags: list[list[int]], ends: list[int]) -> None:
+            sub, mine, want = subs[index], lags[index], expected[index]
+            while len(mine) < want:
+                got = sub.get_many(timeout=GET_TIMEOUT)
+                now = clock()
+                if not got:
+                    return
+                mine.extend(now - event.data["reason"] for event in got)
+            ends[index] = clock()
+
+        readers = [threading.Thread(target=read, args=(i, lags, ends), daemon=True)
+                   for i in range(len(subs))]
+        for reader in readers:
+            reader.start()
+        failure = brama.failure
+        start = clock()
+        for j in range(calls):
+            failure(names[j % len(names)], reason=clock())
+        reported = clock()
+        for reader in readers:
+            reader.join(GET_TIMEOUT * 2)
+        delivered = sum(len(x) for x in lags)
+        samples = sorted(v for x in lags for v in x)
+        out["runs"].append({
+            "calls_per_s": calls / ((reported - start) / 1e9),
+            "delivered": delivered, "expected": sum(expected),
+            "p50_ms": percentile(samples, 50) / 1e6 if samples else None,
+            "p99_ms": percentile(samples, 99) / 1e6 if samples else None,
+            "last_receipt_ms": (max(ends) - reported) / 1e6,
+        })
+    out["runs"] = out["runs"][1:]
+    brama.stop()
+    return out
+
+
 def child_latency(subs: int, events: int, rate: float) -> dict[str, Any]:
     brama, names = start_system()
     subscriptions = [brama.subscribe(max_pending=BIG) for _ in range(subs)]
@@ -620,6 +675,21 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
                      f"{res['threads']} reporting thread(s)",
                      fmt_rate(rates), f">= {TARGET_DELIVERIES_GET_MANY:,}/s",
                      met(med >= TARGET_DELIVERIES_GET_MANY)))
+    filtered = r.get("filtered")
+    if filtered:
+        runs = filtered["runs"]
+        rates = [run["calls_per_s"] for run in runs]
+        p99s = [run["p99_ms"] for run in runs]
+        complete = all(run["delivered"] == run["expected"] for run in runs)
+        rows.append((f"1c. failure() calls/s, {filtered['calls']:,} over 100 connections, "
+                     "1 all-events + 9 filtered inboxes (get_many readers)",
+                     fmt_rate(rates) + ("" if complete else "; EVENTS MISSING"),
+                     f">= {TARGET_FILTERED_CALLS:,}/s",
+                     met(statistics.median(rates) >= TARGET_FILTERED_CALLS and complete)))
+        rows.append(("    p99 report-to-receipt latency in that run",
+                     f"{statistics.median(p99s):.1f} ms ({min(p99s):.1f}-{max(p99s):.1f})",
+                     f"< {TARGET_FILTERED_P99_MS} ms",
+                     met(statistics.median(p99s) < TARGET_FILTERED_P99_MS)))
     # 2. latency: several runs (fresh processes); medians, range in brackets
     for runs in r["latency"]:
         first = runs[0]
@@ -796,7 +866,8 @@ def main(argv: list[str] | None = None) -> int:
         what, *rest = args.child
         values = [json.loads(v) for v in rest]
         runners = {"fanout": child_fanout, "latency": child_latency, "filter": child_filter,
-                   "trace": child_trace, "threads": child_threads}
+                   "trace": child_trace, "threads": child_threads,
+                   "filtered": child_filtered}
         print(json.dumps(runners[what](*values)))
         return 0
 
@@ -817,6 +888,8 @@ def main(argv: list[str] | None = None) -> int:
                              for t in (1, 2, 4)]
     results["throughput_many"] = [child("fanout", "inbox_many", 10, t, p["events"],
                                         p["rounds"], False, 10) for t in (1, 2)]
+    results["filtered"] = child("filtered", 10_000 if not args.quick else 2_000,
+                                p["rounds"])
     results["latency"] = [[child("latency", s, p["lat_events"], 1000.0)
                            for _ in range(p["lat_runs"])] for s in (10, 1)]
     results["filter"] = child("filter", p["many"], p["k_events"], p["calls"], p["repeat"])
