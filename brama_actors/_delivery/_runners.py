@@ -127,6 +127,17 @@ class _Runner(_Queued):
         with self._cond:
             self.stats.delivered += count(item)
 
+    def _retry(self, item: Item, exc: BaseException, attempt: int, attempts: int) -> bool:
+        """The handler raised ``exc`` on try ``attempt`` (from 0) of ``attempts``: True to
+        try again after the backoff; else the failure is reported (unless ``stop()``
+        abandoned this runner: then nothing is) and the item is done."""
+        if self._abandoned:
+            return False
+        if attempt + 1 < attempts and not self.closed:  # closing: no more waiting
+            return True
+        self._failed(item, exc, attempt + 1)
+        return False
+
     def _failed(self, item: Item, exc: BaseException, attempts: int) -> None:
         with self._cond:
             self.stats.failed += count(item)
@@ -193,14 +204,10 @@ class HandlerTarget(_Runner):
                         f"handler {self._label} returned an awaitable that nothing would "
                         "await; subscribe an `async def` handler from a running event loop")
             except BaseException as exc:
-                if self._abandoned:
-                    return  # stop() gave up on this thread: report nothing, retry nothing
-                if attempt + 1 < attempts and not self._stop_event.is_set():
-                    self._stop_event.wait(backoff)
-                    backoff *= 2
-                    continue
-                self._failed(item, exc, attempt + 1)
-                return
+                if not self._retry(item, exc, attempt, attempts):
+                    return
+                self._stop_event.wait(backoff)
+                backoff *= 2
             else:
                 self._succeeded(item)
                 return
@@ -339,14 +346,10 @@ class AsyncHandlerTarget(_Runner):
             except asyncio.CancelledError:
                 raise  # the task is cancelled (loop shutdown, or stop() abandoned it)
             except BaseException as exc:
-                if self._abandoned:
+                if not self._retry(item, exc, attempt, attempts):
                     return
-                if attempt + 1 < attempts and not self.closed:
-                    await asyncio.sleep(backoff)
-                    backoff *= 2
-                    continue
-                self._failed(item, exc, attempt + 1)
-                return
+                await asyncio.sleep(backoff)
+                backoff *= 2
             else:
                 self._succeeded(item)
                 return
