@@ -47,8 +47,8 @@ ASK_TIMEOUT = 10.0
 #: Back-pressure: when the event manager has more than EM_HIGH_WATER messages queued,
 #: reporting threads (never the pool's workers) wait until it is under EM_LOW_WATER, for
 #: at most EM_WAIT seconds; after a wait in vain, nobody waits again until it has moved.
-EM_HIGH_WATER = 1_000
-EM_LOW_WATER = 250
+EM_HIGH_WATER = 500
+EM_LOW_WATER = 125
 EM_WAIT = 1.0
 
 #: (event type, data) pairs, as the rules produce them.
