@@ -134,20 +134,14 @@ class _Expired(Exception):
     """The guard's own ``timeout`` ended the call (raised to the user as TimeoutError)."""
 
 
-def _check_timeout(timeout: Any) -> float | None:
-    """``timeout=`` in ms, as seconds for asyncio."""
-    ms = check_optional_int("timeout", timeout)
-    return None if ms is None else ms / 1000
-
-
-async def _within(awaitable: Awaitable[R], seconds: float) -> R:
-    """Await ``awaitable``, cancelled after ``seconds`` (then ``_Expired``).
+async def _within(awaitable: Awaitable[R], timeout_ms: int) -> R:
+    """Await ``awaitable``, cancelled after ``timeout_ms`` (then ``_Expired``).
 
     ``_Expired`` tells the guard's own timeout from a ``TimeoutError`` the call raised.
     """
     import asyncio  # only async guards with a timeout pay for it
 
-    deadline = asyncio.timeout(seconds)
+    deadline = asyncio.timeout(timeout_ms / 1000)
     try:
         async with deadline:
             return await awaitable
@@ -157,7 +151,7 @@ async def _within(awaitable: Awaitable[R], seconds: float) -> R:
         raise
 
 
-def _timeout_error(what: str, timeout_ms: int | None) -> TimeoutError:
+def _timeout_error(what: str, timeout_ms: int) -> TimeoutError:
     return TimeoutError(f"the {what} took longer than {timeout_ms} ms")
 
 
@@ -200,7 +194,7 @@ class Guard:
     """
 
     __slots__ = ("_brama", "_error_handler", "_exclude", "_record", "_registration",
-                 "fallback", "identifier", "key", "scope", "timeout", "timeout_ms")
+                 "fallback", "identifier", "key", "scope", "timeout")
 
     def __init__(self, identifier: str, *, scope: str | None = None,
                  error_handler: Callable[[Any], Any] | None = None,
@@ -224,8 +218,7 @@ class Guard:
         self._exclude = _Matcher("exclude", exclude)
         self._record = None if record is None else _Matcher("record", record)
         self.fallback = fallback
-        self.timeout = _check_timeout(timeout)
-        self.timeout_ms = timeout
+        self.timeout = check_optional_int("timeout", timeout)  # ms
         registration = _registration(register_options)
         self._registration = registration if register else None
 
@@ -381,7 +374,7 @@ class Guard:
         aexit = self.aexit
         run = _nowait.run
         fallback = self.fallback
-        seconds, timeout_ms = self.timeout, self.timeout_ms
+        timeout_ms = self.timeout
 
         @functools.wraps(function)
         async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -395,13 +388,13 @@ class Guard:
                     answer = await answer
                 return cast("R", answer)
             try:
-                if seconds is None:
+                if timeout_ms is None:
                     result = await function(*args, **kwargs)
                 else:
-                    result = await _within(function(*args, **kwargs), seconds)
+                    result = await _within(function(*args, **kwargs), timeout_ms)
             except _Expired:
                 await run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
-                raise _timeout_error("call", timeout_ms) from None
+                raise _timeout_error("call", cast(int, timeout_ms)) from None
             except BaseException as exc:
                 await aexit(entered, exc)
                 raise
@@ -467,7 +460,7 @@ class GuardBlock:
         if self.guard.timeout is not None:
             import asyncio
 
-            self._deadline = asyncio.timeout(self.guard.timeout)
+            self._deadline = asyncio.timeout(self.guard.timeout / 1000)
             await self._deadline.__aenter__()
         return self
 
@@ -484,7 +477,8 @@ class GuardBlock:
                     await self.guard.aexit(entered, exc)
                     raise
                 await _nowait.run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
-                raise _timeout_error("block", self.guard.timeout_ms) from None
+                assert self.guard.timeout is not None
+                raise _timeout_error("block", self.guard.timeout) from None
         await self.guard.aexit(entered, exc)
 
 

@@ -271,6 +271,12 @@ def _open(status: ConnectionStatus, settings: Settings, now: int, expiry: int | 
                   **changes)
 
 
+def _void(status: ConnectionStatus, trial: int) -> bool:
+    """True if a trial admitted in the half_open period of the opening at ``trial`` is
+    over (a half-open timeout or a manual change ended it): its outcome changes nothing."""
+    return status.state is not HALF_OPEN or status.opened_at != trial
+
+
 def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> Transition:
     """Apply one input to a circuit.
 
@@ -284,10 +290,9 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         The new status and the events to emit, in the order of docs/events.md.
     """
     state = status.state
-    if ((type(op) is Success or type(op) is Failure) and op.trial is not None
-            and (state is not HALF_OPEN or status.opened_at != op.trial)):
-        return Transition(status, ())  # a trial of a half_open period that is over
     if type(op) is Success:
+        if op.trial is not None and _void(status, op.trial):
+            return Transition(status, ())
         extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
         if state is HALF_OPEN and status.half_open_successes + 1 < status.success_threshold:
             new = evolve(
@@ -313,6 +318,8 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         return Transition(new, (_simple(EventType.SUCCESS, new, **extra),))
 
     if type(op) is Failure:
+        if op.trial is not None and _void(status, op.trial):
+            return Transition(status, ())
         count = status.failure_count + 1
         counters: dict[str, Any] = {
             "failure_count": count,

@@ -64,11 +64,6 @@ def handlers() -> dict[str, tuple[Name, Handler]]:
         return dict(HANDLERS)
 
 
-def active() -> bool:
-    """True if any handler is attached (lets emitters skip building telemetry)."""
-    return bool(HANDLERS)
-
-
 def execute(name: Name, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
     """Run every handler whose prefix matches ``name``, in the calling thread."""
     if not HANDLERS:

@@ -38,8 +38,3 @@ class Context:
         self.stopping = False
         self.pool = Pool(self.name, POOL_SIZE)
         self.scheduler = Scheduler(clock, f"{self.name}-scheduler")
-
-    def shutdown(self, timeout: float) -> None:
-        """Stop the scheduler and the pool (after every actor has been stopped)."""
-        self.scheduler.stop(timeout)
-        self.pool.shutdown(timeout)

@@ -70,11 +70,6 @@ class Scheduler:
                 self._cond.notify()
         return timer
 
-    def pending(self) -> int:
-        """How many timers are waiting (including cancelled ones not yet discarded)."""
-        with self._cond:
-            return len(self._heap)
-
     def _pop_due(self, now: int) -> list[Timer]:
         due: list[Timer] = []
         while self._heap and self._heap[0][0] <= now:
