@@ -35,6 +35,25 @@ def _no_leftovers() -> Iterator[None]:
 
 
 @pytest.fixture
+def node() -> Iterator[tuple[brama_actors.Brama, brama_actors.Server]]:
+    """A running system served on a private Unix socket in this process."""
+    brama = brama_actors.Brama.start()
+    server = brama.serve()
+    yield brama, server
+    brama.stop()
+
+
+@pytest.fixture
+def client(node: tuple[brama_actors.Brama, brama_actors.Server]
+           ) -> Iterator[brama_actors.Client]:
+    """A client connected to ``node`` (in this process)."""
+    _, server = node
+    connected = brama_actors.connect(server.address, authkey=server.authkey)
+    yield connected
+    connected.close()
+
+
+@pytest.fixture
 def clock() -> ManualClock:
     """A manual clock at a fixed start time."""
     return ManualClock(start_ms=1_700_000_000_000)

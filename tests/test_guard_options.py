@@ -280,7 +280,6 @@ def test_outside_cancellation_records_nothing_and_frees_the_permit(
         system: Brama, clock: ManualClock) -> None:
     """Cancelled by the caller: CancelledError propagates, nothing recorded, permit back."""
     _half_open(system, clock)
-    started = asyncio.Event
 
     @circuit_breaker("api", brama=system, timeout=60_000)
     async def slow(ready: asyncio.Event) -> str:
@@ -293,7 +292,7 @@ def test_outside_cancellation_records_nothing_and_frees_the_permit(
         return "ok"
 
     async def scenario() -> str:
-        ready = started()
+        ready = asyncio.Event()
         task = asyncio.create_task(slow(ready))
         await ready.wait()
         with pytest.raises(CircuitOpenError):  # the one permit is taken
@@ -381,17 +380,12 @@ def test_retry_after_counts_down_to_the_trial(system: Brama, clock: ManualClock)
         assert full.value.retry_after == 0
 
 
-def test_retry_after_on_a_client(system: Brama) -> None:
+def test_retry_after_on_a_client(node: tuple[Brama, Any]) -> None:
     """A client's refusal carries retry_after too (from the wall clock)."""
-    brama = Brama.start()
-    try:
-        server = brama.serve()
-        brama.register("api")
-        brama.open_circuit("api", expiry=60_000)
-        with brama_actors.connect(server.address, authkey=server.authkey) as client:
-            assert client.wait_connected(10)
-            with pytest.raises(CircuitOpenError) as refused, client.guard("api"):
-                pass
-            assert 0 < refused.value.retry_after <= 60_000
-    finally:
-        brama.stop()
+    brama, server = node
+    brama.register("api")
+    brama.open_circuit("api", expiry=60_000)  # before connecting: the snapshot has it
+    with brama_actors.connect(server.address, authkey=server.authkey) as client:
+        with pytest.raises(CircuitOpenError) as refused, client.guard("api"):
+            pass
+        assert 0 < refused.value.retry_after <= 60_000

@@ -186,14 +186,10 @@ def test_bad_values_are_refused_and_change_nothing(system: Brama, option: str,
         Brama.start(**{option: bad})
 
 
-def test_a_client_registers_with_them(clock: ManualClock) -> None:
+def test_a_client_registers_with_them(node: tuple[Brama, Any],
+                                      client: brama_actors.Client) -> None:
     """The options cross the wire (the operation table lists them)."""
-    brama = Brama.start()
-    try:
-        server = brama.serve()
-        with brama_actors.connect(server.address, authkey=server.authkey) as client:
-            status = client.register("api", success_threshold=2, half_open_timeout=300)
-            assert (status.success_threshold, status.half_open_timeout) == (2, 300)
-            assert brama.status("api").success_threshold == 2
-    finally:
-        brama.stop()
+    brama, _ = node
+    status = client.register("api", success_threshold=2, half_open_timeout=300)
+    assert (status.success_threshold, status.half_open_timeout) == (2, 300)
+    assert brama.status("api").success_threshold == 2

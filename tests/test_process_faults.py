@@ -47,15 +47,6 @@ FLOOD_ROUND_TRIPS = 150
 # -- fixtures and helpers ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def node() -> Iterator[tuple[Brama, Server]]:
-    """A running system served on a private Unix socket in this process."""
-    brama = Brama.start()
-    server = brama.serve()
-    yield brama, server
-    brama.stop()
-
-
 class _LogWatch(logging.Handler):
     """Collects the ``brama_actors`` log records and lets a test wait for one."""
 

@@ -33,20 +33,12 @@ CTX = multiprocessing.get_context("spawn")
 
 @pytest.fixture
 def node() -> Iterator[tuple[Brama, Server]]:
-    """A running system served on a private Unix socket."""
+    """A running system served on a private Unix socket (max_attempts=3; conftest's
+    ``client`` connects to this one in this module)."""
     brama = Brama.start(max_attempts=3)
     server = brama.serve()
     yield brama, server
     brama.stop()
-
-
-@pytest.fixture
-def client(node: tuple[Brama, Server]) -> Iterator[Client]:
-    """A client connected to the node (in this process)."""
-    _, server = node
-    client = brama_actors.connect(server.address, authkey=server.authkey)
-    yield client
-    client.close()
 
 
 def _wait_gone(pid: int, timeout: float) -> bool:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-import brama_actors
 from brama_actors import Brama, Client, Event
 from brama_actors.testing import ManualClock
 
@@ -179,20 +177,9 @@ def test_aget_many_and_async_iteration(db: Brama) -> None:
     assert sub.statistics().delivered == 6
 
 
-@pytest.fixture
-def node_client() -> Iterator[tuple[Brama, Client]]:
-    """A served system and a client of it, in this process."""
-    brama = Brama.start()
-    server = brama.serve()
-    client = brama_actors.connect(server.address, authkey=server.authkey)
-    yield brama, client
-    client.close()
-    brama.stop()
-
-
-def test_get_many_on_a_client_subscription(node_client: tuple[Brama, Client]) -> None:
+def test_get_many_on_a_client_subscription(node: tuple[Brama, Any], client: Client) -> None:
     """A client's inbox is read the same way."""
-    brama, client = node_client
+    brama, _ = node
     brama.register("db", max_attempts=10**9)
     sub = client.subscribe(events=["failure"])
     for i in range(3):

@@ -2,24 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
-
 import pytest
 
 from brama_actors._remote import _service
 from brama_actors._remote._frames import Request, decode_request, to_wire
-from brama_actors._remote._ops import OPS
 from brama_actors._remote._service import NodeService
 from brama_actors._remote._wire import encode
-
-
-def test_every_operation_has_a_service_method_with_its_arguments() -> None:
-    """Each entry of OPS is a NodeService method taking only the arguments listed."""
-    for op in OPS.values():
-        method = getattr(NodeService, op.name)
-        names = {p.name for p in inspect.signature(method).parameters.values()
-                 if p.kind is not p.VAR_KEYWORD} - {"self", "request_id"}
-        assert names <= set(op.params), (op.name, names - set(op.params))
 
 
 def test_the_service_check_refuses_a_method_that_drifted(
