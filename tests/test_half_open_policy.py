@@ -193,3 +193,15 @@ def test_a_client_registers_with_them(node: tuple[Brama, Any],
     status = client.register("api", success_threshold=2, half_open_timeout=300)
     assert (status.success_threshold, status.half_open_timeout) == (2, 300)
     assert brama.status("api").success_threshold == 2
+
+
+def test_a_new_half_open_timeout_applies_to_the_period_in_progress(
+        system: Brama, clock: ManualClock) -> None:
+    """configure() during half_open: the shorter timeout counts from the period's start."""
+    _to_half_open(system, clock, half_open_timeout=1_000)
+    clock.advance(50)
+    system.configure("api", half_open_timeout=100)
+    clock.advance(49)
+    assert system.status("api").state == "half_open"
+    clock.advance(1)  # 100 ms after entering half_open, not 1,000
+    assert system.status("api").state == "open"
