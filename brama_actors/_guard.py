@@ -297,7 +297,8 @@ class Guard:
         verdict = _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc)
         await _nowait.run(authority.settle, admission, verdict)
 
-    def _judge_and_settle(self, entered: tuple[Authority, Admission], result: Any) -> None:
+    def judge(self, entered: tuple[Authority, Admission], result: Any) -> None:
+        """Record what a returned ``result`` means (``error_handler``); give the permit back."""
         authority, admission = entered
         try:
             verdict = self.verdict(result)
@@ -317,7 +318,7 @@ class Guard:
         enter = self.enter
         fallback = self.fallback
         exit_ = self.exit
-        judge_and_settle = self._judge_and_settle
+        judge_and_settle = self.judge
         key = self.key
         fixed = self._brama
         resolve = _the_default

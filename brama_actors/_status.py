@@ -70,6 +70,19 @@ class ConnectionStatus:
     half_open_timeout: int | None = None
     #: Successes counted in the current half_open period.
     half_open_successes: int = 0
+    #: Failures / calls in the rate window (None: no rate rule, or below minimum_calls).
+    failure_rate: float | None = None
+    #: Slow calls / calls in the rate window (None: as for ``failure_rate``).
+    slow_call_rate: float | None = None
+    #: Outcomes in the rate window (0 when no rate rule applies).
+    window_calls: int = 0
+    #: Guarded calls refused (also those answered by a fallback or an integration).
+    total_rejections: int = 0
+    #: Outcomes recorded as nothing ("ignore" verdicts, excluded or unmatched exceptions).
+    total_ignored: int = 0
+    #: State changes since registration: ``(from_state, to_state, count)``, one per pair
+    #: that happened, in the order each pair first happened (the exporters read it).
+    transitions: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def success_rate(self) -> float | None:
