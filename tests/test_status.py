@@ -26,6 +26,8 @@ OTHER: dict[str, Any] = {
     "last_failure_time": 60, "state_changed_at": 70, "registered_at": 80,
     "total_successes": 11, "total_failures": 12, "metadata": freeze_mapping({"a": 1}),
     "success_threshold": 3, "half_open_timeout": 500, "half_open_successes": 2,
+    "failure_rate": 0.5, "slow_call_rate": 0.25, "window_calls": 8, "total_rejections": 4,
+    "total_ignored": 5, "transitions": (("closed", "open", 1),),
 }
 
 
