@@ -7,9 +7,12 @@ nothing for metrics nobody asked for.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-__all__ = ["OBSERVERS", "Observer"]
+__all__ = ["OBSERVERS", "Observer", "notify"]
+
+logger = logging.getLogger("brama_actors")
 
 #: ``observer(identifier, scope, outcome, seconds)``: outcome is ``"success"`` or
 #: ``"failure"``, for calls that ran (never refusals). Observers must not raise.
@@ -17,3 +20,13 @@ Observer = Callable[[str, "str | None", str, float], None]
 
 #: The installed observers; guards read it on every call (empty: no timing).
 OBSERVERS: list[Observer] = []
+
+
+def notify(identifier: str, scope: str | None, outcome: str, seconds: float) -> None:
+    """Hand one call's duration to every observer; one that raises is logged, never
+    the guarded call's problem."""
+    for observer in tuple(OBSERVERS):
+        try:
+            observer(identifier, scope, outcome, seconds)
+        except Exception:
+            logger.exception("call-duration observer %r raised", observer)

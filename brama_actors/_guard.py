@@ -23,10 +23,12 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
+from brama_actors import _durations
 from brama_actors._authority import Admission, Registration
 from brama_actors._config import CONNECTION_OPTIONS, check_optional_int, validate_options
 from brama_actors._errors import CircuitOpenError, InvalidConfiguration, describe
@@ -243,7 +245,26 @@ class Guard:
             ConnectionNotFound: unknown, with ``register=False``.
         """
         authority = self._authority()
-        return authority, authority.admit(self.key, self._registration)
+        admission = authority.admit(self.key, self._registration)
+        view = admission.view
+        if _durations.OBSERVERS or view is None or view.slow is not None:
+            admission.started = time.perf_counter()
+        return authority, admission
+
+    def _settle(self, entered: tuple[Authority, Admission], verdict: tuple[str, Any]) -> None:
+        """Record ``verdict`` with the call's duration, if it was timed."""
+        authority, admission = entered
+        authority.settle(admission, verdict, self._duration(admission, verdict[0]))
+
+    def _duration(self, admission: Admission, kind: str) -> float | None:
+        """The timed call's duration in ms (observers get it in seconds), or None."""
+        started = admission.started
+        if started is None:
+            return None
+        seconds = time.perf_counter() - started
+        if _durations.OBSERVERS and kind != "ignore":
+            _durations.notify(self.identifier, self.scope, kind, seconds)
+        return seconds * 1000.0
 
     # -- judging (user code: runs once, in the caller's thread) ----------------------
     def verdict(self, result: Any) -> tuple[str, Any]:
@@ -286,26 +307,25 @@ class Guard:
     # -- recording -------------------------------------------------------------------
     def exit(self, entered: tuple[Authority, Admission], exc: BaseException | None) -> None:
         """Record the outcome of a call entered with ``enter()``; give its permit back."""
-        authority, admission = entered
-        authority.settle(admission, _SUCCESS_VERDICT if exc is None
-                         else self.exception_verdict(exc))
+        self._settle(entered, _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc))
 
     async def aexit(self, entered: tuple[Authority, Admission],
-                    exc: BaseException | None) -> None:
-        """``exit`` for asyncio code: never blocks the event loop."""
+                    exc: BaseException | None, verdict: tuple[str, Any] | None = None) -> None:
+        """``exit`` for asyncio code (or a given ``verdict``): never blocks the loop."""
         authority, admission = entered
-        verdict = _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc)
-        await _nowait.run(authority.settle, admission, verdict)
+        if verdict is None:
+            verdict = _SUCCESS_VERDICT if exc is None else self.exception_verdict(exc)
+        duration = self._duration(admission, verdict[0])
+        await _nowait.run(authority.settle, admission, verdict, duration)
 
     def judge(self, entered: tuple[Authority, Admission], result: Any) -> None:
         """Record what a returned ``result`` means (``error_handler``); give the permit back."""
-        authority, admission = entered
         try:
             verdict = self.verdict(result)
         except BaseException:
-            authority.settle(admission, _IGNORE_VERDICT)  # the permit goes back
+            self._settle(entered, _IGNORE_VERDICT)  # the permit goes back
             raise
-        authority.settle(admission, verdict)
+        self._settle(entered, verdict)
 
     # -- decorator -------------------------------------------------------------------
     def wrap(self, function: Callable[P, R]) -> Callable[P, R]:
@@ -322,6 +342,7 @@ class Guard:
         key = self.key
         fixed = self._brama
         resolve = _the_default
+        observers = _durations.OBSERVERS
 
         def general(args: Any, kwargs: Any) -> R:
             try:
@@ -352,8 +373,8 @@ class Guard:
             # The fast path, inlined: a healthy circuit, nothing to admit.
             authority = (fixed if fixed is not None else resolve())._authority
             view = authority.views.get(key)
-            if view is None or not view.quiet:
-                return general(args, kwargs)
+            if view is None or not view.quiet or view.slow is not None or observers:
+                return general(args, kwargs)  # not quiet, or to be timed
             try:
                 result = function(*args, **kwargs)
             except BaseException as exc:
@@ -394,7 +415,7 @@ class Guard:
                 else:
                     result = await _within(function(*args, **kwargs), timeout_ms)
             except _Expired:
-                await run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
+                await aexit(entered, None, _TIMEOUT_VERDICT)
                 raise _timeout_error("call", cast(int, timeout_ms)) from None
             except BaseException as exc:
                 await aexit(entered, exc)
@@ -402,9 +423,9 @@ class Guard:
             try:
                 judged = verdict(result)
             except BaseException:
-                await run(entered[0].settle, entered[1], _IGNORE_VERDICT)
+                await aexit(entered, None, _IGNORE_VERDICT)
                 raise
-            await run(entered[0].settle, entered[1], judged)
+            await aexit(entered, None, judged)
             return result
 
         guarded.__brama_guard__ = self  # type: ignore[attr-defined]
@@ -477,7 +498,7 @@ class GuardBlock:
                 if not deadline.expired():  # not ours: record the block's own outcome
                     await self.guard.aexit(entered, exc)
                     raise
-                await _nowait.run(entered[0].settle, entered[1], _TIMEOUT_VERDICT)
+                await self.guard.aexit(entered, None, _TIMEOUT_VERDICT)
                 assert self.guard.timeout is not None
                 raise _timeout_error("block", self.guard.timeout) from None
         await self.guard.aexit(entered, exc)

@@ -21,6 +21,7 @@ from brama_actors._status import (
     evolve,
     freeze_mapping,
 )
+from brama_actors._window import FAILED, SLOW, Window
 
 __all__ = [
     "Close",
@@ -52,6 +53,8 @@ MANUALLY_OPENED = "Manually opened"
 MANUALLY_CLOSED = "Manually closed"
 MANUALLY_RESET = "Manually reset"
 HALF_OPEN_TIMEOUT = "Half-open timeout"
+FAILURE_RATE_EXCEEDED = "Failure rate exceeded"
+SLOW_CALL_RATE_EXCEEDED = "Slow call rate exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,19 +64,22 @@ class Success:
     ``trial``: for a guarded half-open trial, the ``opened_at`` of the opening whose
     half_open period admitted it; once that period is over (a half-open timeout, a
     manual change) the outcome is void and changes nothing.
+    ``duration``: how long the call took, ms (None: unknown, never slow).
     """
 
     metadata: Mapping[str, Any] | None = None
     trial: int | None = None
+    duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """A reported failure (``trial``: as for :class:`Success`)."""
+    """A reported failure (``trial``, ``duration``: as for :class:`Success`)."""
 
     reason: Any = None
     metadata: Mapping[str, Any] | None = None
     trial: int | None = None
+    duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +199,7 @@ def initial_status(
         max_expiry=settings.max_expiry,
         backoff_factor=settings.backoff_factor,
         half_open_max_calls=settings.half_open_max_calls,
-        success_threshold=settings.success_threshold,
-        half_open_timeout=settings.half_open_timeout,
+        **_rule_fields(settings),
         opened_at=None,
         last_success_time=None,
         last_failure_time=None,
@@ -246,17 +251,18 @@ def _state_change(
     )
 
 
-def _opened(status: ConnectionStatus, reason: Any) -> EventSpec:
-    return (
-        EventType.CIRCUIT_OPENED,
-        {
-            "state": status.state,
-            "failure_count": status.failure_count,
-            "reason": reason,
-            "opened_at": status.opened_at,
-            "expiry": status.expiry,
-        },
-    )
+def _opened(status: ConnectionStatus, reason: Any,
+            rates: tuple[float, float] | None = None) -> EventSpec:
+    data = {
+        "state": status.state,
+        "failure_count": status.failure_count,
+        "reason": reason,
+        "opened_at": status.opened_at,
+        "expiry": status.expiry,
+    }
+    if rates is not None:
+        data["failure_rate"], data["slow_call_rate"] = rates
+    return (EventType.CIRCUIT_OPENED, data)
 
 
 def _simple(kind: EventType, status: ConnectionStatus, **extra: Any) -> EventSpec:
@@ -277,7 +283,69 @@ def _void(status: ConnectionStatus, trial: int) -> bool:
     return status.state is not HALF_OPEN or status.opened_at != trial
 
 
-def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> Transition:
+def _rule_fields(settings: Settings) -> dict[str, Any]:
+    """The status fields that show a connection's rule settings."""
+    return {
+        "success_threshold": settings.success_threshold,
+        "half_open_timeout": settings.half_open_timeout,
+        "failure_rate_threshold": settings.failure_rate_threshold,
+        "slow_call_rate_threshold": settings.slow_call_rate_threshold,
+        "slow_call_duration": settings.slow_call_duration,
+        "window_type": settings.window_type,
+        "window_size": settings.window_size,
+        "minimum_calls": settings.minimum_calls,
+    }
+
+
+def window_fields(settings: Settings, window: Window | None, now: int) -> dict[str, Any]:
+    """``failure_rate``, ``slow_call_rate`` and ``window_calls`` of ``window`` at ``now``
+    (rates None below ``minimum_calls``; all empty without a window)."""
+    if window is None:
+        return {"failure_rate": None, "slow_call_rate": None, "window_calls": 0}
+    calls, failures, slow = window.figures(now)
+    if calls < settings.minimum_calls or not calls:
+        return {"failure_rate": None, "slow_call_rate": None, "window_calls": calls}
+    return {"failure_rate": failures / calls, "slow_call_rate": slow / calls,
+            "window_calls": calls}
+
+
+def _code(settings: Settings, failed: int, duration: float | None) -> int:
+    """The window code of an outcome: ``FAILED`` and/or ``SLOW``."""
+    slow = settings.slow_call_duration
+    if duration is not None and slow is not None and duration >= slow:
+        return failed | SLOW
+    return failed
+
+
+def _rate_trip(settings: Settings, window: Window,
+               now: int) -> tuple[str, tuple[float, float]] | None:
+    """The rate rule the window trips at ``now`` (reason, (failure rate, slow rate))."""
+    calls, failures, slow = window.figures(now)
+    if calls < settings.minimum_calls or not calls:
+        return None
+    rates = (failures / calls, slow / calls)
+    threshold = settings.failure_rate_threshold
+    if threshold is not None and rates[0] >= threshold:
+        return FAILURE_RATE_EXCEEDED, rates
+    threshold = settings.slow_call_rate_threshold
+    if threshold is not None and rates[1] >= threshold:
+        return SLOW_CALL_RATE_EXCEEDED, rates
+    return None
+
+
+def _transitions(status: ConnectionStatus, to: CircuitState) -> tuple[tuple[str, str, int], ...]:
+    """``status.transitions`` with one more ``status.state -> to``."""
+    pairs = list(status.transitions)
+    for i, (old, new, count) in enumerate(pairs):
+        if old == status.state and new == to:
+            pairs[i] = (old, new, count + 1)
+            return tuple(pairs)
+    pairs.append((status.state.value, to.value, 1))
+    return tuple(pairs)
+
+
+def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int,
+          window: Window | None = None) -> Transition:
     """Apply one input to a circuit.
 
     Args:
@@ -285,10 +353,35 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
         settings: the connection's resolved settings.
         op: what happened.
         now: the time it happened, ms since the epoch.
+        window: the connection's rate window (``_window.window_for(settings, ...)``): the
+            one input that is not a value. It records the outcome (closed only) and is
+            cleared on opening and on a reset, in place; its owner (the connection's
+            actor, or a test's model) passes the same window each time.
 
     Returns:
         The new status and the events to emit, in the order of docs/events.md.
     """
+    transition = _decide(status, settings, op, now, window)
+    new = transition.status
+    if new is status:
+        return transition
+    changes: dict[str, Any] = {}
+    if new.state is not status.state:
+        changes["transitions"] = _transitions(status, new.state)
+    if window is not None:
+        if (new.state is OPEN and new.opened_at != status.opened_at) or type(op) is Reset:
+            window.clear()
+        changes.update(window_fields(settings, window, now))
+    elif status.window_calls or status.failure_rate is not None:
+        changes.update(window_fields(settings, None, now))
+    if not changes:
+        return transition
+    return Transition(evolve(new, **changes), transition.events)
+
+
+def _decide(status: ConnectionStatus, settings: Settings, op: Input, now: int,
+            window: Window | None) -> Transition:
+    """``apply`` without the bookkeeping every change shares."""
     state = status.state
     if type(op) is Success:
         if op.trial is not None and _void(status, op.trial):
@@ -311,6 +404,19 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
                 _simple(EventType.CIRCUIT_CLOSED, new, reason=TRIAL_SUCCEEDED),
                 _state_change(state, new, TRIAL_SUCCEEDED),
             ))
+        if window is not None and state is CLOSED:
+            window.record(_code(settings, 0, op.duration), now)
+            trip = _rate_trip(settings, window, now)
+            if trip is not None:
+                why, figures = trip
+                new = _open(status, settings, now, None, state_changed_at=now,
+                            failure_count=0, last_success_time=now,
+                            total_successes=status.total_successes + 1)
+                return Transition(new, (
+                    _simple(EventType.SUCCESS, new, **extra),
+                    _opened(new, why, figures),
+                    _state_change(state, new, why),
+                ))
         new = evolve(
             status, failure_count=0, last_success_time=now,
             total_successes=status.total_successes + 1,
@@ -327,15 +433,24 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
             "total_failures": status.total_failures + 1,
         }
         extra = {} if op.metadata is None else {"metadata": freeze_mapping(op.metadata)}
-        if (state is CLOSED and count >= settings.max_attempts) or state is HALF_OPEN:
-            if state is HALF_OPEN:
-                reason = op.reason if op.reason is not None else HALF_OPEN_FAILED
-            else:
+        reason: Any = None
+        rates: tuple[float, float] | None = None
+        if state is HALF_OPEN:
+            reason = op.reason if op.reason is not None else HALF_OPEN_FAILED
+        elif state is CLOSED:
+            if window is not None:
+                window.record(_code(settings, FAILED, op.duration), now)
+            if settings.max_attempts and count >= settings.max_attempts:
                 reason = THRESHOLD_EXCEEDED
+            elif window is not None:
+                trip = _rate_trip(settings, window, now)
+                if trip is not None:
+                    reason, rates = trip
+        if reason is not None:
             new = _open(status, settings, now, None, state_changed_at=now, **counters)
             return Transition(new, (
                 _simple(EventType.FAILURE, new, reason=op.reason, **extra),
-                _opened(new, reason),
+                _opened(new, reason, rates),
                 _state_change(state, new, reason),
             ))
         new = evolve(status, **counters)
@@ -399,8 +514,7 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int) -> 
             "max_expiry": s.max_expiry,
             "backoff_factor": s.backoff_factor,
             "half_open_max_calls": s.half_open_max_calls,
-            "success_threshold": s.success_threshold,
-            "half_open_timeout": s.half_open_timeout,
+            **_rule_fields(s),
         }
         if status.opened_at is None:
             # status.expiry is the current or last opening's length; before any

@@ -70,6 +70,17 @@ class ConnectionStatus:
     half_open_timeout: int | None = None
     #: Successes counted in the current half_open period.
     half_open_successes: int = 0
+    #: Rate rules (API.md section 12): thresholds in (0, 1] or None (rule off).
+    failure_rate_threshold: float | None = None
+    slow_call_rate_threshold: float | None = None
+    #: Ms from which a call is slow (None: no call is slow).
+    slow_call_duration: int | None = None
+    #: ``"count"`` (the last ``window_size`` outcomes) or ``"time"`` (of the last
+    #: ``window_size`` ms).
+    window_type: str = "count"
+    window_size: int = 100
+    #: Outcomes the window must hold before a rate rule applies.
+    minimum_calls: int = 10
     #: Failures / calls in the rate window (None: no rate rule, or below minimum_calls).
     failure_rate: float | None = None
     #: Slow calls / calls in the rate window (None: as for ``failure_rate``).

@@ -233,7 +233,7 @@ def test_bad_decorator_arguments() -> None:
     with pytest.raises(InvalidIdentifier):
         circuit_breaker("")
     with pytest.raises(InvalidConfiguration, match="max_attempts"):
-        circuit_breaker("api", max_attempts=0)
+        circuit_breaker("api", max_attempts=-1)
     with pytest.raises(InvalidConfiguration, match="bogus"):
         circuit_breaker("api", bogus=1)
     with pytest.raises(TypeError, match="exclude"):

@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "brama_actors"
 
 #: Lowest first. A module belongs to the first layer with a matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("values", ("_errors", "_events", "_status", "_config", "_keys")),
-    ("rules", ("_rules",)),
+    ("values", ("_errors", "_events", "_status", "_config", "_keys", "_durations")),
+    ("rules", ("_rules", "_window")),
     ("runtime", ("_runtime",)),
     ("delivery", ("_delivery", "telemetry")),
     ("wire", ("_remote._wire", "_remote._ops", "_remote._frames", "_remote._link")),

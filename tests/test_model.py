@@ -75,6 +75,12 @@ DEFAULT = {
     "half_open_max_calls": 1,
     "success_threshold": 1,
     "half_open_timeout": None,
+    "failure_rate_threshold": None,
+    "slow_call_rate_threshold": None,
+    "slow_call_duration": None,
+    "window_type": "count",
+    "window_size": 100,
+    "minimum_calls": 10,
     "cleanup_interval": 10_000,
     "inactive_threshold": 86_400_000,
     "max_restarts": 10,
@@ -82,11 +88,17 @@ DEFAULT = {
 }
 CONNECTION_KEYS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
                    "backoff_factor", "half_open_max_calls", "success_threshold",
-                   "half_open_timeout")
+                   "half_open_timeout", "failure_rate_threshold", "slow_call_rate_threshold",
+                   "slow_call_duration", "window_type", "window_size", "minimum_calls")
+NULLABLE = ("half_open_timeout", "failure_rate_threshold", "slow_call_rate_threshold",
+            "slow_call_duration")
+#: A time window's buckets: an outcome counts while its bucket started < size ms ago.
+BUCKETS = 20
 GLOBAL_KEYS = (*CONNECTION_KEYS, "cleanup_interval", "inactive_threshold", "max_restarts",
                "restart_window")
 MINIMUM = {"max_attempts": 1, "expiry": 1, "initial_expiry": 1, "max_expiry": 1,
            "half_open_max_calls": 1, "success_threshold": 1, "half_open_timeout": 1,
+           "slow_call_duration": 1, "window_size": 1, "minimum_calls": 1,
            "cleanup_interval": 1, "inactive_threshold": 1,
            "max_restarts": 0, "restart_window": 1}
 
@@ -99,7 +111,17 @@ def check_value(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     """docs/circuit-rules.md (configuration)'s table, as the model reads it."""
     if name not in allowed:
         raise Invalid(name)
-    if name in MINIMUM:
+    if value is None and name in NULLABLE:
+        return
+    if name == "max_attempts" and type(value) is int and value == 0:
+        return  # the consecutive rule off: resolve() checks a rate rule applies
+    if name in ("failure_rate_threshold", "slow_call_rate_threshold"):
+        if not (type(value) in (int, float) and math.isfinite(value) and 0 < value <= 1):
+            raise Invalid(name)
+    elif name == "window_type":
+        if value not in ("count", "time"):
+            raise Invalid(name)
+    elif name in MINIMUM:
         if not (type(value) is int and value >= MINIMUM[name]):
             raise Invalid(name)
     elif name == "backoff_factor":
@@ -116,7 +138,28 @@ def resolve(explicit: dict[str, Any]) -> dict[str, Any]:
     maximum = explicit.get("max_expiry", 10 * initial)
     if maximum < initial:
         raise Invalid("max_expiry")
+
+    def get(name: str) -> Any:
+        value = explicit.get(name)
+        return DEFAULT[name] if value is None else value
+
+    rated = get("failure_rate_threshold") is not None or \
+        get("slow_call_rate_threshold") is not None
+    if get("slow_call_rate_threshold") is not None and get("slow_call_duration") is None:
+        raise Invalid("slow_call_rate_threshold")
+    if get("max_attempts") == 0 and not rated:
+        raise Invalid("max_attempts")
+    if get("window_type") == "count" and get("minimum_calls") > get("window_size"):
+        raise Invalid("minimum_calls")
+    threshold = get("failure_rate_threshold")
+    slow_threshold = get("slow_call_rate_threshold")
     return {
+        "failure_rate_threshold": None if threshold is None else float(threshold),
+        "slow_call_rate_threshold": None if slow_threshold is None else float(slow_threshold),
+        "slow_call_duration": get("slow_call_duration"),
+        "window_type": get("window_type"),
+        "window_size": get("window_size"),
+        "minimum_calls": get("minimum_calls"),
         "max_attempts": explicit.get("max_attempts", DEFAULT["max_attempts"]),
         "expiry": expiry,
         "expiry_strategy": explicit.get("expiry_strategy", DEFAULT["expiry_strategy"]),
@@ -167,13 +210,40 @@ class MConn:
     deadline: int | None = None  # open: the expiry; half_open: half_open_timeout's end
     timer_seq: int = -1
     half_open_successes: int = 0
+    # The rate window: (time, code) per outcome, code 1 failed | 2 slow; None: no rate rule.
+    window: list[tuple[int, int]] | None = None
+    transitions: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def rated(self) -> bool:
+        return (self.settings["failure_rate_threshold"] is not None
+                or self.settings["slow_call_rate_threshold"] is not None)
+
+    def window_figures(self, now: int) -> tuple[int, int, int]:
+        """(calls, failures, slow) in the window at ``now``, as API.md section 12 says."""
+        if self.window is None:
+            return 0, 0, 0
+        size = self.settings["window_size"]
+        if self.settings["window_type"] == "count":
+            items = self.window[-size:]
+        else:
+            width = -(-size // BUCKETS)
+            items = [(t, c) for t, c in self.window if (t // width) * width > now - size]
+        return len(items), sum(c & 1 for _, c in items), sum(c >> 1 for _, c in items)
+
+    def rates(self, now: int) -> tuple[float, float] | None:
+        calls, failures, slow = self.window_figures(now)
+        if calls == 0 or calls < self.settings["minimum_calls"]:
+            return None
+        return failures / calls, slow / calls
 
     def last_activity(self) -> int:
         return max(self.registered_at, self.state_changed_at, self.last_success or 0,
                    self.last_failure or 0)
 
-    def expected_status(self) -> dict[str, Any]:
+    def expected_status(self, now: int) -> dict[str, Any]:
         total = self.successes + self.failures
+        rates = self.rates(now)
         return {
             "identifier": self.identifier,
             "scope": self.scope,
@@ -192,6 +262,12 @@ class MConn:
             "metadata": self.metadata,
             "success_rate": None if total == 0 else self.successes / total,
             "half_open_successes": self.half_open_successes,
+            "window_calls": self.window_figures(now)[0],
+            "failure_rate": None if rates is None else rates[0],
+            "slow_call_rate": None if rates is None else rates[1],
+            "total_rejections": 0,
+            "total_ignored": 0,
+            "transitions": tuple((a, b, n) for (a, b), n in self.transitions.items()),
         }
 
 
@@ -278,6 +354,7 @@ class Model:
                      explicit=explicit, settings=resolve(explicit), registered_at=self.now,
                      state_changed_at=self.now)
         conn.expiry = conn.settings["expiry"]
+        conn.window = [] if conn.rated else None
         self.conns[key] = conn
         self.emit(conn, "registration", **self._settings_data(conn))
         self.emit(conn, "connection_registered", **self._settings_data(conn))
@@ -291,6 +368,8 @@ class Model:
         self.emit(conn, "connection_removed", reason=why)
 
     def _open(self, conn: MConn, length: int) -> None:
+        if conn.window is not None:
+            conn.window = []  # opening clears the window
         conn.opened_at = self.now
         conn.expiry = length
         conn.ever_opened = True
@@ -299,6 +378,7 @@ class Model:
 
     def _change(self, conn: MConn, new: str) -> str:
         previous, conn.state = conn.state, new
+        conn.transitions[(previous, new)] = conn.transitions.get((previous, new), 0) + 1
         conn.state_changed_at = self.now
         conn.half_open_successes = 0
         conn.deadline = None
@@ -316,8 +396,44 @@ class Model:
         self.emit(conn, "state_change", previous_state=previous, new_state=conn.state,
                   reason=reason)
 
-    def success(self, key: Key, metadata: dict[str, Any] | None) -> None:
+    def _record(self, conn: MConn, failed: int, duration: float | None) -> str | None:
+        """Record an outcome in a closed circuit's window; the rate rule it trips."""
+        if conn.window is None or conn.state != "closed":
+            return None
+        slow = conn.settings["slow_call_duration"]
+        code = failed | (2 if duration is not None and slow is not None and duration >= slow
+                         else 0)
+        conn.window.append((self.now, code))
+        if conn.settings["window_type"] == "count":
+            del conn.window[:-conn.settings["window_size"]]
+        rates = conn.rates(self.now)
+        if rates is None:
+            return None
+        threshold = conn.settings["failure_rate_threshold"]
+        if threshold is not None and rates[0] >= threshold:
+            return "Failure rate exceeded"
+        threshold = conn.settings["slow_call_rate_threshold"]
+        if threshold is not None and rates[1] >= threshold:
+            return "Slow call rate exceeded"
+        return None
+
+    def _opens(self, conn: MConn, why: str, rates: tuple[float, float] | None,
+               kind: str, **data: Any) -> None:
+        """Open on an outcome: its own event first (showing the new state), then
+        circuit_opened (with the rates when a rate rule opened it) and state_change."""
+        previous = self._change(conn, "open")
+        self._open(conn, opening_length(conn.settings, conn.failure_count))
+        self.emit(conn, kind, **data)
+        extra = {} if rates is None else {"failure_rate": rates[0], "slow_call_rate": rates[1]}
+        self.emit(conn, "circuit_opened", reason=why, opened_at=conn.opened_at,
+                  expiry=conn.expiry, **extra)
+        self._state_change(conn, previous, why)
+
+    def success(self, key: Key, metadata: dict[str, Any] | None,
+                duration: float | None = None) -> None:
         conn = self.conns[key]
+        tripped = self._record(conn, 0, duration)
+        rates = conn.rates(self.now)
         conn.successes += 1
         conn.last_success = self.now
         conn.failure_count = 0
@@ -332,30 +448,33 @@ class Model:
             reason = "Success in half_open"
             self.emit(conn, "circuit_closed", reason=reason)
             self._state_change(conn, previous, reason)
+        elif tripped is not None:
+            self._opens(conn, tripped, rates, "success", **extra)
         else:
             self.emit(conn, "success", **extra)
 
-    def failure(self, key: Key, reason: Any, metadata: dict[str, Any] | None) -> None:
+    def failure(self, key: Key, reason: Any, metadata: dict[str, Any] | None,
+                duration: float | None = None) -> None:
         conn = self.conns[key]
         conn.failures += 1
         conn.last_failure = self.now
         conn.failure_count += 1
         extra = {} if metadata is None else {"metadata": metadata}
-        opens = conn.state == "half_open" or (
-            conn.state == "closed" and conn.failure_count >= conn.settings["max_attempts"])
-        if not opens:
-            self.emit(conn, "failure", reason=reason, **extra)
-            return
+        tripped = self._record(conn, 1, duration)
+        rates = conn.rates(self.now)
+        attempts = conn.settings["max_attempts"]
         if conn.state == "half_open":
             why = reason if reason is not None else "Failure in half_open"
-        else:
+            rates = None
+        elif conn.state == "closed" and attempts and conn.failure_count >= attempts:
             why = "Threshold exceeded"
-        previous = self._change(conn, "open")
-        self._open(conn, opening_length(conn.settings, conn.failure_count))
-        self.emit(conn, "failure", reason=reason, **extra)
-        self.emit(conn, "circuit_opened", reason=why, opened_at=conn.opened_at,
-                  expiry=conn.expiry)
-        self._state_change(conn, previous, why)
+            rates = None
+        elif tripped is not None:
+            why = tripped
+        else:
+            self.emit(conn, "failure", reason=reason, **extra)
+            return
+        self._opens(conn, why, rates, "failure", reason=reason, **extra)
 
     def open_circuit(self, key: Key, reason: Any, expiry: int | None) -> None:
         conn = self.conns[key]
@@ -383,6 +502,8 @@ class Model:
         conn = self.conns[key]
         why = reason if reason is not None else "Manually reset"
         conn.failure_count = 0
+        if conn.window is not None:
+            conn.window = []  # a reset starts the window over
         if conn.state == "closed":
             self.emit(conn, "circuit_reset", reason=why)
             return
@@ -394,8 +515,14 @@ class Model:
         conn = self.conns[key]
         explicit = {**conn.explicit, **options}
         settings = resolve(explicit)  # may raise Invalid: nothing changed
+        old = conn.settings
         conn.explicit = explicit
         conn.settings = settings
+        if not conn.rated:
+            conn.window = None
+        elif (conn.window is None or old["window_type"] != settings["window_type"]
+              or old["window_size"] != settings["window_size"]):
+            conn.window = []  # a new kind or size of window starts empty
         if not conn.ever_opened:
             conn.expiry = settings["expiry"]
         if conn.state == "half_open":  # a new half_open_timeout applies at once
@@ -455,7 +582,7 @@ keys = st.sampled_from(KEYS)
 reasons = st.sampled_from([None, "boom", "timeout", 42])
 metadatas = st.sampled_from([None, {}, {"region": "eu"}, {"nested": {"ids": [1, 2]}}])
 good_values: dict[str, st.SearchStrategy[Any]] = {
-    "max_attempts": st.integers(1, 4),
+    "max_attempts": st.integers(0, 4),
     "expiry": st.sampled_from([40, 100, 250]),
     "expiry_strategy": st.sampled_from(["fixed", "progressive"]),
     "initial_expiry": st.sampled_from([20, 50, 100]),
@@ -464,6 +591,12 @@ good_values: dict[str, st.SearchStrategy[Any]] = {
     "half_open_max_calls": st.integers(1, 3),
     "success_threshold": st.integers(1, 3),
     "half_open_timeout": st.sampled_from([30, 100, 300]),
+    "failure_rate_threshold": st.sampled_from([0.25, 0.5, 1]),
+    "slow_call_rate_threshold": st.sampled_from([0.5, 1.0]),
+    "slow_call_duration": st.sampled_from([10, 100]),
+    "window_type": st.sampled_from(["count", "time"]),
+    "window_size": st.sampled_from([3, 5, 100, 400]),
+    "minimum_calls": st.sampled_from([1, 2, 4]),
     "cleanup_interval": st.sampled_from([200, 500, 1000]),
     "inactive_threshold": st.sampled_from([300, 1000, 2500]),
     "max_restarts": st.integers(0, 5),
@@ -471,6 +604,36 @@ good_values: dict[str, st.SearchStrategy[Any]] = {
 }
 bad_values = st.sampled_from([0, -5, 2.5, True, "fixed2", None, float("nan"), float("inf"),
                               "3", [1]])
+#: Reported durations (ms): mostly none or valid, sometimes bad (refused, nothing recorded).
+durations = st.sampled_from([None, None, 5, 50, 150, 2.5, -1, float("nan"), True, "5"])
+
+
+def duration_error(duration: Any) -> type[Exception] | None:
+    """What ``success``/``failure`` raise for a bad ``duration`` (None: accepted)."""
+    if duration is None:
+        return None
+    if type(duration) is bool or not isinstance(duration, int | float):
+        return TypeError
+    if not math.isfinite(duration) or duration < 0:
+        return ValueError
+    return None
+
+
+@st.composite
+def rate_options(draw: st.DrawFn) -> dict[str, Any]:
+    """A complete rate-rule configuration (the machine reaches windows often)."""
+    options: dict[str, Any] = {
+        "window_type": draw(st.sampled_from(["count", "time"])),
+        "window_size": draw(st.sampled_from([4, 6, 100, 400])),
+        "minimum_calls": draw(st.sampled_from([1, 2, 3])),
+        "max_attempts": draw(st.sampled_from([0, 0, 3])),
+    }
+    if draw(st.booleans()):
+        options["failure_rate_threshold"] = draw(st.sampled_from([0.5, 0.75, 1]))
+    if draw(st.booleans()) or "failure_rate_threshold" not in options:
+        options["slow_call_rate_threshold"] = draw(st.sampled_from([0.5, 1]))
+        options["slow_call_duration"] = draw(st.sampled_from([10, 100]))
+    return options
 
 
 def option_sets(names: tuple[str, ...], extra: tuple[str, ...] = ()) -> Any:
@@ -599,6 +762,14 @@ class BramaMachine(RuleBasedStateMachine):
         self.check_status(status, conn)
         return key
 
+    @rule(key=keys, options=rate_options())
+    def register_rated(self, key: Key, options: dict[str, Any]) -> None:
+        """Register (or reconfigure) a connection with rate rules."""
+        if self.exists(key):
+            self.configure_connection(key, options)
+        else:
+            self.register(key, "general", None, options)
+
     @rule(key=known)
     def unregister(self, key: Key) -> None:
         assert self.brama is not None
@@ -608,16 +779,22 @@ class BramaMachine(RuleBasedStateMachine):
         if existed:
             self.model.remove(key, "unregistered")
 
-    @rule(key=known, metadata=metadatas)
-    def success(self, key: Key, metadata: dict[str, Any] | None) -> None:
+    @rule(key=known, metadata=metadatas, duration=durations)
+    def success(self, key: Key, metadata: dict[str, Any] | None,
+                duration: Any = None) -> None:
         assert self.brama is not None
         brama = self.brama
+        error = duration_error(duration)
+        if error is not None:
+            self.expect_error((error,), lambda: brama.success(
+                key[0], scope=key[1], duration=duration))
+            return
         if not self.exists(key):
             self.expect_error((ConnectionNotFound,),
                               lambda: brama.success(key[0], scope=key[1]))
             return
-        brama.success(key[0], scope=key[1], metadata=metadata)
-        self.model.success(key, metadata)
+        brama.success(key[0], scope=key[1], metadata=metadata, duration=duration)
+        self.model.success(key, metadata, duration)
         # Same-thread read-your-writes, before any drain.
         assert brama.status(key[0], scope=key[1]).total_successes == \
             self.model.conns[key].successes
@@ -630,21 +807,42 @@ class BramaMachine(RuleBasedStateMachine):
         if half_open:
             self.success(data.draw(st.sampled_from(half_open)), None)
 
-    @rule(key=known, reason=reasons, metadata=metadatas)
-    def failure(self, key: Key, reason: Any, metadata: dict[str, Any] | None) -> None:
+    @rule(key=known, reason=reasons, metadata=metadatas, duration=durations)
+    def failure(self, key: Key, reason: Any, metadata: dict[str, Any] | None,
+                duration: Any = None) -> None:
         assert self.brama is not None
         brama = self.brama
+        error = duration_error(duration)
+        if error is not None:
+            self.expect_error((error,), lambda: brama.failure(
+                key[0], scope=key[1], duration=duration))
+            return
         if not self.exists(key):
             self.expect_error((ConnectionNotFound,),
                               lambda: brama.failure(key[0], scope=key[1]))
             return
-        brama.failure(key[0], scope=key[1], reason=reason, metadata=metadata)
-        self.model.failure(key, reason, metadata)
+        brama.failure(key[0], scope=key[1], reason=reason, metadata=metadata,
+                      duration=duration)
+        self.model.failure(key, reason, metadata, duration)
 
     @rule(key=known, count=st.integers(2, 4), reason=reasons)
     def failures(self, key: Key, count: int, reason: Any) -> None:
         for _ in range(count):
             self.failure(key, reason, None)
+
+    @rule(key=known, outcomes=st.lists(st.tuples(st.booleans(),
+                                                 st.sampled_from([None, 5, 50, 150])),
+                                       min_size=2, max_size=8),
+          dt=st.sampled_from([0, 0, 1, 7, 40]))
+    def mixed(self, key: Key, outcomes: list[tuple[bool, float | None]], dt: int) -> None:
+        """A run of successes and failures, some slow, ``dt`` ms apart: fills windows."""
+        for ok, duration in outcomes:
+            if ok:
+                self.success(key, None, duration)
+            else:
+                self.failure(key, None, None, duration)
+            if dt:
+                self.advance(dt)
 
     @rule(key=known, reason=reasons,
           expiry=st.one_of(st.none(), st.sampled_from([30, 120, 700]), bad_values))
@@ -792,7 +990,7 @@ class BramaMachine(RuleBasedStateMachine):
 
     # -- the check after every step ----------------------------------------------------
     def check_status(self, status: Any, conn: MConn) -> None:
-        expected = conn.expected_status()
+        expected = conn.expected_status(self.model.now)
         actual = {name: getattr(status, name) for name in expected}
         actual["metadata"] = dict(actual["metadata"])
         assert actual == expected, (

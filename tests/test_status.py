@@ -28,6 +28,8 @@ OTHER: dict[str, Any] = {
     "success_threshold": 3, "half_open_timeout": 500, "half_open_successes": 2,
     "failure_rate": 0.5, "slow_call_rate": 0.25, "window_calls": 8, "total_rejections": 4,
     "total_ignored": 5, "transitions": (("closed", "open", 1),),
+    "failure_rate_threshold": 0.5, "slow_call_rate_threshold": 0.75, "slow_call_duration": 9,
+    "window_type": "time", "window_size": 60, "minimum_calls": 4,
 }
 
 

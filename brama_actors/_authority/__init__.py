@@ -38,10 +38,13 @@ class View(Protocol):
         quiet: a success here would change nothing but counters (closed, no failures,
             nothing else to record): the guard takes its fast path and leaves the
             counting to ``Authority.record_success``.
+        slow: ms from which a success is slow and must be timed (None: the guard
+            times a call only for duration observers).
     """
 
     available: bool
     quiet: bool
+    slow: int | None
 
     @property
     def state(self) -> str:
@@ -67,12 +70,15 @@ class Admission:
         trial: True if the call holds a half-open trial permit, which ``settle``
             gives back.
         token: the authority's own handle on the permit (None when ``trial`` is False).
+        started: ``time.perf_counter()`` when the call started, if it is timed (a
+            slow-call rule or a duration observer wants it), else None.
     """
 
     key: Key
     view: Any
     trial: bool = False
     token: Any = None
+    started: float | None = None
 
 
 class Authority(Protocol):
@@ -124,11 +130,18 @@ class Authority(Protocol):
             ConnectionNotFound: unknown and ``register`` is None.
         """
 
-    def record_success(self, key: Key, view: Any) -> None:
-        """A guarded call's success, admitted without a trial permit (the fast path)."""
+    def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
+        """A guarded call's success, admitted without a trial permit (the fast path);
+        ``duration`` in ms, when the call was timed."""
 
-    def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
-        """Record a guarded call's verdict (success/failure/ignore), give its permit back."""
+    def settle(self, admission: Admission, verdict: tuple[str, Any],
+               duration: float | None = None) -> None:
+        """Record a guarded call's verdict (success/failure/ignore), give its permit back;
+        an "ignore" is counted in ``total_ignored``."""
+
+    def count(self, key: Key, what: str) -> None:
+        """Count a guarded call refused elsewhere (``"rejected"``: a client's replica
+        refused it) or an outcome recorded as nothing (``"ignored"``)."""
 
     # -- events --------------------------------------------------------------------------
     def subscribe(self, subscription: Subscription) -> None:

@@ -48,12 +48,13 @@ _CLOSED = CircuitState.CLOSED.value
 class ReplicaView:
     """A replica entry: one shared, immutable view per state (no allocation per push)."""
 
-    __slots__ = ("available", "quiet", "state")
+    __slots__ = ("available", "quiet", "slow", "state")
 
     def __init__(self, state: str, available: bool) -> None:
         self.state = state
         self.available = available
         self.quiet = False  # every success goes to the node
+        self.slow: int | None = 0  # guards time every call: the node's rules decide what is slow
 
     def __repr__(self) -> str:
         return f"<ReplicaView {self.state}>"
@@ -238,16 +239,26 @@ class NodeAuthority:
             if key not in self._replica and self.link.up:
                 raise not_found(key)
             self.link.call("success", identifier=identifier, scope=scope,
-                           metadata=_plain(outcome.metadata))
+                           metadata=_plain(outcome.metadata), duration=outcome.duration)
             return
         assert type(outcome) is rules.Failure
         state = self.link.call("failure", identifier=identifier, scope=scope,
-                               reason=outcome.reason, metadata=_plain(outcome.metadata))
+                               reason=outcome.reason, metadata=_plain(outcome.metadata),
+                               duration=outcome.duration)
         self._note(key, state)
 
-    def record_success(self, key: Key, view: Any) -> None:
+    def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
         identifier, scope = split_key(key)
-        self.link.call("success", identifier=identifier, scope=scope)
+        self.link.call("success", identifier=identifier, scope=scope, duration=duration)
+
+    def count(self, key: Key, what: str) -> None:
+        """Count a refusal or an ignored outcome at the node (best effort: one-way, and
+        not at all while the node is unreachable)."""
+        identifier, scope = split_key(key)
+        try:
+            self.link.call("tally", identifier=identifier, scope=scope, what=what)
+        except NodeUnavailable:
+            pass
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         identifier, scope = split_key(key)
@@ -300,13 +311,15 @@ class NodeAuthority:
             except NodeUnavailable:
                 status = self._statuses.get(key)  # type: ignore[assignment]
             if status is None or status.state is CircuitState.OPEN or not self.link.up:
+                self.count(key, "rejected")
                 raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
                                        rules.retry_after(status, self._clock.now()))
             self._note(key, status.state.value)
             return self.admit(key, register)
         return Admission(key, view)
 
-    def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
+    def settle(self, admission: Admission, verdict: tuple[str, Any],
+               duration: float | None = None) -> None:
         kind, reason = verdict
         key = admission.key
         identifier, scope = split_key(key)
@@ -314,16 +327,19 @@ class NodeAuthority:
             _nowait.check()  # before anything changes: an asyncio caller repeats it all
             admission.trial = False  # given back once, whatever happens next
             state = self.link.call("settle", identifier=identifier, scope=scope,
-                                   verdict=kind, reason=reason, trial=True)
+                                   verdict=kind, reason=reason, trial=True,
+                                   duration=duration)
             if kind == "failure":
                 self._note(key, state)
             return
         if kind == "success":
-            self.record_success(key, admission.view)
+            self.record_success(key, admission.view, duration)
         elif kind == "failure":
             state = self.link.call("failure", identifier=identifier, scope=scope,
-                                   reason=reason)
+                                   reason=reason, duration=duration)
             self._note(key, state)
+        else:
+            self.count(key, "ignored")
 
     # -- events --------------------------------------------------------------------------
     def subscribe(self, subscription: Subscription) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from brama_actors._config import CONNECTION_OPTIONS
+
 __all__ = ["OPS", "Op"]
 
 _CONNECTION = ("identifier", "scope")
-_OPTIONS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
-            "backoff_factor", "half_open_max_calls", "success_threshold", "half_open_timeout")
+_OPTIONS = tuple(sorted(CONNECTION_OPTIONS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +41,10 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     Op("ping", ()),
     Op("register", (*_CONNECTION, "type", *_OPTIONS, "metadata")),
     Op("unregister", _CONNECTION),
-    Op("success", (*_CONNECTION, "metadata"), oneway=True),
-    Op("failure", (*_CONNECTION, "reason", "metadata")),
+    Op("success", (*_CONNECTION, "metadata", "duration"), oneway=True),
+    Op("failure", (*_CONNECTION, "reason", "metadata", "duration")),
+    # A guarded call refused by the client's replica, or an outcome recorded as nothing.
+    Op("tally", (*_CONNECTION, "what"), oneway=True),
     Op("status", _CONNECTION),
     Op("connections", ("scope",)),
     Op("open_circuit", (*_CONNECTION, "reason", "expiry")),
@@ -53,5 +56,5 @@ OPS: Mapping[str, Op] = {op.name: op for op in (
     Op("unsubscribe", ("ids",)),
     Op("drain", ("timeout",)),
     Op("admit", (*_CONNECTION, "register", "kind", "options", "metadata")),
-    Op("settle", (*_CONNECTION, "verdict", "reason", "trial")),
+    Op("settle", (*_CONNECTION, "verdict", "reason", "trial", "duration")),
 )}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import cloudpickle
 
 from brama_actors._authority import ALL_SCOPES, Admission, Registration
+from brama_actors._config import check_duration
 from brama_actors._delivery._subscription import Subscription, check_subscription
 from brama_actors._delivery._targets import Item, Target, count
 from brama_actors._errors import BramaError, SystemStopped
@@ -82,14 +83,23 @@ class NodeService:
     def unregister(self, identifier: Any, scope: Any = None) -> bool:
         return self._node.brama.unregister(identifier, scope=scope)
 
-    def success(self, identifier: Any, scope: Any = None, metadata: Any = None) -> None:
-        self._node.brama.success(identifier, scope=scope, metadata=metadata)
+    def success(self, identifier: Any, scope: Any = None, metadata: Any = None,
+                duration: Any = None) -> None:
+        self._node.brama.success(identifier, scope=scope, metadata=metadata,
+                                 duration=duration)
 
     def failure(self, identifier: Any, scope: Any = None, reason: Any = None,
-                metadata: Any = None) -> str | None:
+                metadata: Any = None, duration: Any = None) -> str | None:
         """Apply a failure; the state after it (the client's read-your-writes)."""
-        self._node.brama.failure(identifier, scope=scope, reason=reason, metadata=metadata)
+        self._node.brama.failure(identifier, scope=scope, reason=reason, metadata=metadata,
+                                 duration=duration)
         return self._state(check_key(identifier, scope))
+
+    def tally(self, identifier: Any, scope: Any = None, what: str = "rejected") -> None:
+        """Count a call the client refused, or an outcome it recorded as nothing."""
+        if what not in ("rejected", "ignored"):
+            raise ValueError(f"what must be 'rejected' or 'ignored', got {what!r}")
+        self._node.authority.count(check_key(identifier, scope), what)
 
     def _state(self, key: Key) -> str | None:
         view = self._node.authority.views.get(key)
@@ -177,11 +187,12 @@ class NodeService:
         raise BramaError("the client's session closed")
 
     def settle(self, identifier: Any, scope: Any = None, verdict: str = "success",
-               reason: Any = None, trial: bool = False) -> str | None:
+               reason: Any = None, trial: bool = False, duration: Any = None) -> str | None:
         """Record a guarded call's verdict (and give back its permit); for a failure, the
         state after it."""
         if verdict not in ("success", "failure", "ignore"):
             raise ValueError(f"verdict must be success, failure or ignore, got {verdict!r}")
+        duration = check_duration(duration)
         key = check_key(identifier, scope)
         authority = self._node.authority
         admission = None
@@ -194,9 +205,9 @@ class NodeService:
             view = authority.views.get(key)
             admission = Admission(key, view)
             if verdict == "success" and view is not None:
-                authority.record_success(key, view)
+                authority.record_success(key, view, duration)
                 return None
-        authority.settle(admission, (verdict, reason))
+        authority.settle(admission, (verdict, reason), duration)
         return self._state(key) if verdict == "failure" else None
 
     # -- ending --------------------------------------------------------------------------

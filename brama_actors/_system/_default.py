@@ -102,15 +102,16 @@ def available(identifier: str, *, scope: str | None = None) -> bool:
 
 
 def success(identifier: str, *, scope: str | None = None,
-            metadata: Mapping[str, Any] | None = None) -> None:
+            metadata: Mapping[str, Any] | None = None, duration: float | None = None) -> None:
     """``Brama.success`` on the default system."""
-    get().success(identifier, scope=scope, metadata=metadata)
+    get().success(identifier, scope=scope, metadata=metadata, duration=duration)
 
 
 def failure(identifier: str, *, scope: str | None = None, reason: Any = None,
-            metadata: Mapping[str, Any] | None = None) -> None:
+            metadata: Mapping[str, Any] | None = None, duration: float | None = None) -> None:
     """``Brama.failure`` on the default system."""
-    get().failure(identifier, scope=scope, reason=reason, metadata=metadata)
+    get().failure(identifier, scope=scope, reason=reason, metadata=metadata,
+                  duration=duration)
 
 
 def status(identifier: str, *, scope: str | None = None) -> ConnectionStatus:

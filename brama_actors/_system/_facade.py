@@ -17,7 +17,12 @@ from pykka import ActorRef
 
 from brama_actors import _rules as rules
 from brama_actors._authority import ALL_SCOPES, Authority
-from brama_actors._config import CONNECTION_OPTIONS, GLOBAL_OPTIONS, validate_options
+from brama_actors._config import (
+    CONNECTION_OPTIONS,
+    GLOBAL_OPTIONS,
+    check_duration,
+    validate_options,
+)
 from brama_actors._delivery._runners import check_drain_caller
 from brama_actors._delivery._subscription import (
     Subscription,
@@ -82,6 +87,10 @@ class Facade(Guardable):
                  max_expiry: int | None = None, backoff_factor: float | None = None,
                  half_open_max_calls: int | None = None,
                  success_threshold: int | None = None, half_open_timeout: int | None = None,
+                 failure_rate_threshold: float | None = None,
+                 slow_call_rate_threshold: float | None = None,
+                 slow_call_duration: int | None = None, window_type: str | None = None,
+                 window_size: int | None = None, minimum_calls: int | None = None,
                  metadata: Mapping[str, Any] | None = None) -> ConnectionStatus:
         """Register a connection.
 
@@ -99,7 +108,11 @@ class Facade(Guardable):
             {"max_attempts": max_attempts, "expiry": expiry, "expiry_strategy": expiry_strategy,
              "initial_expiry": initial_expiry, "max_expiry": max_expiry,
              "backoff_factor": backoff_factor, "half_open_max_calls": half_open_max_calls,
-             "success_threshold": success_threshold, "half_open_timeout": half_open_timeout},
+             "success_threshold": success_threshold, "half_open_timeout": half_open_timeout,
+             "failure_rate_threshold": failure_rate_threshold,
+             "slow_call_rate_threshold": slow_call_rate_threshold,
+             "slow_call_duration": slow_call_duration, "window_type": window_type,
+             "window_size": window_size, "minimum_calls": minimum_calls},
             CONNECTION_OPTIONS, skip_none=True,
         )
         return self._authority.register(key, type, given, frozen)
@@ -134,18 +147,41 @@ class Facade(Guardable):
         return check_key(identifier, scope)
 
     def success(self, identifier: str, *, scope: str | None = None,
-                metadata: Mapping[str, Any] | None = None) -> None:
+                metadata: Mapping[str, Any] | None = None,
+                duration: float | None = None) -> None:
         """Report a success; may be applied asynchronously (``status()`` and ``drain()``
-        from this thread see it)."""
+        from this thread see it).
+
+        Args:
+            identifier: the connection.
+            scope: its scope.
+            metadata: added to the ``success`` event.
+            duration: how long the call took, ms (slow-call rules read it).
+
+        Raises:
+            TypeError: ``duration`` not a number; ValueError: negative, NaN or infinite.
+        """
+        if duration is not None:
+            duration = check_duration(duration)
         key = self._key(identifier, scope)
-        outcome = _SUCCESS if metadata is None else rules.Success(check_metadata(metadata))
+        if metadata is None and duration is None:
+            outcome = _SUCCESS
+        else:
+            outcome = rules.Success(check_metadata(metadata), duration=duration)
         self._authority.report(key, outcome)
 
     def failure(self, identifier: str, *, scope: str | None = None, reason: Any = None,
-                metadata: Mapping[str, Any] | None = None) -> None:
-        """Report a failure; returns once applied (read-your-writes from any thread)."""
+                metadata: Mapping[str, Any] | None = None,
+                duration: float | None = None) -> None:
+        """Report a failure; returns once applied (read-your-writes from any thread).
+
+        Raises:
+            TypeError: ``duration`` not a number; ValueError: negative, NaN or infinite.
+        """
+        duration = check_duration(duration)
         key = self._key(identifier, scope)
-        self._authority.report(key, rules.Failure(reason, check_metadata(metadata)))
+        self._authority.report(key, rules.Failure(reason, check_metadata(metadata),
+                                                  duration=duration))
 
     def status(self, identifier: str, *, scope: str | None = None) -> ConnectionStatus:
         """The connection's status, reflecting every report this thread made."""
@@ -310,13 +346,19 @@ class SystemAPI(Protocol):
                  max_expiry: int | None = ..., backoff_factor: float | None = ...,
                  half_open_max_calls: int | None = ...,
                  success_threshold: int | None = ..., half_open_timeout: int | None = ...,
+                 failure_rate_threshold: float | None = ...,
+                 slow_call_rate_threshold: float | None = ...,
+                 slow_call_duration: int | None = ..., window_type: str | None = ...,
+                 window_size: int | None = ..., minimum_calls: int | None = ...,
                  metadata: Mapping[str, Any] | None = ...) -> ConnectionStatus: ...
     def unregister(self, identifier: str, *, scope: str | None = ...) -> bool: ...
     def available(self, identifier: str, *, scope: str | None = ...) -> bool: ...
     def success(self, identifier: str, *, scope: str | None = ...,
-                metadata: Mapping[str, Any] | None = ...) -> None: ...
+                metadata: Mapping[str, Any] | None = ...,
+                duration: float | None = ...) -> None: ...
     def failure(self, identifier: str, *, scope: str | None = ..., reason: Any = ...,
-                metadata: Mapping[str, Any] | None = ...) -> None: ...
+                metadata: Mapping[str, Any] | None = ...,
+                duration: float | None = ...) -> None: ...
     def status(self, identifier: str, *, scope: str | None = ...) -> ConnectionStatus: ...
     def connections(self, *, scope: Any = ...) -> list[ConnectionStatus]: ...
     def open_circuit(self, identifier: str, *, scope: str | None = ..., reason: Any = ...,

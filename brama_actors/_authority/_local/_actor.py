@@ -143,7 +143,7 @@ class ConnectionActor(PooledActor):
             return None
         if kind is Reconfigure:
             self._settings = message.settings
-            cell.settings = message.settings
+            cell.adopt(message.settings)
             cell.explicit = dict(message.explicit)
             self._apply(rules.Configure(message.settings))
             return None
@@ -157,14 +157,12 @@ class ConnectionActor(PooledActor):
     def _apply(self, op: rules.Input) -> None:
         now = self._clock.now()
         old = self._status
-        transition = rules.apply(old, self._settings, op, now)
+        cell = self._cell
+        transition = rules.apply(old, self._settings, op, now, cell.window)
         new = transition.status
         if new is not old:
             self._status = new
-            cell = self._cell
-            cell.status = new
-            cell.available = new.state is not CircuitState.OPEN
-            cell.quiet = new.state is CircuitState.CLOSED and new.failure_count == 0
+            cell.publish(new, now)
             # A new opening or state has a new deadline; so has a half_open period
             # whose half_open_timeout was just reconfigured (it applies at once).
             if (new.opened_at != old.opened_at or new.state is not old.state

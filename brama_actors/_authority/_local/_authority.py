@@ -113,6 +113,7 @@ class LocalAuthority:
             now = context.clock.now()
             status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
             cell = Cell(key, status, settings, explicit)
+            cell.adopt(settings)
             self._start_actor(cell)
             # Events first, then the cell: nothing the actor emits can overtake them.
             self.delivery.emit(identifier, scope, rules.registration_events(status, settings),
@@ -146,32 +147,34 @@ class LocalAuthority:
         if type(outcome) is rules.Success:
             cell = self.views.get(key)
             if cell is not None and outcome.metadata is None:
-                self.record_success(key, cell)
+                self.record_success(key, cell, outcome.duration)
             else:
                 self._call(key, Apply(outcome), block=False)
             return
         self._call(key, Apply(outcome))
 
-    def record_success(self, key: Key, view: Any) -> None:
+    def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
         """A success without metadata (a guarded call's, or ``success()``'s).
 
-        When it changes nothing but counters (closed, no failures) and nobody listens
-        for its event, it is counted in the cell (a mark in ``Cell.quiet_marks``), with
-        no actor message:
+        When it changes nothing but counters (closed, no failures, a clean window, not
+        slow itself) and nobody listens for its event, it is counted in the cell (a mark
+        in ``Cell.quiet_marks``), with no actor message:
         the guarded call's hot path, so plain reads come first and the precise interest
         check runs only when some subscription wants ``success`` events at all.
         """
-        if view.quiet and not _telemetry.HANDLERS:
+        if view.quiet and not _telemetry.HANDLERS and (
+                duration is None or view.slow is None or duration < view.slow):
             delivery = self.delivery
             if not (delivery.interest.successes
                     and delivery.wants_success(*split_key(key))):
-                view.quiet_raw = self._raw()  # first: whoever sees the mark sees its time
+                view.quiet_raw = raw = self._raw()  # first: whoever sees the mark sees its time
                 marks = view.quiet_marks
-                marks.append(None)  # atomic: no lock on the hot path
+                marks.append(raw)  # atomic: no lock on the hot path
                 if len(marks) >= QUIET_BATCH:
-                    view.collect_marks()
+                    view.collect_marks(self.context.clock)
                 return
-        self._call(key, Apply(_SUCCESS), block=False)
+        self._call(key, Apply(_SUCCESS if duration is None
+                              else rules.Success(duration=duration)), block=False)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         self._call(key, Apply(op))
@@ -231,6 +234,7 @@ class LocalAuthority:
                 raise not_found(key)
         if not cell.available:
             status = cell.status
+            cell.count("rejected")
             raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
                                    rules.retry_after(status, self.context.clock.now()))
         if cell.status.state is not _HALF_OPEN:
@@ -246,12 +250,14 @@ class LocalAuthority:
             if not full:
                 cell.trials += 1
         if full:
+            cell.count("rejected")
             raise CircuitOpenError(
                 f"circuit for {describe_key(key)} is half-open and its {limit} trial "
                 "call(s) are running", status)
         return Admission(key, cell, trial=True, token=period)
 
-    def settle(self, admission: Admission, verdict: tuple[str, Any]) -> None:
+    def settle(self, admission: Admission, verdict: tuple[str, Any],
+               duration: float | None = None) -> None:
         kind, reason = verdict
         key = admission.key
         try:
@@ -260,18 +266,26 @@ class LocalAuthority:
                     # Applied before the permit goes back: the next caller sees the
                     # circuit closed, not half_open with a free permit. A trial of a
                     # half_open period that is over changes nothing (the rules check).
-                    self._call(key, Apply(rules.Success(trial=admission.token)))
+                    self._call(key, Apply(rules.Success(trial=admission.token,
+                                                        duration=duration)))
                 else:
-                    self.record_success(key, admission.view)
+                    self.record_success(key, admission.view, duration)
             elif kind == "failure":
                 trial = admission.token if admission.trial else None
-                self._call(key, Apply(rules.Failure(reason, trial=trial)))
+                self._call(key, Apply(rules.Failure(reason, trial=trial, duration=duration)))
+            elif admission.view is not None:
+                admission.view.count("ignored")
         except _nowait.WouldBlock:
             raise  # nothing was done: the caller repeats the whole settle off its loop
         except BaseException:
             self._release(admission)
             raise
         self._release(admission)
+
+    def count(self, key: Key, what: str) -> None:
+        cell = self.views.get(key)
+        if cell is not None:
+            cell.count(what)
 
     @staticmethod
     def _release(admission: Admission) -> None:

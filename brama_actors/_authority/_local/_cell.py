@@ -11,10 +11,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from brama_actors import _rules as rules
 from brama_actors._config import Settings
 from brama_actors._keys import Key
 from brama_actors._runtime import Clock
-from brama_actors._status import ConnectionStatus, evolve
+from brama_actors._status import CircuitState, ConnectionStatus, evolve
+from brama_actors._window import Window, window_for
 
 if TYPE_CHECKING:
     from pykka import ActorRef
@@ -43,7 +45,15 @@ class Cell:
     and are kept.
     This is what keeps a guarded call cheaper than a Pykka tell.
 
-    ``lock`` also guards ``trials``, the half-open permits guards hold right now.
+    With a rate window a success is quiet only while the window holds no failure and no
+    slow call (then no success can trip a rate rule) and the success is not slow
+    itself (``slow``); a mark is the success's ``clock.raw()`` time, which a time
+    window needs. Moving marks then also bins them by the window's buckets
+    (``quiet_runs``), so the count of marks waiting stays bounded.
+
+    ``lock`` also guards ``trials``, the half-open permits guards hold right now, and
+    the counters of refused calls and ignored outcomes (``rejected``, ``ignored``),
+    counted here by the calling threads, never by the actor.
     """
 
     key: Key
@@ -51,13 +61,22 @@ class Cell:
     settings: Settings
     explicit: dict[str, Any]
     available: bool = True
-    quiet: bool = True  # closed with failure_count 0
+    quiet: bool = True  # closed with failure_count 0 and a clean window
+    # The connection's rate window (None: no rate rule); only the actor records into it.
+    window: Window | None = None
+    # Ms from which a success is slow when a window records it (None: never slow).
+    slow: int | None = None
     ref: ActorRef[Any] | None = None
     inbox: _PooledInbox | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # One mark per quiet success not counted yet; appended without the lock.
-    quiet_marks: list[None] = field(default_factory=list)
+    # One mark per quiet success not counted yet (its clock.raw() time); appended
+    # without the lock.
+    quiet_marks: list[float] = field(default_factory=list)
     quiet_count: int = 0  # marks moved out of quiet_marks, not folded yet, under lock
+    # For a time window: [ms, count] per bucket of the marks in quiet_count, under lock.
+    quiet_runs: list[list[int]] = field(default_factory=list)
+    rejected: int = 0  # guarded calls refused, under lock
+    ignored: int = 0  # outcomes recorded as nothing, under lock
     quiet_raw: float = 0.0  # clock.raw() of the latest quiet success
     quiet_last: float = 0.0  # the same, kept across folds (for the sweep)
     trials: int = 0  # guarded half-open trials running now, under lock
@@ -78,30 +97,83 @@ class Cell:
         """The circuit's state (the published status's)."""
         return self.status.state
 
-    def collect_marks(self) -> None:
+    def adopt(self, settings: Settings) -> None:
+        """Take new settings: the window they need, and what the fast path reads."""
+        self.settings = settings
+        self.window = window_for(settings, self.window)
+        self.slow = settings.slow_call_duration if self.window is not None else None
+
+    def publish(self, status: ConnectionStatus, now: int) -> None:
+        """Publish the actor's new status (and what the fast path derives from it)."""
+        self.status = status
+        self.available = status.state is not CircuitState.OPEN
+        quiet = status.state is CircuitState.CLOSED and status.failure_count == 0
+        window = self.window
+        if quiet and window is not None:
+            _, failures, slow = window.figures(now)
+            quiet = not failures and not slow
+        self.quiet = quiet
+
+    def count(self, what: str) -> None:
+        """Count a refused call (``"rejected"``) or an ignored outcome (``"ignored"``)."""
+        with self.lock:
+            if what == "rejected":
+                self.rejected += 1
+            else:
+                self.ignored += 1
+
+    def collect_marks(self, clock: Clock) -> None:
         """Move the marks into ``quiet_count`` (by the reporting thread, every
         ``QUIET_BATCH`` marks; ``LocalAuthority.record_success`` appends them)."""
         with self.lock:
-            self._take_marks()
+            self._take_marks(clock)
 
-    def _take_marks(self) -> int:
+    def _take_marks(self, clock: Clock) -> int:
         """Move the marks into ``quiet_count`` (under ``lock``); the new count."""
         marks = self.quiet_marks
         n = len(marks)
         if n:
+            window = self.window
+            if window is not None and window.timed:
+                self._bin(window.width, window.size, [clock.from_raw(r) for r in marks[:n]])
             del marks[:n]
             self.quiet_count += n
         return self.quiet_count
 
+    def _bin(self, width: int, size: int, times: list[int]) -> None:
+        runs = self.quiet_runs
+        for ms in times:
+            if runs and runs[-1][0] // width >= ms // width:
+                runs[-1][1] += 1
+            else:
+                runs.append([ms, 1])
+        cutoff = times[-1] - size
+        while runs and (runs[0][0] // width) * width <= cutoff:
+            runs.pop(0)  # already out of the window: nothing to fold in
+
     def fold_quiet(self, clock: Clock) -> None:
-        """Fold counted quiet successes into ``status`` (only the owning actor calls it)."""
+        """Fold counted quiet successes into ``status`` and the window (only the owning
+        actor calls it)."""
         with self.lock:
-            count = self._take_marks()
+            count = self._take_marks(clock)
             if not count:
                 return
+            runs = self.quiet_runs
+            self.quiet_runs = []
             self.quiet_count = 0
             self.quiet_last = raw = self.quiet_raw
-            self.status = _with_successes(self.status, count, clock.from_raw(raw))
+            last = clock.from_raw(raw)
+            window = self.window
+            status = _with_successes(self.status, count, last)
+            if window is not None:
+                if window.timed:
+                    for ms, n in runs:
+                        window.add_successes(n, ms)
+                else:
+                    window.add_successes(count, last)
+                status = evolve(status, **rules.window_fields(self.settings, window,
+                                                              clock.now()))
+            self.status = status
 
     def last_activity(self, clock: Clock) -> int:
         """The latest activity, quiet successes included (ms since the epoch)."""
@@ -110,14 +182,45 @@ class Cell:
         return max(self.status.last_activity, quiet)
 
     def current_status(self, clock: Clock) -> ConnectionStatus:
-        """The published status with not yet folded quiet successes merged in."""
+        """The published status with what the actor has not folded in yet merged in:
+        quiet successes, the counters of refusals and ignored outcomes, and a time
+        window's figures as of now."""
         with self.lock:
             status = self.status
-            count = self.quiet_count + len(self.quiet_marks)
+            marks = list(self.quiet_marks)
+            count = self.quiet_count + len(marks)
+            runs = [(run[0], run[1]) for run in self.quiet_runs]
             raw = self.quiet_raw
+            rejected, ignored = self.rejected, self.ignored
+        if rejected or ignored:
+            status = evolve(status, total_rejections=rejected, total_ignored=ignored)
+        window = self.window
+        if window is not None and (count or window.timed):
+            status = evolve(status, **self._window_now(window, clock, status, count, runs,
+                                                       marks))
         if not count:
             return status
         return _with_successes(status, count, clock.from_raw(raw))
+
+    def _window_now(self, window: Window, clock: Clock, status: ConnectionStatus, count: int,
+                    runs: list[tuple[int, int]], marks: list[float]) -> dict[str, Any]:
+        """The window's figures now, with pending quiet successes (fast, so only
+        ``window_calls`` and the denominators grow)."""
+        now = clock.now()
+        if window.timed:  # its buckets are one tuple, replaced whole: safe to read here
+            calls, failures, slow = window.figures(now)
+            cutoff = now - window.size
+            width = window.width
+            calls += sum(n for ms, n in runs if (ms // width) * width > cutoff)
+            calls += sum(1 for r in marks if (clock.from_raw(r) // width) * width > cutoff)
+        else:  # marks wait only while the window is clean (no failure, no slow call)
+            calls, failures, slow = min(window.size, status.window_calls + count), 0, 0
+        fields = rules.window_fields(self.settings, None, now)
+        fields["window_calls"] = calls
+        if calls and calls >= self.settings.minimum_calls:
+            fields["failure_rate"] = failures / calls
+            fields["slow_call_rate"] = slow / calls
+        return fields
 
 
 def _with_successes(status: ConnectionStatus, count: int, last: int) -> ConnectionStatus:
