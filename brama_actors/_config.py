@@ -61,6 +61,7 @@ GLOBAL_OPTIONS: frozenset[str] = CONNECTION_OPTIONS | {
     "inactive_threshold",
     "max_restarts",
     "restart_window",
+    "log_transitions",
 }
 
 #: Defaults of the configuration table (docs/circuit-rules.md); initial_expiry and max_expiry are
@@ -79,6 +80,7 @@ DEFAULTS: Mapping[str, Any] = {
     "inactive_threshold": 86_400_000,
     "max_restarts": 10,
     "restart_window": 60_000,
+    "log_transitions": True,
 }
 
 
@@ -104,6 +106,10 @@ def _check_one(name: str, value: Any) -> Any:
                 f"backoff_factor must be a finite number >= 1.0, got {value!r}"
             )
         return float(value)
+    if name == "log_transitions":
+        if type(value) is not bool:
+            raise InvalidConfiguration(f"log_transitions must be a bool, got {value!r}")
+        return value
     if name == "expiry_strategy":
         if not isinstance(value, str):
             raise InvalidConfiguration(
