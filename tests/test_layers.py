@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "brama_actors"
 
 #: Lowest first. A module belongs to the first layer with a matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("values", ("_errors", "_events", "_status", "_config", "_keys")),
+    ("values", ("_errors", "_events", "_status", "_config", "_keys", "_durations")),
     ("rules", ("_rules",)),
     ("runtime", ("_runtime",)),
     ("delivery", ("_delivery", "telemetry")),
@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("guard", ("_guard",)),
     ("system", ("_system", "testing", "pytest_plugin")),
     ("remote", ("_remote",)),
-    ("tools", ("_cli", "__main__", "")),
+    ("tools", ("_cli", "__main__", "", "prometheus", "opentelemetry")),
 ]
 
 #: Late imports that reach a higher layer, and why each is there.
