@@ -12,6 +12,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 import brama_actors
 from brama_actors import Brama, CircuitOpenError, _durations
+from brama_actors._status import evolve
+from brama_actors._system import _metrics
 from brama_actors.opentelemetry import instrument, uninstrument
 from brama_actors.testing import ManualClock
 
@@ -220,3 +222,19 @@ def test_not_a_system_is_a_type_error(reader: InMemoryMetricReader, value: objec
         instrument(value, provider_of(reader))
     assert observers == _durations.OBSERVERS
     instrument(None, provider_of(reader))  # not left half-instrumented
+
+
+def test_rejections_ignored_and_transitions_are_observed(
+        reader: InMemoryMetricReader, system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status counters main fills (rejections, ignored, transitions) become
+    observations, whatever counts them: here a status carrying them is read instead."""
+    status = evolve(system.register("db"), total_rejections=4, total_ignored=2,
+                    transitions=(("closed", "open", 3),))
+    monkeypatch.setattr(_metrics, "read", lambda brama: _metrics.Reading((status,)))
+    instrument(system, provider_of(reader))
+    points, _ = collect(reader)
+    calls = values(points, "brama.calls")
+    assert calls[attrs(connection="db", scope="", outcome="rejected")] == 4
+    assert calls[attrs(connection="db", scope="", outcome="ignored")] == 2
+    assert values(points, "brama.circuit.transitions") == {
+        attrs(connection="db", scope="", from_state="closed", to_state="open"): 3}

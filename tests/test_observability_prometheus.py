@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import brama_actors
 from brama_actors import Brama, CircuitOpenError
+from brama_actors._status import evolve
+from brama_actors._system import _metrics
 from brama_actors.prometheus import BramaCollector
 from brama_actors.testing import ManualClock
 
@@ -242,3 +244,22 @@ def test_importing_brama_actors_imports_neither_exporter_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=30)
     assert out.stdout.strip() == "[]"
+
+
+def test_rejections_ignored_and_transitions_are_rendered(
+        registry: CollectorRegistry, system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The status counters main fills (rejections, ignored, transitions) become samples,
+    whatever counts them: here a status carrying them is read in place of the system."""
+    status = evolve(system.register("db", scope="eu"), total_rejections=4, total_ignored=2,
+                    transitions=(("closed", "open", 3), ("open", "half_open", 2)))
+    monkeypatch.setattr(_metrics, "read",
+                        lambda brama: _metrics.Reading((status,), (("7", 5),)))
+    samples = scrape(registry)
+    calls = of(samples, "brama_calls_total")
+    assert calls[key(connection="db", scope="eu", outcome="rejected")] == 4.0
+    assert calls[key(connection="db", scope="eu", outcome="ignored")] == 2.0
+    assert of(samples, "brama_transitions_total") == {
+        key(connection="db", scope="eu", from_state="closed", to_state="open"): 3.0,
+        key(connection="db", scope="eu", from_state="open", to_state="half_open"): 2.0,
+    }
+    assert of(samples, "brama_events_dropped_total") == {key(subscription="7"): 5.0}
