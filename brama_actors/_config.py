@@ -79,6 +79,7 @@ GLOBAL_OPTIONS: frozenset[str] = CONNECTION_OPTIONS | {
     "inactive_threshold",
     "max_restarts",
     "restart_window",
+    "log_transitions",
 }
 
 #: Defaults of the configuration table (docs/circuit-rules.md); initial_expiry and max_expiry are
@@ -103,6 +104,7 @@ DEFAULTS: Mapping[str, Any] = {
     "inactive_threshold": 86_400_000,
     "max_restarts": 10,
     "restart_window": 60_000,
+    "log_transitions": True,
 }
 
 
@@ -143,6 +145,10 @@ def _check_one(name: str, value: Any) -> Any:
         if not isinstance(value, str) or value not in WINDOW_TYPES:
             raise InvalidConfiguration(f"window_type must be 'count' or 'time', got {value!r}")
         return str(value)
+    if name == "log_transitions":
+        if type(value) is not bool:
+            raise InvalidConfiguration(f"log_transitions must be a bool, got {value!r}")
+        return value
     if name == "expiry_strategy":
         if not isinstance(value, str):
             raise InvalidConfiguration(

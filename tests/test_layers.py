@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("guard", ("_guard",)),
     ("system", ("_system", "testing", "pytest_plugin")),
     ("remote", ("_remote",)),
-    ("tools", ("_cli", "__main__", "")),
+    ("tools", ("_cli", "__main__", "", "prometheus", "opentelemetry")),
 ]
 
 #: Late imports that reach a higher layer, and why each is there.

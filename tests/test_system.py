@@ -619,6 +619,7 @@ def test_success_after_failure_resets_count_from_any_thread(system: Brama) -> No
 
 def test_events_nobody_wants_are_not_built(system: Brama) -> None:
     """With no subscription the event manager receives nothing; with one, only its kinds."""
+    system.configure(log_transitions=False)  # the transition log subscribes to state_change
     published: list[int] = []
     em = system._delivery.ref
     original = em.tell

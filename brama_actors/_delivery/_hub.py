@@ -30,8 +30,9 @@ from brama_actors._delivery._manager import (
     Unsubscribe,
     UnsubscribeWhere,
 )
-from brama_actors._delivery._runners import TelemetryCall, TelemetryTarget
+from brama_actors._delivery._runners import HandlerTarget, TelemetryCall, TelemetryTarget
 from brama_actors._delivery._subscription import Subscription
+from brama_actors._delivery._transition_log import TransitionLog
 from brama_actors._errors import BramaError, SystemStopped
 from brama_actors._events import Event, EventType
 from brama_actors._runtime import Timer, _nowait, current_actor
@@ -81,6 +82,10 @@ class Delivery:
         self._stalled_at = -1
         self._telemetry: TelemetryTarget | None = None
         self._telemetry_lock = threading.Lock()
+        # The system's own state_change subscription (log_transitions), if on.
+        self._log: Subscription | None = None
+        self._log_targets: list[HandlerTarget] = []  # every one started, joined on stop
+        self._log_lock = threading.Lock()
         # Last: the event manager starts running at once and reads the fields above.
         self.ref: ActorRef[EventManager] = EventManager.start(context.pool, self)
         self._inbox = self.ref.actor_inbox
@@ -197,6 +202,59 @@ class Delivery:
 
         context = self.context
         return context.scheduler.schedule(context.clock.now() + delay, fire)
+
+    # -- the transition log ---------------------------------------------------------------
+    def log_transitions(self, enabled: bool) -> None:
+        """Turn the system's transition log on or off (``log_transitions`` option).
+
+        The log is a handler subscription owned by the system itself (not by the thread
+        that started it), so a user's ``unsubscribe()`` never removes it, and the user's
+        subscriptions listed by the exporters never include it.
+        """
+        with self._log_lock:
+            current = self._log
+            if enabled and current is None:
+                target = HandlerTarget(TransitionLog(), 10_000, f"{self.context.name}-log",
+                                       "transition log")
+                sub = Subscription(None, target, events=frozenset({EventType.STATE_CHANGE}),
+                                   connection=None, scope=None, filter=None, subscriber=None,
+                                   owner=("system", self.context.name))
+                try:
+                    self.subscribe(sub)
+                except BaseException:
+                    target.close()
+                    raise
+                self._log = sub
+                self._log_targets = [t for t in self._log_targets if t.running]
+                self._log_targets.append(target)
+            elif not enabled and current is not None:
+                self._log = None
+                self.unsubscribe(current)
+
+    @property
+    def log_targets(self) -> list[HandlerTarget]:
+        """The transition log's handler runners not yet ended (closed on stop)."""
+        return list(self._log_targets)
+
+    def subscriptions(self) -> list[Subscription]:
+        """The users' subscriptions, read without asking the event manager.
+
+        Every subscription sits in one of the interest indexes the manager publishes
+        (by connection, else by scope, else by each of its event types); each read
+        below is one atomic copy, as for ``Interest.wants``. The system's own transition
+        log is left out: it is not the users' to see.
+        """
+        interest = self.interest
+        lists = [*list(interest._by_type.values()), *list(interest._by_connection.values()),
+                 *list(interest._by_scope.values())]
+        found: dict[int, Subscription] = {}
+        for subs in lists:
+            for sub in list(subs):
+                found[sub.id] = sub
+        log = self._log
+        if log is not None:
+            found.pop(log.id, None)
+        return [found[key] for key in sorted(found)]
 
     # -- subscriptions -------------------------------------------------------------------
     def subscribe(self, subscription: Subscription) -> None:

@@ -104,6 +104,7 @@ class Brama(Facade):
                                   lambda: self._authority.sync_supervisor())  # noqa: PLW0108
         self._authority = LocalAuthority(context, self._delivery, self._supervisor, explicit)
         self._authority.arm_sweep()
+        self._delivery.log_transitions(context.config["log_transitions"])
 
     def _event_manager_crashed(self, reason: str) -> None:
         try:
@@ -203,6 +204,7 @@ class Brama(Facade):
         telemetry = self._delivery.telemetry_target
         if telemetry is not None:
             runners.append(telemetry)
+        runners.extend(self._delivery.log_targets)
         # Handler runners finish what they are doing; one blocked in user code cannot be
         # stopped (a daemon thread), so waiting is bounded and it is then abandoned.
         blocked = close_runners(runners, max(0.0, deadline - time.monotonic()))

@@ -194,6 +194,8 @@ class LocalAuthority:
                 self.context.config.update(options)
             if "cleanup_interval" in options:
                 self.arm_sweep()
+            if "log_transitions" in options:
+                self.delivery.log_transitions(options["log_transitions"])
             return
         cell = self.views.get(key)
         if cell is None:
