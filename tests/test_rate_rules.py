@@ -392,3 +392,21 @@ def test_a_success_after_a_failure_is_checked_at_once(system: Brama) -> None:
     assert system.status("api").state == "closed"
     system.success("api")  # 1 of 3 failed >= 0.3
     assert system.status("api").state == "open"
+
+
+def test_thousands_of_quiet_successes_keep_their_buckets(system: Brama,
+                                                          clock: ManualClock) -> None:
+    """Marks are moved out every 1024 and binned by bucket: each batch still counts at
+    its own time (20 of 40 batches are younger than the window at the end)."""
+    system.register("api", failure_rate_threshold=0.5, window_type="time", window_size=100)
+    for step in range(40):
+        if step:
+            clock.advance(5)
+        for _ in range(100):
+            system.success("api")
+    assert system.status("api").window_calls == 2_000
+    system.failure("api")  # folds every mark in
+    status = system.status("api")
+    assert (status.window_calls, status.total_successes, status.state) == (
+        2_001, 4_000, "closed")
+    assert status.failure_rate == 1 / 2_001

@@ -171,6 +171,11 @@ def build() -> Setup:
     # -- success path (closed circuits) --
     ours_dec = circuit_breaker("bench-dec", brama=brama)(noop)
     ours_default = circuit_breaker("bench-dec-default")(noop)  # brama=None: default system
+    # API.md section 12: a guarded success with a rate window (count of 100, and 60 s).
+    ours_count = circuit_breaker("bench-win-count", brama=brama, failure_rate_threshold=0.5,
+                                 window_size=100)(noop)
+    ours_time = circuit_breaker("bench-win-time", brama=brama, failure_rate_threshold=0.5,
+                                window_type="time", window_size=60_000)(noop)
     guard = brama.guard
 
     def ours_block() -> Any:
@@ -226,6 +231,10 @@ def build() -> Setup:
                   lambda n: loop_call(ours_dec, n)),
         Contender("ours_default", "ours: `@circuit_breaker(...)`, default system "
                   "(`brama=None`)", "success", lambda n: loop_call(ours_default, n)),
+        Contender("ours_count", "ours: `@circuit_breaker(...)`, count window of 100, "
+                  "failure-rate rule", "success", lambda n: loop_call(ours_count, n)),
+        Contender("ours_time", "ours: `@circuit_breaker(...)`, time window of 60 s, "
+                  "failure-rate rule", "success", lambda n: loop_call(ours_time, n)),
         Contender("ours_guard", "ours: `with brama.guard(...): f()`", "success",
                   lambda n: loop_with(ours_block, noop, n)),
         Contender("pb_call", "pybreaker: `breaker.call(f)`", "success",
@@ -254,6 +263,8 @@ def build() -> Setup:
         "ours_dec": (brama, "bench-dec"),
         "ours_default": (brama_actors._system._default.get(), "bench-dec-default"),
         "ours_guard": (brama, "bench-guard"),
+        "ours_count": (brama, "bench-win-count"),
+        "ours_time": (brama, "bench-win-time"),
     }
     return Setup(brama, contenders, counted)
 
@@ -390,6 +401,10 @@ RATIOS = [
           TARGET_VS_CIRCUITBREAKER),
     Ratio("ours decorator (default system) / pybreaker decorator", "ours_default", "pb_dec",
           TARGET_VS_PYBREAKER),
+    Ratio("count window: ours decorator / circuitbreaker", "ours_count", "cb_dec", 1.0),
+    Ratio("count window: ours decorator / pybreaker decorator", "ours_count", "pb_dec", 0.5),
+    Ratio("time window: ours decorator / circuitbreaker", "ours_time", "cb_dec", 1.0),
+    Ratio("time window: ours decorator / pybreaker decorator", "ours_time", "pb_dec", 0.5),
     Ratio("ours guard / pybreaker `call`", "ours_guard", "pb_call", None),
     Ratio("ours guard / pybreaker decorator", "ours_guard", "pb_dec", None),
     Ratio("ours decorator (brama=) / purgatory decorator", "ours_dec", "pg_dec", None),
