@@ -65,11 +65,14 @@ class Success:
     half_open period admitted it; once that period is over (a half-open timeout, a
     manual change) the outcome is void and changes nothing.
     ``duration``: how long the call took, ms (None: unknown, never slow).
+    ``at``: when it was reported, for a success applied after the call returned (the
+    actor then applies it at that time, not at the later time it got to it).
     """
 
     metadata: Mapping[str, Any] | None = None
     trial: int | None = None
     duration: float | None = None
+    at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

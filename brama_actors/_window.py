@@ -111,15 +111,25 @@ class TimeWindow:
     def _add(self, now: int, calls: int, failures: int, slow: int) -> None:
         live = self._live(now)
         index = now // self.width
-        if live and live[-1][0] >= index:
-            # This bucket (or a later one, if the clock went back): add to the newest.
+        if live and live[-1][0] == index:
             last = live[-1]
             self.buckets = (*live[:-1], (last[0], last[1] + calls, last[2] + failures,
                                          last[3] + slow))
-        elif index * self.width > now - self.size:
+        elif not live or live[-1][0] < index:
             self.buckets = (*live, (index, calls, failures, slow))
         else:
-            self.buckets = live  # already out of the window (a past time being folded in)
+            # An earlier time than the newest bucket's (outcomes reach the actor in the
+            # order it gets them, not always the order they happened): its own bucket.
+            buckets = list(live)
+            at = 0
+            while at < len(buckets) and buckets[at][0] < index:
+                at += 1
+            if at < len(buckets) and buckets[at][0] == index:
+                b = buckets[at]
+                buckets[at] = (index, b[1] + calls, b[2] + failures, b[3] + slow)
+            elif index * self.width > now - self.size:
+                buckets.insert(at, (index, calls, failures, slow))
+            self.buckets = tuple(buckets)
 
     def figures(self, now: int) -> Figures:
         """(calls, failures, slow calls) of the outcomes still in the window at ``now``."""

@@ -410,3 +410,14 @@ def test_thousands_of_quiet_successes_keep_their_buckets(system: Brama,
     assert (status.window_calls, status.total_successes, status.state) == (
         2_001, 4_000, "closed")
     assert status.failure_rate == 1 / 2_001
+
+
+def test_time_window_files_a_late_outcome_under_its_own_time() -> None:
+    """Outcomes can reach the actor out of order (quiet successes are folded in before
+    the message that follows them); each still goes to its own bucket."""
+    window = TimeWindow(100)
+    window.record(0, 1_050)
+    window.record(1, 1_000)  # earlier: a bucket of its own, before the newest
+    window.record(0, 1_051)
+    assert [b[:2] for b in window.buckets] == [(200, 1), (210, 2)]
+    assert window.figures(1_100) == (2, 0, 0)  # the failure's bucket left the window

@@ -156,6 +156,8 @@ class ConnectionActor(PooledActor):
 
     def _apply(self, op: rules.Input) -> None:
         now = self._clock.now()
+        if type(op) is rules.Success and op.at is not None:
+            now = op.at  # an asynchronous success counts when it was reported
         old = self._status
         cell = self._cell
         transition = rules.apply(old, self._settings, op, now, cell.window)

@@ -149,7 +149,9 @@ class LocalAuthority:
             if cell is not None and outcome.metadata is None:
                 self.record_success(key, cell, outcome.duration)
             else:
-                self._call(key, Apply(outcome), block=False)
+                stamped = rules.Success(outcome.metadata, outcome.trial, outcome.duration,
+                                        at=self.context.clock.now())
+                self._call(key, Apply(stamped), block=False)
             return
         self._call(key, Apply(outcome))
 
@@ -173,8 +175,9 @@ class LocalAuthority:
                 if len(marks) >= QUIET_BATCH:
                     view.collect_marks(self.context.clock)
                 return
-        self._call(key, Apply(_SUCCESS if duration is None
-                              else rules.Success(duration=duration)), block=False)
+        # Applied asynchronously: stamped now, so it counts at the time it happened.
+        self._call(key, Apply(rules.Success(duration=duration, at=self.context.clock.now())),
+                   block=False)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         self._call(key, Apply(op))
