@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 import brama_actors
+import brama_actors.httpx
 from brama_actors import Brama, CircuitOpenError, InvalidConfiguration, InvalidIdentifier
 from brama_actors.httpx import AsyncCircuitBreakerTransport, CircuitBreakerTransport
 from brama_actors.testing import ManualClock
@@ -32,7 +33,7 @@ def upstream() -> Iterator[Upstream]:
 
 
 @pytest.fixture
-def client(brama: Brama) -> Iterator[httpx.Client]:
+def guarded(brama: Brama) -> Iterator[httpx.Client]:
     """An httpx client whose transport guards each host (opens after 2 failures)."""
     transport = CircuitBreakerTransport(brama=brama, max_attempts=2, expiry=1_000)
     with httpx.Client(transport=transport, timeout=10) as http:
@@ -94,9 +95,9 @@ def _failure_reasons(brama: Brama, inbox: brama_actors.Subscription) -> list[Any
 
 
 def test_success_response_returned_unchanged(brama: Brama, upstream: Upstream,
-                                             client: httpx.Client) -> None:
+                                             guarded: httpx.Client) -> None:
     """A 200 is recorded as a success and reaches the caller as the server sent it."""
-    response = client.get(f"{upstream.url}/ok")
+    response = guarded.get(f"{upstream.url}/ok")
     assert response.status_code == 200
     assert response.text == "answer 200\n"
     status = brama.status(HOST)
@@ -106,21 +107,21 @@ def test_success_response_returned_unchanged(brama: Brama, upstream: Upstream,
 
 
 def test_failure_status_recorded_with_reason(brama: Brama, upstream: Upstream,
-                                             client: httpx.Client) -> None:
+                                             guarded: httpx.Client) -> None:
     """A status in failure_statuses is a failure (reason "HTTP 503"), response returned."""
     inbox = brama.subscribe(events=["failure"])
     upstream.answer(503)
-    response = client.get(upstream.url)
+    response = guarded.get(upstream.url)
     assert response.status_code == 503
     assert brama.status(HOST).total_failures == 1
     assert _failure_reasons(brama, inbox) == ["HTTP 503"]
 
 
 def test_other_error_statuses_are_successes(brama: Brama, upstream: Upstream,
-                                            client: httpx.Client) -> None:
+                                            guarded: httpx.Client) -> None:
     """404 is the caller's problem, not the server's: recorded as a success."""
     upstream.answer(404)
-    assert client.get(upstream.url).status_code == 404
+    assert guarded.get(upstream.url).status_code == 404
     status = brama.status(HOST)
     assert (status.total_successes, status.total_failures) == (1, 0)
 
@@ -141,29 +142,29 @@ def test_custom_failure_statuses(brama: Brama, upstream: Upstream) -> None:
 
 
 def test_opens_and_refuses_without_sending(brama: Brama, upstream: Upstream,
-                                           client: httpx.Client) -> None:
+                                           guarded: httpx.Client) -> None:
     """After max_attempts failures a request raises CircuitOpenError and never leaves."""
     upstream.answer(503)
-    client.get(upstream.url)
-    client.get(upstream.url)
+    guarded.get(upstream.url)
+    guarded.get(upstream.url)
     assert brama.status(HOST).state == "open"
     _advance(brama, 400)
     with pytest.raises(CircuitOpenError) as caught:
-        client.get(upstream.url)
+        guarded.get(upstream.url)
     assert upstream.requests == 2
     assert caught.value.status.identifier == HOST
     assert caught.value.retry_after == 600
 
 
 def test_refusal_counts_in_total_rejections(brama: Brama, upstream: Upstream,
-                                            client: httpx.Client) -> None:
+                                            guarded: httpx.Client) -> None:
     """A refused request counts in status().total_rejections (API.md sections 14, 15)."""
     upstream.answer(503)
-    client.get(upstream.url)
-    client.get(upstream.url)
+    guarded.get(upstream.url)
+    guarded.get(upstream.url)
     for _ in range(3):
         with pytest.raises(CircuitOpenError):
-            client.get(upstream.url)
+            guarded.get(upstream.url)
     assert brama.status(HOST).total_rejections == 3
 
 
@@ -179,13 +180,13 @@ def _open_then_half_open(brama: Brama, upstream: Upstream, http: httpx.Client) -
 
 
 def test_half_open_request_takes_the_trial_permit(brama: Brama, upstream: Upstream,
-                                                  client: httpx.Client) -> None:
+                                                  guarded: httpx.Client) -> None:
     """In half_open a request in flight holds the one permit; others are refused unsent."""
-    _open_then_half_open(brama, upstream, client)
+    _open_then_half_open(brama, upstream, guarded)
     upstream.answer("hold")
     upstream.arrived.clear()
     results: list[int] = []
-    trial = threading.Thread(target=lambda: results.append(client.get(upstream.url)
+    trial = threading.Thread(target=lambda: results.append(guarded.get(upstream.url)
                                                           .status_code))
     trial.start()
     try:
@@ -193,7 +194,7 @@ def test_half_open_request_takes_the_trial_permit(brama: Brama, upstream: Upstre
         seen = upstream.requests
         assert brama.available(HOST)  # available() stays a pure check
         with pytest.raises(CircuitOpenError, match="half-open") as caught:
-            client.get(upstream.url)
+            guarded.get(upstream.url)
         assert caught.value.retry_after == 0
         assert upstream.requests == seen
     finally:
@@ -204,28 +205,28 @@ def test_half_open_request_takes_the_trial_permit(brama: Brama, upstream: Upstre
 
 
 def test_half_open_permit_given_back_after_failure(brama: Brama, upstream: Upstream,
-                                                   client: httpx.Client) -> None:
+                                                   guarded: httpx.Client) -> None:
     """A failed trial reopens the circuit; the next expiry admits a new trial."""
-    _open_then_half_open(brama, upstream, client)
-    client.get(upstream.url)  # still 503
+    _open_then_half_open(brama, upstream, guarded)
+    guarded.get(upstream.url)  # still 503
     assert brama.status(HOST).state == "open"
     _advance(brama, 1_000)
     upstream.answer(200)
-    assert client.get(upstream.url).status_code == 200
+    assert guarded.get(upstream.url).status_code == 200
     assert brama.status(HOST).state == "closed"
 
 
 def test_half_open_permit_given_back_after_transport_error(
-        brama: Brama, upstream: Upstream, client: httpx.Client) -> None:
+        brama: Brama, upstream: Upstream, guarded: httpx.Client) -> None:
     """A trial ended by a transport error reopens the circuit, its permit back."""
-    _open_then_half_open(brama, upstream, client)
+    _open_then_half_open(brama, upstream, guarded)
     upstream.answer("close")
     with pytest.raises(httpx.TransportError):
-        client.get(upstream.url)
+        guarded.get(upstream.url)
     assert brama.status(HOST).state == "open"
     _advance(brama, 1_000)
     upstream.answer(200)
-    assert client.get(upstream.url).status_code == 200
+    assert guarded.get(upstream.url).status_code == 200
     assert brama.status(HOST).state == "closed"
 
 
@@ -256,10 +257,10 @@ def test_connect_error_recorded(brama: Brama) -> None:
 
 
 def test_streamed_body_not_buffered(brama: Brama, upstream: Upstream,
-                                    client: httpx.Client) -> None:
+                                    guarded: httpx.Client) -> None:
     """The response is handed over at its headers; the body is read by the caller."""
     upstream.answer("stream")
-    with client.stream("GET", upstream.url) as response:
+    with guarded.stream("GET", upstream.url) as response:
         # Only FIRST_CHUNK bytes are sent until release: a transport that read the
         # body could not have returned yet.
         assert not upstream.body_sent.is_set()
@@ -275,13 +276,13 @@ def test_streamed_body_not_buffered(brama: Brama, upstream: Upstream,
 
 
 def test_one_connection_per_host(brama: Brama, upstream: Upstream,
-                                 client: httpx.Client) -> None:
+                                 guarded: httpx.Client) -> None:
     """127.0.0.1 and localhost are two unscoped connections with their own circuits."""
     upstream.answer(503)
-    client.get(f"http://127.0.0.1:{upstream.port}/")
-    client.get(f"http://127.0.0.1:{upstream.port}/")
+    guarded.get(f"http://127.0.0.1:{upstream.port}/")
+    guarded.get(f"http://127.0.0.1:{upstream.port}/")
     upstream.answer(200)
-    assert client.get(f"http://localhost:{upstream.port}/").status_code == 200
+    assert guarded.get(f"http://localhost:{upstream.port}/").status_code == 200
     assert {(s.identifier, s.scope) for s in brama.connections()} == {
         ("127.0.0.1", None), ("localhost", None)}
     assert brama.status("127.0.0.1").state == "open"
@@ -340,6 +341,32 @@ def test_default_system(upstream: Upstream) -> None:
     assert brama_actors.status(HOST).total_successes == 1
 
 
+def test_through_a_client(node: tuple[Brama, brama_actors.Server],
+                          client: brama_actors.Client, upstream: Upstream) -> None:
+    """brama= a Client: requests are admitted and recorded by the node's circuits."""
+    system, _ = node
+    transport = CircuitBreakerTransport(brama=client, max_attempts=2)
+    upstream.answer(503)
+    with httpx.Client(transport=transport) as http:
+        http.get(upstream.url)
+        http.get(upstream.url)
+        with pytest.raises(CircuitOpenError):
+            http.get(upstream.url)
+    assert system.status(HOST).state == "open"
+    assert upstream.requests == 2
+
+
+def test_public_surface() -> None:
+    """Each integration module exports exactly its documented names."""
+    import brama_actors.requests
+    import brama_actors.starlette
+
+    assert sorted(brama_actors.httpx.__all__) == [
+        "AsyncCircuitBreakerTransport", "CircuitBreakerTransport"]
+    assert brama_actors.requests.__all__ == ["CircuitBreakerAdapter"]
+    assert sorted(brama_actors.starlette.__all__) == ["install", "requires"]
+
+
 # -- construction -------------------------------------------------------------------------
 
 
@@ -386,6 +413,10 @@ def test_bad_register_option() -> None:
         CircuitBreakerTransport(max_attempts=-1)
     with pytest.raises(InvalidConfiguration):
         CircuitBreakerTransport(no_such_option=1)
+    with pytest.raises(InvalidConfiguration, match="scope"):
+        CircuitBreakerTransport(scope="eu")  # connections are unscoped
+    with pytest.raises(InvalidConfiguration, match="exclude"):
+        AsyncCircuitBreakerTransport(exclude=ValueError)  # a guard option, not ours
 
 
 def test_close_delegates() -> None:
@@ -459,6 +490,26 @@ def test_async_half_open_trial(brama: Brama, upstream: Upstream) -> None:
     asyncio.run(main())
     assert brama.status(HOST).state == "closed"
     assert upstream.requests == 2
+
+
+def test_async_connection_that_raises_records_nothing(brama: Brama,
+                                                      upstream: Upstream) -> None:
+    """Async: a raising connection callable fails the request unsent, unrecorded."""
+    problem = RuntimeError("no route")
+
+    def connection(request: httpx.Request) -> str:
+        raise problem
+
+    async def main() -> BaseException:
+        transport = AsyncCircuitBreakerTransport(brama=brama, connection=connection)
+        async with httpx.AsyncClient(transport=transport) as http:
+            with pytest.raises(RuntimeError) as caught:
+                await http.get(upstream.url)
+        return caught.value
+
+    assert asyncio.run(main()) is problem
+    assert brama.connections() == []
+    assert upstream.requests == 0
 
 
 def test_async_streamed_body_not_buffered(brama: Brama, upstream: Upstream) -> None:

@@ -98,7 +98,7 @@ def test_install_needs_an_app() -> None:
 # -- requires -----------------------------------------------------------------------------
 
 
-def _requiring_app(brama: Brama | None, identifier: str = "db",
+def _requiring_app(brama: Brama | brama_actors.Client | None, identifier: str = "db",
                    scope: str | None = None) -> tuple[FastAPI, list[str]]:
     app = FastAPI()
     install(app)
@@ -187,6 +187,22 @@ def test_requires_default_system() -> None:
     brama_actors.close_circuit("db")
     with TestClient(app) as http:
         assert http.get("/orders").status_code == 200
+
+
+def test_requires_through_a_client(node: tuple[Brama, brama_actors.Server],
+                                   client: brama_actors.Client) -> None:
+    """brama= a Client: the node's circuit decides; Retry-After from the node's clock."""
+    system, _ = node
+    system.register("db", expiry=60_000)
+    system.open_circuit("db")
+    client.status("db")  # the client has seen the node's state
+    app, ran = _requiring_app(client)
+    with TestClient(app) as http:
+        response = http.get("/orders")
+    assert response.status_code == 503
+    # retry_after is 60 s minus the (real) time since the circuit opened.
+    assert response.headers["Retry-After"] in {"60", "59"}
+    assert ran == []
 
 
 def test_requires_bad_arguments() -> None:
