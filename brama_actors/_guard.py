@@ -327,6 +327,16 @@ class Guard:
             raise
         self._settle(entered, verdict)
 
+    async def ajudge(self, entered: tuple[Authority, Admission], result: Any) -> None:
+        """``judge`` for asyncio code: the handler runs on the loop, recording never blocks it."""
+        authority, admission = entered
+        try:
+            verdict = self.verdict(result)
+        except BaseException:
+            await _nowait.run(authority.settle, admission, _IGNORE_VERDICT)
+            raise
+        await _nowait.run(authority.settle, admission, verdict)
+
     # -- decorator -------------------------------------------------------------------
     def wrap(self, function: Callable[P, R]) -> Callable[P, R]:
         """Wrap a function or ``async def`` coroutine function."""

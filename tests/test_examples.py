@@ -1,7 +1,13 @@
-"""Every script in examples/ runs to completion (pytest-style ``*_test.py`` ones pass)."""
+"""Every script in examples/ runs to completion (pytest-style ``*_test.py`` ones pass).
+
+Each runs with this checkout first on ``PYTHONPATH``: a script's own directory
+(``examples/``) is ``sys.path[0]``, so without it the script would import whichever
+brama_actors is installed, not the one under test.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,9 +37,12 @@ def test_examples_exist() -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda path: path.name)
 def test_example_runs(path: Path) -> None:
     """The example exits with status 0 within the time limit."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     try:
         result = subprocess.run(
-            _command(path), cwd=ROOT, capture_output=True, text=True,
+            _command(path), cwd=ROOT, env=env, capture_output=True, text=True,
             timeout=EXAMPLE_TIMEOUT, check=False,
         )
     except subprocess.TimeoutExpired as exc:

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("authority", ("_authority",)),
     ("guard", ("_guard",)),
     ("system", ("_system", "testing", "pytest_plugin")),
+    ("integrations", ("_http", "httpx", "requests", "starlette")),
     ("remote", ("_remote",)),
     ("tools", ("_cli", "__main__", "", "prometheus", "opentelemetry")),
 ]

@@ -1,0 +1,128 @@
+"""Starlette and FastAPI: refused calls become HTTP 503 with ``Retry-After`` (extra ``starlette``).
+
+::
+
+    from fastapi import Depends, FastAPI
+    from brama_actors.starlette import install, requires
+
+    app = FastAPI()
+    install(app)        # CircuitOpenError -> 503, Retry-After: ceil(retry_after / 1000)
+
+    @app.get("/orders", dependencies=[Depends(requires("orders_db"))])
+    async def orders(): ...
+
+``requires`` answers early, before the endpoint runs, while a circuit is open. It checks
+``available()`` only: it takes no half-open trial permit, records nothing, registers
+nothing and does not count in ``total_rejections`` — the guarded calls inside the
+endpoint do all of that.
+
+Importing this module imports ``starlette``; ``import brama_actors`` does not.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from brama_actors import _rules as rules
+from brama_actors._errors import CircuitOpenError, describe
+from brama_actors._guard import Guardable
+from brama_actors._keys import check_key
+from brama_actors._runtime import _nowait
+from brama_actors._runtime._clock import SystemClock
+from brama_actors._status import CircuitState
+
+__all__ = ["install", "requires"]
+
+
+def _retry_after_seconds(error: CircuitOpenError) -> int:
+    """``Retry-After`` in whole seconds, rounded up so a client never retries too early."""
+    return math.ceil(error.retry_after / 1000)
+
+
+async def _circuit_open(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CircuitOpenError)
+    # The body names no connection: identifiers are the server's internals.
+    return JSONResponse({"detail": "Service Unavailable"}, status_code=503,
+                        headers={"Retry-After": str(_retry_after_seconds(exc))})
+
+
+def install(app: Starlette) -> None:
+    """Answer every ``CircuitOpenError`` an endpoint or dependency raises with HTTP 503.
+
+    The response carries ``Retry-After`` (seconds, ``ceil(retry_after / 1000)``; ``0``
+    when the circuit is half-open with every trial permit taken) and the JSON body
+    ``{"detail": "Service Unavailable"}``.
+
+    Args:
+        app: a Starlette or FastAPI application.
+
+    Raises:
+        TypeError: ``app`` is not a Starlette application.
+    """
+    if not isinstance(app, Starlette):
+        raise TypeError(f"app must be a Starlette or FastAPI application, got {app!r}")
+    app.add_exception_handler(CircuitOpenError, _circuit_open)
+
+
+def _now(system: Any) -> int:
+    """Now on the clock the system's circuits run on, for ``retry_after``."""
+    clock = getattr(system, "clock", None)
+    # A Client has no clock of its own: its node runs on the system clock (epoch ms).
+    return (clock if clock is not None else SystemClock()).now()
+
+
+def _refusal(system: Any, identifier: str, scope: str | None) -> CircuitOpenError | None:
+    """The error to raise if the circuit is still not available (None if it is now)."""
+    status = system.status(identifier, scope=scope)  # ConnectionNotFound when unknown
+    if status.state is not CircuitState.OPEN:
+        return None  # moved to half_open since available() said no
+    return CircuitOpenError(f"circuit for {describe(identifier, scope)} is open", status,
+                            rules.retry_after(status, _now(system)))
+
+
+def requires(identifier: str, *, scope: str | None = None,
+             brama: Any = None) -> Callable[[], Awaitable[None]]:
+    """A FastAPI dependency that refuses requests while a circuit is open.
+
+    Use it as ``Depends(requires("db"))``. With :func:`install`, a refused request is
+    answered 503 with ``Retry-After``.
+
+    Args:
+        identifier: the connection.
+        scope: its scope.
+        brama: the system (``None``: the default system, looked up per request).
+
+    Returns:
+        An ``async`` callable taking no arguments. It raises ``CircuitOpenError`` while
+        ``available()`` is false and ``ConnectionNotFound`` for an unknown connection;
+        it takes no trial permit.
+
+    Raises:
+        InvalidIdentifier: bad identifier or scope.
+        TypeError: ``brama`` is not a system.
+    """
+    check_key(identifier, scope)
+    if brama is not None and not isinstance(brama, Guardable):
+        raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
+
+    async def circuit_available() -> None:
+        if brama is None:
+            from brama_actors._system._default import get
+
+            system: Any = get()
+        else:
+            system = brama
+        if system.available(identifier, scope=scope):  # never waits: the hot path
+            return
+        # Refused (or unknown): status() may wait on an actor or a node, so off the loop.
+        error = await _nowait.run(_refusal, system, identifier, scope)
+        if error is not None:
+            raise error
+
+    return circuit_available
