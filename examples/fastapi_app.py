@@ -4,12 +4,13 @@ The app's ``/quote`` endpoint asks a pricing service for a price with ``httpx``,
 ``AsyncCircuitBreakerTransport``. ``/report`` needs the same service but uses
 ``requires()`` to answer early, before doing any work, while the circuit is open.
 ``install(app)`` turns every ``CircuitOpenError`` into ``503 Service Unavailable`` with a
-``Retry-After`` header.
+``Retry-After`` header. ``/metrics`` serves the circuits to Prometheus
+(``brama_actors.prometheus.BramaCollector``).
 
 The pricing service is a small local stdlib HTTP server started by this script, switched
 between healthy and failing. The script drives the app with FastAPI's ``TestClient``:
 healthy, failing (the circuit opens after 3 failures), refused with 503 + Retry-After,
-then recovered once the 30 s expiry has passed. The system runs on a ``ManualClock`` so
+then recovered once the 30 s expiry has passed, and the counters ``/metrics`` shows. The system runs on a ``ManualClock`` so
 those 30 s pass at once; a real app uses ``brama_actors.Brama.start()`` or the default
 system. Run it with ``python examples/fastapi_app.py``.
 """
@@ -24,10 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 import brama_actors
 from brama_actors.httpx import AsyncCircuitBreakerTransport
+from brama_actors.prometheus import BramaCollector
 from brama_actors.starlette import install, requires
 from brama_actors.testing import ManualClock
 
@@ -123,11 +126,13 @@ def create_app(brama: brama_actors.Brama, upstream_url: str) -> FastAPI:
         # started when its data source is known to be down.
         return {"report": "ready"}
 
-    # -- /metrics: to be added ------------------------------------------------------------
-    # brama_actors.prometheus (API.md section 14, being built) will expose this system's
-    # circuits here with its BramaCollector: a GET /metrics endpoint that returns
-    # prometheus_client.generate_latest() of a registry holding BramaCollector(brama).
-    # ----------------------------------------------------------------------------------------
+    # The circuits as Prometheus metrics, read at scrape time (docs/observability.md).
+    registry = CollectorRegistry()
+    registry.register(BramaCollector(brama))
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -174,6 +179,14 @@ def main() -> None:
             assert show(client, "/quote").status_code == 200
             print(f"circuit: {brama.status(CONNECTION).state.value}")
             assert show(client, "/report").status_code == 200
+
+            print("GET /metrics (excerpt):")
+            text = client.get("/metrics").text
+            for line in text.splitlines():
+                if line.startswith(("brama_calls_total", "brama_transitions_total")):
+                    print(f"  {line}")
+            assert 'brama_calls_total{connection="pricing",outcome="rejected",scope=""} 1.0' \
+                in text
 
 
 if __name__ == "__main__":
