@@ -10,9 +10,10 @@ The app's ``/quote`` endpoint asks a pricing service for a price with ``httpx``,
 The pricing service is a small local stdlib HTTP server started by this script, switched
 between healthy and failing. The script drives the app with FastAPI's ``TestClient``:
 healthy, failing (the circuit opens after 3 failures), refused with 503 + Retry-After,
-then recovered once the 30 s expiry has passed, and the counters ``/metrics`` shows. The system runs on a ``ManualClock`` so
-those 30 s pass at once; a real app uses ``brama_actors.Brama.start()`` or the default
-system. Run it with ``python examples/fastapi_app.py``.
+then recovered once the 30 s expiry has passed, and the counters ``/metrics`` shows.
+The system runs on a ``ManualClock`` so those 30 s pass at once; a real app uses
+``brama_actors.Brama.start()`` or the default system.
+Run it with ``python examples/fastapi_app.py``.
 """
 
 from __future__ import annotations
