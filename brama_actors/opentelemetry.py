@@ -20,7 +20,11 @@ Instruments on meter ``"brama_actors"``, each with attributes ``brama.connection
 * ``brama.call.duration`` histogram (unit ``s``), plus ``brama.outcome``
   (``success`` or ``failure``): recorded by guards for the calls that ran, never for
   refusals. Guards report durations process-wide, so it holds the guarded calls of
-  every system in the process, not only ``brama``'s.
+  every system in the process, not only ``brama``'s. A guarded call only appends its
+  duration to a queue (a histogram ``record`` costs microseconds, more than the whole
+  guarded call); the queue is recorded into the histogram when the SDK collects, so the
+  durations of one interval appear in the next collection. At most
+  ``PENDING_DURATIONS`` wait; beyond that the oldest are dropped (nobody collected).
 
 The observable instruments read the system when the SDK collects (no callback on any
 call). One instrumentation is active at a time: ``instrument()`` while instrumented
@@ -31,7 +35,9 @@ Importing this module imports ``opentelemetry``; ``import brama_actors`` does no
 
 from __future__ import annotations
 
+import collections
 import threading
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -48,6 +54,9 @@ __all__ = ["instrument", "uninstrument"]
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0, 30.0)
 
+#: Durations that may wait for the next collection (bounded: nobody may ever collect).
+PENDING_DURATIONS = 100_000
+
 
 @dataclass(eq=False)
 class _Active:
@@ -55,6 +64,10 @@ class _Active:
 
     brama: Any = None
     on: bool = False
+    # One read of the system per collection, shared by the callbacks (see _make).
+    reading: Any = None
+    left: int = 0
+    at: float = 0.0
 
 
 @dataclass(eq=False)
@@ -69,6 +82,9 @@ class _Instruments:
 
     histogram: Any
     active: _Active = field(default_factory=_Active)
+    # (identifier, scope, outcome, seconds) of guarded calls, recorded at collection.
+    pending: collections.deque[tuple[str, str | None, str, float]] = field(
+        default_factory=lambda: collections.deque(maxlen=PENDING_DURATIONS))
 
 
 _lock = threading.Lock()
@@ -101,14 +117,10 @@ def instrument(brama: Any = None, meter_provider: Any = None) -> None:
             made = _made[meter] = _make(meter)
         made.active.brama = system
         made.active.on = True
-        histogram = made.histogram
-
-        def observe(identifier: str, scope: str | None, outcome: str,
-                    seconds: float) -> None:
-            histogram.record(seconds, {"brama.connection": identifier,
-                                       "brama.scope": scope or "",
-                                       "brama.outcome": outcome})
-
+        made.active.left = 0  # nothing read for another instrumentation is reused
+        # A deque's append: atomic, and no Python frame per guarded call; the queue is
+        # recorded into the histogram at collection.
+        observe: _durations.Observer = made.pending.append
         _durations.OBSERVERS.append(observe)
         _current = (made, observe)
 
@@ -124,19 +136,37 @@ def uninstrument() -> None:
         _current = None
         made.active.on = False
         made.active.brama = None
+        made.pending.clear()
         try:
             _durations.OBSERVERS.remove(observe)
         except ValueError:
             pass
 
 
+#: Observable instruments; one collection calls each one's callback once.
+_CALLBACKS = 3
+
+
 def _make(meter: Any) -> _Instruments:
     active = _Active()
+    made: list[_Instruments] = []
+    lock = threading.Lock()
 
     def read() -> _metrics.Reading:
+        """One read of the system per collection, shared by the three callbacks (each
+        would otherwise read every connection again); re-read after a second in case
+        a collection skipped a callback."""
         if not active.on:
             return _metrics.Reading()
-        return _metrics.read(active.brama)
+        with lock:
+            now = time.monotonic()
+            if active.left <= 0 or now - active.at > 1.0:
+                flush(made[0])
+                active.reading = _metrics.read(active.brama)
+                active.left, active.at = _CALLBACKS, now
+            active.left -= 1
+            reading: _metrics.Reading = active.reading
+            return reading
 
     def states(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations = []
@@ -191,4 +221,19 @@ def _make(meter: Any) -> _Instruments:
         histogram = meter.create_histogram(
             "brama.call.duration", unit="s",
             description="Duration of guarded calls that ran (successes and failures).")
-    return _Instruments(histogram, active)
+    made.append(_Instruments(histogram, active))
+    return made[0]
+
+
+def flush(made: _Instruments) -> None:
+    """Record the durations guards queued into the histogram (at collection, before
+    the SDK reads its instruments' aggregations, so they are in this collection)."""
+    pending = made.pending
+    record = made.histogram.record
+    while True:
+        try:
+            identifier, scope, outcome, seconds = pending.popleft()
+        except IndexError:
+            return
+        record(seconds, {"brama.connection": identifier, "brama.scope": scope or "",
+                         "brama.outcome": outcome})

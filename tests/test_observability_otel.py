@@ -148,9 +148,9 @@ def test_the_observer_records_into_the_histogram(reader: InMemoryMetricReader,
     instrument(system, provider_of(reader))
     added = [o for o in _durations.OBSERVERS if o not in before]
     assert len(added) == 1
-    added[0]("db", None, "success", 0.25)
-    added[0]("db", None, "success", 0.5)
-    added[0]("api", "eu", "failure", 2.0)
+    added[0](("db", None, "success", 0.25))
+    added[0](("db", None, "success", 0.5))
+    added[0](("api", "eu", "failure", 2.0))
     points, _ = collect(reader)
     histogram = values(points, "brama.call.duration")
     ok = histogram[attrs(connection="db", scope="", outcome="success")]

@@ -289,7 +289,7 @@ def test_duration_observers_get_calls_that_ran(system: Brama) -> None:
     from brama_actors import _durations
 
     seen: list[tuple[str, str | None, str, float]] = []
-    _durations.OBSERVERS.append(lambda *call: seen.append(call))
+    _durations.OBSERVERS.append(seen.append)
     try:
         guarded = brama_actors.circuit_breaker("api", brama=system, max_attempts=1)(
             lambda fail: (_ for _ in ()).throw(OSError()) if fail else None)
