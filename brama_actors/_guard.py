@@ -51,6 +51,9 @@ _REGISTER_EXTRA = frozenset({"type", "metadata"})
 _TIMEOUT_VERDICT: tuple[str, Any] = ("failure", "Timeout")
 _SUCCESS_VERDICT: tuple[str, Any] = ("success", None)
 _IGNORE_VERDICT: tuple[str, Any] = ("ignore", None)
+#: Not an outcome at all (a BaseException passing through, an outside cancellation, an
+#: error_handler that raised): the permit goes back, nothing is counted anywhere.
+_NOTHING_VERDICT: tuple[str, Any] = ("none", None)
 
 
 class Guardable:
@@ -262,7 +265,7 @@ class Guard:
         if started is None:
             return None
         seconds = time.perf_counter() - started
-        if _durations.OBSERVERS and kind != "ignore":
+        if _durations.OBSERVERS and kind in ("success", "failure"):
             _durations.notify((self.identifier, self.scope, kind, seconds))
         return seconds * 1000.0
 
@@ -294,10 +297,10 @@ class Guard:
         """What an exception raised by the guarded code means (``exclude``/``record``).
 
         A ``BaseException`` that is not an ``Exception`` (cancellation, KeyboardInterrupt,
-        SystemExit) records nothing.
+        SystemExit) records nothing and is not counted as ignored either.
         """
         if not isinstance(exc, Exception):
-            return _IGNORE_VERDICT
+            return _NOTHING_VERDICT
         if self._exclude and self._exclude.matches(exc):
             return _IGNORE_VERDICT
         if self._record is not None and not self._record.matches(exc):
@@ -323,7 +326,7 @@ class Guard:
         try:
             verdict = self.verdict(result)
         except BaseException:
-            self._settle(entered, _IGNORE_VERDICT)  # the permit goes back
+            self._settle(entered, _NOTHING_VERDICT)  # the permit goes back
             raise
         self._settle(entered, verdict)
 
@@ -333,7 +336,7 @@ class Guard:
         try:
             verdict = self.verdict(result)
         except BaseException:
-            await _nowait.run(authority.settle, admission, _IGNORE_VERDICT)
+            await _nowait.run(authority.settle, admission, _NOTHING_VERDICT)
             raise
         await _nowait.run(authority.settle, admission, verdict)
 
@@ -458,7 +461,7 @@ class Guard:
             try:
                 judged = verdict(result)
             except BaseException:
-                await aexit(entered, None, _IGNORE_VERDICT)
+                await aexit(entered, None, _NOTHING_VERDICT)
                 raise
             await aexit(entered, None, judged)
             return result

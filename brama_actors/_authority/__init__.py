@@ -136,8 +136,9 @@ class Authority(Protocol):
 
     def settle(self, admission: Admission, verdict: tuple[str, Any],
                duration: float | None = None) -> None:
-        """Record a guarded call's verdict (success/failure/ignore), give its permit back;
-        an "ignore" is counted in ``total_ignored``."""
+        """Record a guarded call's verdict, give its permit back: "success", "failure",
+        "ignore" (counted in ``total_ignored``) or "none" (not an outcome: counted
+        nowhere)."""
 
     def count(self, key: Key, what: str) -> None:
         """Count a guarded call refused elsewhere (``"rejected"``: a client's replica

@@ -338,7 +338,7 @@ class NodeAuthority:
             state = self.link.call("failure", identifier=identifier, scope=scope,
                                    reason=reason, duration=duration)
             self._note(key, state)
-        else:
+        elif kind == "ignore":
             self.count(key, "ignored")
 
     # -- events --------------------------------------------------------------------------

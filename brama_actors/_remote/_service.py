@@ -183,15 +183,16 @@ class NodeService:
             if not self._closed:
                 self._trials.setdefault(key, collections.deque()).append(admission)
                 return "trial"
-        self._node.authority.settle(admission, ("ignore", None))  # close() ran already
+        self._node.authority.settle(admission, ("none", None))  # close() ran already
         raise BramaError("the client's session closed")
 
     def settle(self, identifier: Any, scope: Any = None, verdict: str = "success",
                reason: Any = None, trial: bool = False, duration: Any = None) -> str | None:
         """Record a guarded call's verdict (and give back its permit); for a failure, the
         state after it."""
-        if verdict not in ("success", "failure", "ignore"):
-            raise ValueError(f"verdict must be success, failure or ignore, got {verdict!r}")
+        if verdict not in ("success", "failure", "ignore", "none"):
+            raise ValueError(
+                f"verdict must be success, failure, ignore or none, got {verdict!r}")
         duration = check_duration(duration)
         key = check_key(identifier, scope)
         authority = self._node.authority
@@ -227,7 +228,7 @@ class NodeService:
                 pass  # the system is stopping
         for admission in trials:
             try:
-                authority.settle(admission, ("ignore", None))
+                authority.settle(admission, ("none", None))
             except (SystemStopped, LookupError):
                 pass
 

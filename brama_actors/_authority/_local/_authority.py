@@ -278,7 +278,7 @@ class LocalAuthority:
             elif kind == "failure":
                 trial = admission.token if admission.trial else None
                 self._call(key, Apply(rules.Failure(reason, trial=trial, duration=duration)))
-            elif admission.view is not None:
+            elif kind == "ignore" and admission.view is not None:
                 admission.view.count("ignored")
         except _nowait.WouldBlock:
             raise  # nothing was done: the caller repeats the whole settle off its loop
