@@ -26,6 +26,7 @@ __all__ = ["DEFAULT_FAILURE_STATUSES", "HostGuards", "check_failure_statuses"]
 DEFAULT_FAILURE_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 Request = TypeVar("Request")
+Response = TypeVar("Response")
 
 
 def check_failure_statuses(statuses: Any) -> frozenset[int]:
@@ -106,6 +107,33 @@ class HostGuards(Generic[Request]):
                      **self._options)
         with self._lock:  # two threads racing on a new host share one guard
             return self._guards.setdefault(identifier, made)
+
+    def send(self, request: Request, send: Callable[[], Response],
+             close: Callable[[Response], None]) -> Response:
+        """Send ``request`` through its connection's circuit (sync transports).
+
+        Admitted as a guard admits (a half-open trial permit included); an exception
+        from ``send`` is recorded and re-raised as the same object; a response is
+        judged by ``failure_statuses`` and returned unchanged. If recording the
+        response fails, ``close(response)`` frees its connection before the error
+        propagates.
+
+        Raises:
+            CircuitOpenError: the circuit refused the request (nothing was sent).
+        """
+        guard = self.guard(request)
+        entered = guard.enter()
+        try:
+            response = send()
+        except BaseException as exc:
+            guard.exit(entered, exc)
+            raise
+        try:
+            guard.judge(entered, response)
+        except BaseException:
+            close(response)
+            raise
+        return response
 
     def verdict(self, response: Any) -> str | tuple[str, str]:
         """``error_handler`` of every guard: a failure for ``failure_statuses``.

@@ -82,19 +82,8 @@ class CircuitBreakerTransport(httpx.BaseTransport):
             Exception: what the wrapped transport raised (recorded as a failure), or
                 what ``connection`` raised (nothing recorded).
         """
-        guard = self._guards.guard(request)
-        entered = guard.enter()
-        try:
-            response = self._transport.handle_request(request)
-        except BaseException as exc:
-            guard.exit(entered, exc)
-            raise
-        try:
-            guard.judge(entered, response)
-        except BaseException:
-            _close_quietly(response)
-            raise
-        return response
+        return self._guards.send(request, lambda: self._transport.handle_request(request),
+                                 _close_quietly)
 
     def close(self) -> None:
         """Close the wrapped transport."""

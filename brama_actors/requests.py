@@ -23,6 +23,7 @@ Importing this module imports ``requests``; ``import brama_actors`` does not.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -85,17 +86,8 @@ class CircuitBreakerAdapter(HTTPAdapter):
             Exception: what sending raised (``requests.ConnectionError``...: recorded
                 as a failure), or what ``connection`` raised (nothing recorded).
         """
-        guard = self._guards.guard(request)
-        entered = guard.enter()
-        try:
-            response = super().send(request, stream=stream, timeout=timeout, verify=verify,
-                                    cert=cert, proxies=proxies)
-        except BaseException as exc:
-            guard.exit(entered, exc)
-            raise
-        try:
-            guard.judge(entered, response)
-        except BaseException:
-            response.close()  # recording failed: free the pooled connection first
-            raise
+        send = functools.partial(super().send, request, stream=stream, timeout=timeout,
+                                 verify=verify, cert=cert, proxies=proxies)
+        # If recording fails, the pooled connection is freed first.
+        response: Response = self._guards.send(request, send, Response.close)
         return response
