@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bench_scale", "bench_guard", "bench_failure_path", "bench_events",
-              "bench_processes"]
+              "bench_processes", "bench_observability"]
 CHARTS_TITLE = "## Charts"
 
 
