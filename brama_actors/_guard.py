@@ -332,13 +332,12 @@ class Guard:
 
     async def ajudge(self, entered: tuple[Authority, Admission], result: Any) -> None:
         """``judge`` for asyncio code: the handler runs on the loop, recording never blocks it."""
-        authority, admission = entered
         try:
             verdict = self.verdict(result)
         except BaseException:
-            await _nowait.run(authority.settle, admission, _NOTHING_VERDICT)
+            await self.aexit(entered, None, _NOTHING_VERDICT)
             raise
-        await _nowait.run(authority.settle, admission, verdict)
+        await self.aexit(entered, None, verdict)
 
     # -- decorator -------------------------------------------------------------------
     def wrap(self, function: Callable[P, R]) -> Callable[P, R]:

@@ -554,3 +554,26 @@ def test_each_integration_imports_only_its_library(module: str, library: str,
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True, cwd=ROOT)
     assert done.stdout.strip() == "True []"
+
+
+def test_both_transports_time_their_requests(brama: Brama, upstream: Upstream) -> None:
+    """Durations reach the slow-call rule and the duration observers from the sync and
+    the async transport alike (the async one judges responses on the loop)."""
+    from brama_actors import _durations
+
+    seen: list[Any] = []
+    _durations.OBSERVERS.append(seen.append)
+    try:
+        with httpx.Client(transport=CircuitBreakerTransport(brama=brama)) as http:
+            http.get(upstream.url)
+        upstream.answer(503)
+
+        async def main() -> None:
+            async with httpx.AsyncClient(
+                    transport=AsyncCircuitBreakerTransport(brama=brama)) as http:
+                await http.get(upstream.url)
+
+        asyncio.run(main())
+    finally:
+        _durations.OBSERVERS.remove(seen.append)
+    assert [(t[0], t[2]) for t in seen] == [(HOST, "success"), (HOST, "failure")]
