@@ -36,6 +36,7 @@ Importing this module imports ``opentelemetry``; ``import brama_actors`` does no
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import weakref
@@ -50,46 +51,49 @@ from brama_actors._system import _metrics
 
 __all__ = ["instrument", "uninstrument"]
 
+logger = logging.getLogger("brama_actors")
+
 #: Seconds; the SDK's default buckets (0 to 10,000) are meant for milliseconds.
 _DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                      1.0, 2.5, 5.0, 10.0, 30.0)
 
-#: Durations that may wait for the next collection (bounded: nobody may ever collect).
-PENDING_DURATIONS = 100_000
+#: Durations that may wait to be recorded (bounded: the recorder may fall behind).
+_PENDING_MAX = 100_000
+#: How often the recorder thread records the queued durations, seconds.
+_RECORD_EVERY = 0.5
+#: Observable instruments; one collection calls each one's callback once.
+_CALLBACKS = 3
 
 
 @dataclass(eq=False)
-class _Active:
-    """What the instruments of one meter report: set by instrument(), cleared after."""
+class _State:
+    """The one instrumentation, read by every instrument's callback.
 
-    brama: Any = None
-    on: bool = False
-    # One read of the system per collection, shared by the callbacks (see _make).
+    Why module-wide rather than per meter: OpenTelemetry cannot remove an instrument,
+    and a meter asked again for a name returns its first instrument with its first
+    callbacks; the global provider's proxy meters also forward to whichever real meter
+    is set later. So every callback, whichever the SDK kept, reads this state, and
+    ``instrument()``/``uninstrument()`` only switch it.
+    """
+
+    # (system,) while instrumented (the system may be None: the default), else None.
+    target: tuple[Any] | None = None
+    histogram: Any = None
+    # (identifier, scope, outcome, seconds) of guarded calls, not recorded yet.
+    pending: collections.deque[_durations.Timing] = field(
+        default_factory=lambda: collections.deque(maxlen=_PENDING_MAX))
+    # One read of the system per collection, shared by the callbacks.
     reading: Any = None
     left: int = 0
     at: float = 0.0
+    recorder: threading.Thread | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    warned: bool = False
 
 
-@dataclass(eq=False)
-class _Instruments:
-    """The instruments made on one meter, kept for the meter's life.
-
-    Why: OpenTelemetry cannot remove an instrument, and asking a meter for an existing
-    name returns the first instrument with its first callbacks. So each meter gets its
-    instruments once; their callbacks read ``active``, which ``instrument()`` points
-    at the system and ``uninstrument()`` switches off.
-    """
-
-    histogram: Any
-    active: _Active = field(default_factory=_Active)
-    # (identifier, scope, outcome, seconds) of guarded calls, recorded at collection.
-    pending: collections.deque[tuple[str, str | None, str, float]] = field(
-        default_factory=lambda: collections.deque(maxlen=PENDING_DURATIONS))
-
-
-_lock = threading.Lock()
-_made: weakref.WeakKeyDictionary[Any, _Instruments] = weakref.WeakKeyDictionary()
-_current: tuple[_Instruments, _durations.Observer] | None = None
+_lock = threading.Lock()  # guards _state's fields and the histogram's records
+_state = _State()
+_made: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()  # meter -> histogram
 
 
 def instrument(brama: Any = None, meter_provider: Any = None) -> None:
@@ -105,72 +109,103 @@ def instrument(brama: Any = None, meter_provider: Any = None) -> None:
         TypeError: ``brama`` is neither a system nor ``None``.
         RuntimeError: already instrumented.
     """
-    global _current
     system = _metrics.check_system(brama)
     meter = metrics.get_meter("brama_actors", meter_provider=meter_provider)
     with _lock:
-        if _current is not None:
+        if _state.target is not None:
             raise RuntimeError("brama_actors.opentelemetry is already instrumented; "
                                "call uninstrument() first")
-        made = _made.get(meter)
-        if made is None:
-            made = _made[meter] = _make(meter)
-        made.active.brama = system
-        made.active.on = True
-        made.active.left = 0  # nothing read for another instrumentation is reused
-        # A deque's append: atomic, and no Python frame per guarded call; the queue is
-        # recorded into the histogram at collection.
-        observe: _durations.Observer = made.pending.append
-        _durations.OBSERVERS.append(observe)
-        _current = (made, observe)
+        histogram = _made.get(meter)
+        if histogram is None:
+            histogram = _made[meter] = _make(meter)
+        _state.histogram = histogram
+        _state.target = (system,)
+        _state.left = 0  # nothing read for another instrumentation is reused
+        _state.pending.clear()
+        _state.stop = threading.Event()
+        _state.recorder = threading.Thread(target=_record_loop, args=(_state.stop,),
+                                           name="brama-otel-durations", daemon=True)
+        _state.recorder.start()
+        # A deque's append: atomic, and no Python frame per guarded call.
+        _durations.OBSERVERS.append(_state.pending.append)
 
 
 def uninstrument() -> None:
     """Stop reporting: the observable instruments report nothing from the next
-    collection on, and guards stop timing calls for the histogram. Idempotent."""
-    global _current
+    collection on, guards stop timing calls for the histogram, and the recorder thread
+    ends. Idempotent."""
     with _lock:
-        if _current is None:
+        if _state.target is None:
             return
-        made, observe = _current
-        _current = None
-        made.active.on = False
-        made.active.brama = None
-        made.pending.clear()
+        _state.target = None
+        _state.reading = None
         try:
-            _durations.OBSERVERS.remove(observe)
+            _durations.OBSERVERS.remove(_state.pending.append)
         except ValueError:
             pass
+        _state.pending.clear()
+        recorder, _state.recorder = _state.recorder, None
+        _state.stop.set()
+    if recorder is not None and recorder is not threading.current_thread():
+        recorder.join(timeout=5)
 
 
-#: Observable instruments; one collection calls each one's callback once.
-_CALLBACKS = 3
+def _record_loop(stop: threading.Event) -> None:
+    """Record the queued durations every ``_RECORD_EVERY`` s until ``stop``."""
+    while not stop.wait(_RECORD_EVERY):
+        with _lock:
+            if _state.target is not None:
+                _record_pending()
 
 
-def _make(meter: Any) -> _Instruments:
-    active = _Active()
-    made: list[_Instruments] = []
-    lock = threading.Lock()
+def _record_pending() -> None:
+    """Record the queued durations into the histogram (under ``_lock``)."""
+    pending = _state.pending
+    if len(pending) == _PENDING_MAX and not _state.warned:
+        _state.warned = True
+        logger.warning("brama_actors.opentelemetry: %d call durations were queued at "
+                       "once; older ones may have been dropped", _PENDING_MAX)
+    record = _state.histogram.record
+    attributes: dict[tuple[str, str | None, str], dict[str, str]] = {}
+    while True:
+        try:
+            identifier, scope, outcome, seconds = pending.popleft()
+        except IndexError:
+            return
+        key = (identifier, scope, outcome)
+        labels = attributes.get(key)
+        if labels is None:
+            labels = attributes[key] = {"brama.connection": identifier,
+                                        "brama.scope": scope or "",
+                                        "brama.outcome": outcome}
+        record(seconds, labels)
 
-    def read() -> _metrics.Reading:
-        """One read of the system per collection, shared by the three callbacks (each
-        would otherwise read every connection again); re-read after a second in case
-        a collection skipped a callback."""
-        if not active.on:
+
+def _read() -> _metrics.Reading:
+    """One read of the system per collection, shared by the callbacks (each would
+    otherwise read every connection again), after recording the queued durations so
+    they are in this collection; re-read after a second in case a collection skipped
+    a callback."""
+    with _lock:
+        target = _state.target
+        if target is None:
             return _metrics.Reading()
-        with lock:
-            now = time.monotonic()
-            if active.left <= 0 or now - active.at > 1.0:
-                flush(made[0])
-                active.reading = _metrics.read(active.brama)
-                active.left, active.at = _CALLBACKS, now
-            active.left -= 1
-            reading: _metrics.Reading = active.reading
-            return reading
+        now = time.monotonic()
+        if _state.left <= 0 or now - _state.at > 1.0:
+            _record_pending()
+            _state.reading = _metrics.read(target[0])
+            _state.left, _state.at = _CALLBACKS, now
+        _state.left -= 1
+        reading: _metrics.Reading = _state.reading
+        return reading
+
+
+def _make(meter: Any) -> Any:
+    """Create the instruments on ``meter`` (once per meter); returns the histogram."""
 
     def states(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations = []
-        for status in read().connections:
+        for status in _read().connections:
             connection, scope = _metrics.labels(status)
             current = status.state
             for name in _metrics.STATES:
@@ -182,7 +217,7 @@ def _make(meter: Any) -> _Instruments:
 
     def calls(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations = []
-        for status in read().connections:
+        for status in _read().connections:
             connection, scope = _metrics.labels(status)
             for outcome, name in _metrics.OUTCOMES:
                 observations.append(metrics.Observation(
@@ -193,7 +228,7 @@ def _make(meter: Any) -> _Instruments:
 
     def transitions(options: metrics.CallbackOptions) -> Iterable[metrics.Observation]:
         observations = []
-        for status in read().connections:
+        for status in _read().connections:
             connection, scope = _metrics.labels(status)
             for from_state, to_state, count in status.transitions:
                 observations.append(metrics.Observation(
@@ -212,28 +247,11 @@ def _make(meter: Any) -> _Instruments:
     meter.create_observable_counter(
         "brama.circuit.transitions", callbacks=[transitions],
         description="State changes per (from_state, to_state) since registration.")
+    description = "Duration of guarded calls that ran (successes and failures)."
     try:
-        histogram = meter.create_histogram(
-            "brama.call.duration", unit="s",
-            description="Duration of guarded calls that ran (successes and failures).",
+        return meter.create_histogram(
+            "brama.call.duration", unit="s", description=description,
             explicit_bucket_boundaries_advisory=_DURATION_BUCKETS)
     except TypeError:  # opentelemetry-api < 1.23 takes no advisory
-        histogram = meter.create_histogram(
-            "brama.call.duration", unit="s",
-            description="Duration of guarded calls that ran (successes and failures).")
-    made.append(_Instruments(histogram, active))
-    return made[0]
-
-
-def flush(made: _Instruments) -> None:
-    """Record the durations guards queued into the histogram (at collection, before
-    the SDK reads its instruments' aggregations, so they are in this collection)."""
-    pending = made.pending
-    record = made.histogram.record
-    while True:
-        try:
-            identifier, scope, outcome, seconds = pending.popleft()
-        except IndexError:
-            return
-        record(seconds, {"brama.connection": identifier, "brama.scope": scope or "",
-                         "brama.outcome": outcome})
+        return meter.create_histogram("brama.call.duration", unit="s",
+                                      description=description)

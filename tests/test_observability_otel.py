@@ -240,3 +240,48 @@ def test_rejections_ignored_and_transitions_are_observed(
     assert calls[attrs(connection="db", scope="", outcome="ignored")] == 2
     assert values(points, "brama.circuit.transitions") == {
         attrs(connection="db", scope="", from_state="closed", to_state="open"): 3}
+
+
+GLOBAL_PROVIDER_SCRIPT = """
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+import brama_actors
+from brama_actors.opentelemetry import instrument, uninstrument
+
+with brama_actors.Brama.start() as brama:
+    brama.register("db")
+    instrument(brama)        # the global provider is still the API's proxy
+    uninstrument()
+    instrument(brama)        # a second proxy meter: its instruments are duplicates
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    data = reader.get_metrics_data()
+    names = sorted({m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+                    for m in sm.metrics})
+    print(names)
+    uninstrument()
+"""
+
+
+def test_instrumenting_before_the_global_provider_is_set() -> None:
+    """instrument() on the global (proxy) provider, again after uninstrument(), then the
+    SDK provider set: the instruments the SDK kept report the current instrumentation
+    (a process of its own: the global provider can be set once)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", GLOBAL_PROVIDER_SCRIPT],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert "'brama.calls'" in result.stdout and "'brama.circuit.state'" in result.stdout, (
+        result.stdout, result.stderr)
+
+
+def test_the_recorder_thread_ends_with_uninstrument(reader: InMemoryMetricReader,
+                                                    system: Brama) -> None:
+    import threading
+
+    instrument(system, provider_of(reader))
+    assert any(t.name == "brama-otel-durations" for t in threading.enumerate())
+    uninstrument()
+    assert not any(t.name == "brama-otel-durations" for t in threading.enumerate())
