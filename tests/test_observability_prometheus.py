@@ -237,6 +237,24 @@ def test_client_systems_are_read_too(client: brama_actors.Client,
     assert states[key(connection="db", scope="", state="open")] == 1.0
 
 
+def test_an_unreachable_client_empties_brama_s_part_of_the_scrape(
+        client: brama_actors.Client, node: tuple[Brama, brama_actors.Server]) -> None:
+    """A closed client (or a node out of reach) must not fail the application's whole
+    scrape: brama's families are empty, the other collectors' samples are there."""
+    from prometheus_client import Counter
+
+    brama, _ = node
+    brama.register("db")
+    registry = CollectorRegistry()
+    registry.register(BramaCollector(client))
+    other = Counter("app_requests", "the application's own metric", registry=registry)
+    other.inc()
+    client.close()
+    samples = scrape(registry)
+    assert of(samples, "brama_circuit_state") == {}
+    assert of(samples, "app_requests_total") == {(): 1.0}
+
+
 def test_importing_brama_actors_imports_neither_exporter_library() -> None:
     """prometheus_client and opentelemetry load only with their modules."""
     code = ("import sys, brama_actors\n"
