@@ -65,18 +65,21 @@ class CircuitOpenError(BramaError):
 
     Attributes:
         status: the connection's frozen status at the moment of refusal, never a
-            live object, so the error reads the same whenever it is printed.
+            live object, so the error reads the same whenever it is printed; None when
+            it could not be read (a client whose node is out of reach).
         retry_after: ms until the circuit may admit a trial call
             (``opened_at + expiry - now``, at least 0); 0 when it is half-open and
             every trial permit is taken (one may come back at any moment).
     """
 
-    def __init__(self, message: str, status: ConnectionStatus, retry_after: int = 0) -> None:
+    def __init__(self, message: str, status: ConnectionStatus | None,
+                 retry_after: int = 0) -> None:
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
 
-    def __reduce__(self) -> tuple[type[CircuitOpenError], tuple[str, ConnectionStatus, int]]:
+    def __reduce__(self) -> tuple[type[CircuitOpenError],
+                                  tuple[str, ConnectionStatus | None, int]]:
         # Keeps the error picklable across processes despite the extra arguments.
         return (type(self), (str(self), self.status, self.retry_after))
 

@@ -29,13 +29,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from brama_actors import _rules as rules
-from brama_actors._errors import CircuitOpenError, describe
+from brama_actors._errors import CircuitOpenError, NodeUnavailable, describe
 from brama_actors._guard import Guardable
 from brama_actors._keys import check_key
 from brama_actors._runtime import _nowait
-from brama_actors._runtime._clock import SystemClock
-from brama_actors._status import CircuitState
 
 __all__ = ["install", "requires"]
 
@@ -70,20 +67,23 @@ def install(app: Starlette) -> None:
     app.add_exception_handler(CircuitOpenError, _circuit_open)
 
 
-def _now(system: Any) -> int:
-    """Now on the clock the system's circuits run on, for ``retry_after``."""
-    clock = getattr(system, "clock", None)
-    # A Client has no clock of its own: its node runs on the system clock (epoch ms).
-    return (clock if clock is not None else SystemClock()).now()
-
-
 def _refusal(system: Any, identifier: str, scope: str | None) -> CircuitOpenError | None:
-    """The error to raise if the circuit is still not available (None if it is now)."""
-    status = system.status(identifier, scope=scope)  # ConnectionNotFound when unknown
-    if status.state is not CircuitState.OPEN:
-        return None  # moved to half_open since available() said no
-    return CircuitOpenError(f"circuit for {describe(identifier, scope)} is open", status,
-                            rules.retry_after(status, _now(system)))
+    """The error to raise while the circuit is not available (None once it is).
+
+    The authority builds it as it does for a refused guarded call (its ``retry_after``
+    included). Not available yet not open (a client whose node is out of reach, with
+    ``when_stale="deny"``) or a node that does not answer: refused, ``retry_after`` 0.
+    """
+    try:
+        error: CircuitOpenError | None = system._authority.refusal(check_key(identifier,
+                                                                             scope))
+    except NodeUnavailable as exc:
+        return CircuitOpenError(f"circuit for {describe(identifier, scope)} is not "
+                                f"available: {exc}", None, 0)
+    if error is None and not system.available(identifier, scope=scope):
+        return CircuitOpenError(f"circuit for {describe(identifier, scope)} is not "
+                                "available", None, 0)
+    return error
 
 
 def requires(identifier: str, *, scope: str | None = None,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -195,14 +197,42 @@ def test_requires_through_a_client(node: tuple[Brama, brama_actors.Server],
     system, _ = node
     system.register("db", expiry=60_000)
     system.open_circuit("db")
-    client.status("db")  # the client has seen the node's state
+    status = client.status("db")  # the client has seen the node's state
     app, ran = _requiring_app(client)
+    deadline = status.opened_at + status.expiry
     with TestClient(app) as http:
+        before = system.clock.now()
         response = http.get("/orders")
+        after = system.clock.now()
     assert response.status_code == 503
-    # retry_after is 60 s minus the (real) time since the circuit opened.
-    assert response.headers["Retry-After"] in {"60", "59"}
+    # retry_after is the time left of the opening, read on the node's (real) clock.
+    earliest, latest = math.ceil((deadline - after) / 1000), math.ceil((deadline - before) / 1000)
+    assert earliest <= int(response.headers["Retry-After"]) <= latest
     assert ran == []
+
+
+def test_requires_refuses_while_a_stale_client_denies(tmp_path: Any) -> None:
+    """available() is False without the circuit being open (a client whose node is
+    gone, with when_stale="deny"): still 503, Retry-After 0, the endpoint not run."""
+    now = [100.0]
+    address = str(tmp_path / "node.sock")
+    node = Brama.start()
+    node.serve(address, authkey=b"k")
+    node.register("db")
+    client = brama_actors.Client(address, b"k", stale_after=1_000, when_stale="deny",
+                                 _monotonic=lambda: now[0])
+    try:
+        client.status("db")
+        node.stop()
+        assert client._authority.unlinked.wait(10)
+        now[0] += 1.001  # past stale_after: available() denies
+        app, ran = _requiring_app(client)
+        with TestClient(app) as http:
+            response = http.get("/orders")
+        assert (response.status_code, response.headers["Retry-After"]) == (503, "0")
+        assert ran == []
+    finally:
+        client.close()
 
 
 def test_requires_bad_arguments() -> None:

@@ -22,6 +22,7 @@ from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
     from brama_actors._delivery._subscription import Subscription
+    from brama_actors._errors import CircuitOpenError
     from brama_actors._rules import Close, Failure, Open, Reset, Success
 
 __all__ = ["ALL_SCOPES", "Admission", "Authority", "Registration", "View"]
@@ -128,6 +129,14 @@ class Authority(Protocol):
         Raises:
             CircuitOpenError: open, or half_open with every trial permit taken.
             ConnectionNotFound: unknown and ``register`` is None.
+        """
+
+    def refusal(self, key: Key) -> CircuitOpenError | None:
+        """The ``CircuitOpenError`` a guarded call would get now for an open circuit
+        (with its ``retry_after``), or None; takes no permit and counts nothing.
+
+        Raises:
+            ConnectionNotFound: unknown.
         """
 
     def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:

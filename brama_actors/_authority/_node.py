@@ -251,6 +251,14 @@ class NodeAuthority:
         identifier, scope = split_key(key)
         self.link.call("success", identifier=identifier, scope=scope, duration=duration)
 
+    def _open_error(self, key: Key, status: ConnectionStatus | None) -> CircuitOpenError:
+        return CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
+                                rules.retry_after(status, self._clock.now()))
+
+    def refusal(self, key: Key) -> CircuitOpenError | None:
+        status = self.status(key)  # ConnectionNotFound when unknown
+        return self._open_error(key, status) if status.state is CircuitState.OPEN else None
+
     def count(self, key: Key, what: str) -> None:
         """Count a refusal or an ignored outcome at the node (best effort: one-way, and
         not at all while the node is unreachable)."""
@@ -312,8 +320,7 @@ class NodeAuthority:
                 status = self._statuses.get(key)  # type: ignore[assignment]
             if status is None or status.state is CircuitState.OPEN or not self.link.up:
                 self.count(key, "rejected")
-                raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
-                                       rules.retry_after(status, self._clock.now()))
+                raise self._open_error(key, status)
             self._note(key, status.state.value)
             return self.admit(key, register)
         return Admission(key, view)

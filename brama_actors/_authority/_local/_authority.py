@@ -238,10 +238,8 @@ class LocalAuthority:
             if cell is None:  # unregistered again at once: report it as unknown
                 raise not_found(key)
         if not cell.available:
-            status = cell.status
             cell.count("rejected")
-            raise CircuitOpenError(f"circuit for {describe_key(key)} is open", status,
-                                   rules.retry_after(status, self.context.clock.now()))
+            raise self._open_error(cell)
         if cell.status.state is not _HALF_OPEN:
             return Admission(key, cell)
         with cell.lock:
@@ -286,6 +284,17 @@ class LocalAuthority:
             self._release(admission)
             raise
         self._release(admission)
+
+    def _open_error(self, cell: Cell) -> CircuitOpenError:
+        status = cell.status
+        return CircuitOpenError(f"circuit for {describe_key(cell.key)} is open", status,
+                                rules.retry_after(status, self.context.clock.now()))
+
+    def refusal(self, key: Key) -> CircuitOpenError | None:
+        cell = self.views.get(key)
+        if cell is None:
+            raise not_found(key)
+        return None if cell.available else self._open_error(cell)
 
     def count(self, key: Key, what: str) -> None:
         cell = self.views.get(key)
