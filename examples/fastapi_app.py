@@ -131,8 +131,10 @@ def create_app(brama: brama_actors.Brama, upstream_url: str) -> FastAPI:
     registry = CollectorRegistry()
     registry.register(BramaCollector(brama))
 
+    # A plain def: FastAPI runs it in its threadpool, so a scrape (which reads every
+    # connection) never blocks the event loop.
     @app.get("/metrics")
-    async def metrics() -> Response:
+    def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -219,3 +219,28 @@ def test_the_default_system_logs_too(logged: pytest.LogCaptureFixture) -> None:
     brama_actors.drain()
     assert [(x(r, "brama_connection"), x(r, "brama_reason")) for r in _transitions(logged)] == [
         ("api", "drill")]
+
+
+def test_a_start_that_cannot_subscribe_its_log_leaves_nothing_running(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the log's subscription fails at start, start() raises and stops what it had
+    started (before the suite's own cleanup could hide a leak)."""
+    import threading
+
+    from brama_actors._delivery._hub import Delivery
+
+    real = Delivery.log_transitions
+
+    def refuse(self: Delivery, on: bool) -> None:
+        if on:
+            raise RuntimeError("no log today")
+        real(self, on)
+
+    monkeypatch.setattr(Delivery, "log_transitions", refuse)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="no log today"):
+        Brama.start()
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        thread.join(5)
+    assert [t.name for t in started if t.is_alive()] == []

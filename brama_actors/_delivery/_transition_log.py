@@ -51,14 +51,14 @@ class TransitionLog:
     def __init__(self) -> None:
         self._recent: deque[Event] = deque(maxlen=_RECENT)
 
-    def __call__(self, item: Event | tuple[Event, ...]) -> None:
-        for event in item if isinstance(item, tuple) else (item,):
-            if event.event is not EventType.STATE_CHANGE:
-                continue
-            if any(seen is event for seen in self._recent):
-                continue
-            self._recent.append(event)
-            self._write(event)
+    def __call__(self, event: Event) -> None:
+        if event.event is not EventType.STATE_CHANGE:
+            return
+        if any(seen is event for seen in self._recent):
+            return
+        self._write(event)
+        # Only once written: if writing raised, the runner's retry must write it.
+        self._recent.append(event)
 
     @staticmethod
     def _write(event: Event) -> None:

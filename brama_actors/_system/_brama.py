@@ -104,7 +104,11 @@ class Brama(Facade):
                                   lambda: self._authority.sync_supervisor())  # noqa: PLW0108
         self._authority = LocalAuthority(context, self._delivery, self._supervisor, explicit)
         self._authority.arm_sweep()
-        self._delivery.log_transitions(context.config["log_transitions"])
+        try:
+            self._delivery.log_transitions(context.config["log_transitions"])
+        except BaseException:
+            self.stop()  # nothing half-started outlives a failed start
+            raise
 
     def _event_manager_crashed(self, reason: str) -> None:
         try:
