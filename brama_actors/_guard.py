@@ -39,7 +39,8 @@ from brama_actors._status import freeze_mapping
 if TYPE_CHECKING:
     from brama_actors._authority import Authority
 
-__all__ = ["Guard", "GuardBlock", "Guardable", "circuit_breaker", "set_default_system"]
+__all__ = ["Guard", "GuardBlock", "Guardable", "check_system", "circuit_breaker",
+           "set_default_system"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -65,6 +66,18 @@ class Guardable:
 #: Returns the default system. The module defining it (``_system._default``) sits above
 #: this one, so it registers itself here instead of being imported.
 _default_system: Callable[[], Guardable] | None = None
+
+
+def check_system(brama: Any) -> Any:
+    """``brama`` if it is a system a guard, an integration or an exporter can use (a
+    ``Brama``, a ``Client``) or None (the default system).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if brama is not None and not isinstance(brama, Guardable):
+        raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
+    return brama
 
 
 def set_default_system(resolver: Callable[[], Guardable]) -> None:
@@ -208,8 +221,7 @@ class Guard:
                  fallback: Callable[..., Any] | None = None, timeout: int | None = None,
                  **register_options: Any) -> None:
         self.key = check_key(identifier, scope)
-        if brama is not None and not isinstance(brama, Guardable):
-            raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
+        check_system(brama)
         if error_handler is not None and not callable(error_handler):
             raise TypeError(f"error_handler must be callable, got {error_handler!r}")
         if not isinstance(register, bool):

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-from brama_actors._guard import Guard, Guardable, _registration
+from brama_actors._guard import Guard, _registration, check_system
 
 __all__ = ["DEFAULT_FAILURE_STATUSES", "HostGuards", "check_failure_statuses"]
 
@@ -74,8 +74,7 @@ class HostGuards(Generic[Request]):
 
     def __init__(self, *, brama: Any, connection: Callable[[Request], str],
                  failure_statuses: Any, register_options: Mapping[str, Any]) -> None:
-        if brama is not None and not isinstance(brama, Guardable):
-            raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
+        check_system(brama)
         if not callable(connection):
             raise TypeError(f"connection must be a callable request -> str, "
                             f"got {connection!r}")

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from brama_actors._errors import CircuitOpenError, NodeUnavailable, describe
-from brama_actors._guard import Guardable
+from brama_actors._guard import check_system
 from brama_actors._keys import check_key
 from brama_actors._runtime import _nowait
 
@@ -108,8 +108,7 @@ def requires(identifier: str, *, scope: str | None = None,
         TypeError: ``brama`` is not a system.
     """
     check_key(identifier, scope)
-    if brama is not None and not isinstance(brama, Guardable):
-        raise TypeError(f"brama must be a Brama system, a Client or None, got {brama!r}")
+    check_system(brama)
 
     async def circuit_available() -> None:
         if brama is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from brama_actors._errors import NodeUnavailable, SystemStopped
+from brama_actors._guard import check_system as guard_check_system
 from brama_actors._status import CircuitState, ConnectionStatus
 from brama_actors._system import _default
 from brama_actors._system._brama import Brama
@@ -58,10 +59,8 @@ def check_system(brama: Any) -> Facade | None:
         TypeError: anything else (checked when the exporter is made, not at the first
             scrape, where the error would land in the scraper's log).
     """
-    if brama is None or isinstance(brama, Facade):
-        return brama
-    raise TypeError(f"brama must be a brama_actors system (Brama or Client) or None, "
-                    f"got {brama!r}")
+    system: Facade | None = guard_check_system(brama)  # every Guardable is a Facade
+    return system
 
 
 def read(brama: Facade | None) -> Reading:
