@@ -372,7 +372,9 @@ def apply(status: ConnectionStatus, settings: Settings, op: Input, now: int,
     if new.state is not status.state:
         changes["transitions"] = _transitions(status, new.state)
     if window is not None:
-        if (new.state is OPEN and new.opened_at != status.opened_at) or type(op) is Reset:
+        # An open circuit's window is empty: cleared on every opening (also one in the
+        # millisecond of an earlier opening, when opened_at does not change) and reset.
+        if new.state is OPEN or type(op) is Reset:
             window.clear()
         changes.update(window_fields(settings, window, now))
     elif status.window_calls or status.failure_rate is not None:

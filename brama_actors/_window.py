@@ -74,9 +74,10 @@ class CountWindow:
 
     def clear(self) -> None:
         """Forget every outcome."""
-        self._ring = bytearray(self.size)
-        self._next = 0
-        self.calls = self.failures = self.slow = 0
+        if self.calls:
+            self._ring = bytearray(self.size)
+            self._next = 0
+            self.calls = self.failures = self.slow = 0
 
 
 class TimeWindow:

@@ -421,3 +421,16 @@ def test_time_window_files_a_late_outcome_under_its_own_time() -> None:
     window.record(0, 1_051)
     assert [b[:2] for b in window.buckets] == [(200, 1), (210, 2)]
     assert window.figures(1_100) == (2, 0, 0)  # the failure's bucket left the window
+
+
+def test_an_opening_in_the_millisecond_of_an_earlier_one_clears_the_window(
+        system: Brama) -> None:
+    """Found by the model-based suite on another seed: opened, closed and opened again by
+    the rate rule within one millisecond (opened_at unchanged), the window was kept."""
+    system.register("api", max_attempts=0, failure_rate_threshold=1, minimum_calls=1,
+                    window_size=5)
+    system.failure("api")  # opens (same ms as everything below: a ManualClock)
+    system.close_circuit("api")
+    system.failure("api")  # opens again, opened_at the same
+    status = system.status("api")
+    assert (status.state, status.window_calls, status.failure_rate) == ("open", 0, None)
