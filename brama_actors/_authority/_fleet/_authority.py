@@ -92,13 +92,15 @@ def refuse_rate_rules(settings: Settings) -> None:
 class _HoldViews(Mapping[Key, Any]):
     """``when_unreachable="hold"``: the last fleet state, then ``when_stale`` for all."""
 
-    def __init__(self, entries: dict[Key, Entry], until: float, verdict: Any) -> None:
+    def __init__(self, entries: dict[Key, Entry], until: float, verdict: Any,
+                 monotonic: Callable[[], float]) -> None:
         self._entries = entries
         self._until = until
         self._verdict = verdict
+        self._monotonic = monotonic
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if time.monotonic() > self._until:
+        if self._monotonic() > self._until:
             return self._verdict
         return self._entries.get(key, default)
 
@@ -155,11 +157,14 @@ class FleetAuthority:
         self.views: Mapping[Key, Any] = self.replica.entries
         #: Test seam: a fixed "now" (epoch ms) every script uses instead of TIME.
         self.fixed_now: Callable[[], int] | None = None
+        #: Test seam: the clock ``stale_after`` is measured on ("hold" mode).
+        self.monotonic: Callable[[], float] = time.monotonic
         self._mine: set[Key] = set()  # registered through this system
         self._local: set[Key] = set()  # changed locally while Redis was unreachable
         self._lock = threading.Lock()
         self._written = (0, 0)  # the newest stream entry this system's calls appended
-        self._ever_up = False
+        self._was_down = False  # "unreachable" was fired and no "restored" since
+        self._incarnation = ""  # the Redis data set the replica was loaded from
         self.link = Link(options, self._link_changed, context.clock.now)
         self.ticker = Ticker(self, self.link, context.name)
         self.tail = Tail(self, self.link, self.ticker, context.name)
@@ -183,17 +188,20 @@ class FleetAuthority:
         if self.context.stopping:
             return
         name = "restored" if up else "unreachable"
+        if not up:
+            # A caller's call timed out: the tail's read may not have (a short pause);
+            # it must load a snapshot before the link counts as up again.
+            self.tail.invalidate()
         if up:
-            first = not self._ever_up
-            self._ever_up = True
             self.views = self.replica.entries
-            if first:
-                return
+            if not self._was_down:
+                return  # connected at start: nothing was restored
         elif self.options.when_unreachable == "hold":
             verdict = _Verdict(self.options.when_stale == "allow")
             self.views = _HoldViews(self.replica.entries,
-                                    time.monotonic() + self.options.stale_after / 1000,
-                                    verdict)
+                                    self.monotonic() + self.options.stale_after / 1000,
+                                    verdict, self.monotonic)
+        self._was_down = not up
         self.delivery.fire(("brama", "fleet", name), {"since": self.link.since},
                            {"namespace": self.options.namespace})
 
@@ -234,9 +242,13 @@ class FleetAuthority:
         return status
 
     # -- what the tail calls -------------------------------------------------------------
-    def load_snapshot(self, ver: int, circuits: list[Any]) -> None:
-        """Replace the replica by a snapshot (the fleet's state wins over local changes)."""
+    def load_snapshot(self, ver: int, circuits: list[Any], incarnation: str) -> None:
+        """Replace the replica by a snapshot (the fleet's state wins over local changes;
+        a Redis of another incarnation, one that lost its data, replaces it whole)."""
         with self.replica.lock:
+            if incarnation != self._incarnation:
+                self._incarnation = incarnation
+                self.replica.floor.clear()
             for key in self._local:
                 self.replica.floor.pop(key, None)
             self._local.clear()

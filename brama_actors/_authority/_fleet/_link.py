@@ -87,6 +87,7 @@ class Link:
         self._now = now
         self._lock = threading.Lock()
         self.connected = False
+        self._known = False  # the first state (up or down) is a change too
         self.since = now()
 
     def keys(self, member: str) -> list[str]:
@@ -116,8 +117,9 @@ class Link:
     def set_connected(self, up: bool) -> None:
         """Record the link's state; tell ``on_change`` when it changed."""
         with self._lock:
-            if self.connected is up:
+            if self.connected is up and self._known:
                 return
+            self._known = True
             self.connected = up
             self.since = self._now()
         if not up:

@@ -365,7 +365,14 @@ elseif op == 'snapshot' then
   local last = '0-0'
   if top[1] then last = top[1][1] end
   local ver = redis.call('HGET', META, 'ver') or '0'
-  return {now, tonumber(ver), last, out}
+  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
+  -- incarnation: a system's replica then starts over instead of keeping what it had.
+  local inc = redis.call('HGET', META, 'inc')
+  if not inc then
+    inc = args.inc
+    redis.call('HSET', META, 'inc', inc)
+  end
+  return {now, tonumber(ver), last, out, inc}
 else
   local fields = nil
   if op == 'configure' then

@@ -137,6 +137,9 @@ class Replica:
         taken) is kept.
         """
         seen = set()
+        with self.lock:  # a key gone from the floor (another incarnation) goes too
+            for key in [k for k in self.entries if k not in self.floor]:
+                self.floor[key] = 0
         for key, status, explicit, gen, circuit_ver in circuits:
             seen.add(key)
             self.apply(key, status, gen, circuit_ver, explicit)

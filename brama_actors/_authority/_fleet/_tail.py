@@ -98,6 +98,10 @@ class Tail:
                 self._synced = False
                 self._pause(PROBE_MS)
 
+    def invalidate(self) -> None:
+        """Load a snapshot before the next read (the link was seen down elsewhere)."""
+        self._synced = False
+
     def _down(self, exc: BaseException) -> None:
         if self._stopping:
             return
@@ -117,7 +121,8 @@ class Tail:
         """Load a snapshot and continue from the stream position it was taken at."""
         owner = self._owner
         link = self._link
-        reply = link.run("snapshot", "", {"prefix": link.prefix}, now=owner.fixed_now_ms(),
+        reply = link.run("snapshot", "", {"prefix": link.prefix, "inc": uuid.uuid4().hex},
+                         now=owner.fixed_now_ms(),
                          keys=[link.ticker, link.stream, link.meta, link.deadlines,
                                link.ticker, link.index])
         now, ver, last, flat = int(reply[0]), int(reply[1]), str(reply[2]), reply[3]
@@ -128,7 +133,7 @@ class Tail:
             status = decode_status(raw, load_metadata(meta))
             circuits.append((member_key(name), status, json.loads(explicit or "{}"),
                              int(gen), int(cver or 0)))
-        owner.load_snapshot(ver, circuits)
+        owner.load_snapshot(ver, circuits, str(reply[4]))
         self._ver = ver
         for _, status, _, _, _ in circuits:
             self._ticker.consider(rules.deadline(status))
