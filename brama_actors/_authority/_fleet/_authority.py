@@ -446,7 +446,8 @@ class FleetAuthority:
             # After every fleet event this system's own calls caused, never before them.
             with self._lock:
                 written = self._written
-            self.tail.wait_for(written, self.options.timeout / 1000)
+            if self.link.connected:
+                self.tail.wait_for(written, self.options.timeout / 1000)
             data: dict[str, Any] = {"state": "closed", "failure_count": 0}
             if metadata is not None:
                 data["metadata"] = metadata
@@ -528,7 +529,12 @@ class FleetAuthority:
         if view.state is not _HALF_OPEN or not self.link.connected:
             return Admission(key, view)
         token = uuid.uuid4().hex
-        reply = self._run("acquire", key, {"token": token, "lease": DEFAULT_LEASE_MS})
+        try:
+            reply = self._run("acquire", key, {"token": token, "lease": DEFAULT_LEASE_MS})
+        except NodeUnavailable:
+            if self.options.when_unreachable != "local":
+                raise
+            return Admission(key, view)  # decided here from now on: no fleet permit
         code = str(reply[0])
         if code == "missing":
             raise not_found(key)
