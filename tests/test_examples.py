@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,9 +33,13 @@ def test_examples_exist() -> None:
 def test_example_runs(path: Path) -> None:
     """The example exits with status 0 within the time limit."""
     try:
+        # The checkout under test, not whatever copy of the package is installed.
+        env = {**os.environ,
+               "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT),
+                                                           os.environ.get("PYTHONPATH"))))}
         result = subprocess.run(
             _command(path), cwd=ROOT, capture_output=True, text=True,
-            timeout=EXAMPLE_TIMEOUT, check=False,
+            timeout=EXAMPLE_TIMEOUT, check=False, env=env,
         )
     except subprocess.TimeoutExpired as exc:
         raw: str | bytes | None = exc.stdout
