@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -170,3 +172,44 @@ def test_a_redis_that_comes_back_empty_is_the_fleets_state(server: RedisServer,
         a.register("db")
         _event, _ = wait_for_event(sub, lambda e: e.connection == "db")
         assert b.available("db")
+
+
+def _documented_acl() -> list[str]:
+    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
+    block = page[page.index("ACL SETUSER brama"):]
+    block = block[:block.index("```")]
+    return block.split()[3:]
+
+
+def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
+        server: RedisServer) -> None:
+    """The minimal ACL of docs/fleet.md runs every operation (no ACL log entry)."""
+    admin = server.client()
+    rules = _documented_acl()
+    assert "~{orders}:*" in rules and "-@all" in rules
+    admin.execute_command("ACL", "SETUSER", "brama", *rules)
+    url = server.url.replace("unix://", "unix://brama:secret@")
+    now = [1_900_000_000_000]
+    with _acl_fleet(url) as [a, b]:
+        for system in (a, b):
+            system._authority.fixed_now = lambda: now[0]  # type: ignore[union-attr]
+        a.register("db", max_attempts=1, expiry=100)
+        a.failure("db")
+        now[0] += 100
+        a._authority.tick_now()  # type: ignore[union-attr]
+        with a.guard("db"):
+            pass
+        a.configure("db", expiry=200)
+        assert a.unregister("db")
+    assert admin.execute_command("ACL", "LOG") == []
+
+
+@contextmanager
+def _acl_fleet(url: str) -> Iterator[list[Brama]]:
+    systems = [Brama.start(fleet=url, fleet_namespace="orders") for _ in range(2)]
+    try:
+        yield systems
+    finally:
+        for system in systems:
+            system.stop()
