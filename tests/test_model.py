@@ -735,11 +735,6 @@ class BramaMachine(RuleBasedStateMachine):
     def exists(self, key: Key) -> bool:
         return key in self.model.conns
 
-    def check_clock(self) -> None:
-        """The system's time is the model's (a fleet machine reads its test seam)."""
-        assert self.brama is not None
-        assert self.brama.clock.now() == self.model.now
-
     # -- connection rules --------------------------------------------------------------
     # Keys come mostly from what was registered (maybe removed since), else from all keys.
     @rule(target=registered, key=keys, kind=st.sampled_from(["general", "db"]),
@@ -1009,7 +1004,7 @@ class BramaMachine(RuleBasedStateMachine):
             return
         brama.drain(timeout=5)
         model = self.model
-        self.check_clock()
+        assert brama.clock.now() == model.now
         for key in KEYS:
             conn = model.conns.get(key)
             if conn is None:
