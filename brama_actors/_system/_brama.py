@@ -90,7 +90,7 @@ class Brama(Facade):
         explicit = validate_options(config, GLOBAL_OPTIONS)
         check_global(explicit)
         if fleet_options is not None:
-            from brama_actors._authority._fleet._authority import refuse_rate_rules
+            from brama_actors._authority._fleet._unreachable import refuse_rate_rules
             from brama_actors._config import CONNECTION_OPTIONS, resolve_settings
 
             refuse_rate_rules(resolve_settings(

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -44,16 +44,22 @@ from brama_actors._authority._fleet._codec import (
 )
 from brama_actors._authority._fleet._link import Link
 from brama_actors._authority._fleet._options import FleetOptions
-from brama_actors._authority._fleet._replica import Entry, Replica
+from brama_actors._authority._fleet._replica import Replica
 from brama_actors._authority._fleet._tail import Tail, stream_id
 from brama_actors._authority._fleet._ticker import Ticker
-from brama_actors._config import CONNECTION_OPTIONS, Settings, check_global, resolve_settings
+from brama_actors._authority._fleet._unreachable import (
+    LOCAL_OPS,
+    HoldViews,
+    StoppedViews,
+    Verdict,
+    refuse_rate_rules,
+)
+from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
 from brama_actors._delivery import _telemetry
 from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery
 from brama_actors._errors import (
     AlreadyRegistered,
     CircuitOpenError,
-    InvalidConfiguration,
     NodeUnavailable,
     SystemStopped,
 )
@@ -66,72 +72,13 @@ from brama_actors._status import CircuitState, ConnectionStatus
 if TYPE_CHECKING:
     from brama_actors._delivery._subscription import Subscription
 
-__all__ = ["FleetAuthority", "refuse_rate_rules"]
+__all__ = ["DEFAULT_LEASE_MS", "FleetAuthority", "refuse_rate_rules"]
 
 logger = logging.getLogger("brama_actors")
 
 _HALF_OPEN = CircuitState.HALF_OPEN
 #: A trial permit's lease when the circuit has no ``half_open_timeout`` (ms).
 DEFAULT_LEASE_MS = 30_000
-
-
-def refuse_rate_rules(settings: Settings) -> None:
-    """Rate windows are not on a fleet yet (phase 2): refuse them, honestly.
-
-    Raises:
-        InvalidConfiguration: a failure-rate or slow-call-rate rule.
-    """
-    if settings.windowed:
-        raise InvalidConfiguration(
-            "failure_rate_threshold and slow_call_rate_threshold are not supported on a "
-            "fleet yet (fleet=): rate windows in Redis are planned, got "
-            f"failure_rate_threshold={settings.failure_rate_threshold!r}, "
-            f"slow_call_rate_threshold={settings.slow_call_rate_threshold!r}")
-
-
-class _HoldViews(Mapping[Key, Any]):
-    """``when_unreachable="hold"``: the last fleet state, then ``when_stale`` for all."""
-
-    def __init__(self, entries: dict[Key, Entry], until: float, verdict: Any,
-                 monotonic: Callable[[], float]) -> None:
-        self._entries = entries
-        self._until = until
-        self._verdict = verdict
-        self._monotonic = monotonic
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        if self._monotonic() > self._until:
-            return self._verdict
-        return self._entries.get(key, default)
-
-    def __getitem__(self, key: Key) -> Any:
-        view = self.get(key)
-        if view is None:
-            raise KeyError(key)
-        return view
-
-    def __iter__(self) -> Iterator[Key]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-class _Stopped(dict[Key, Any]):
-    """The views of a stopped system: every lookup raises."""
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        raise SystemStopped("this Brama system is stopped")
-
-
-class _Verdict:
-    __slots__ = ("available", "quiet", "slow", "state")
-
-    def __init__(self, available: bool) -> None:
-        self.available = available
-        self.quiet = False
-        self.slow = None
-        self.state = "stale"
 
 
 class FleetAuthority:
@@ -197,8 +144,8 @@ class FleetAuthority:
             if not self._was_down:
                 return  # connected at start: nothing was restored
         elif self.options.when_unreachable == "hold":
-            verdict = _Verdict(self.options.when_stale == "allow")
-            self.views = _HoldViews(self.replica.entries,
+            verdict = Verdict(self.options.when_stale == "allow")
+            self.views = HoldViews(self.replica.entries,
                                     self.monotonic() + self.options.stale_after / 1000,
                                     verdict, self.monotonic)
         self._was_down = not up
@@ -406,9 +353,9 @@ class FleetAuthority:
         try:
             reply = self._run(op, key, args, **extra)
         except NodeUnavailable:
-            if self.options.when_unreachable != "local" or op not in _LOCAL_OPS:
+            if self.options.when_unreachable != "local" or op not in LOCAL_OPS:
                 raise
-            self._apply_locally(key, _LOCAL_OPS[op](args))
+            self._apply_locally(key, LOCAL_OPS[op](args))
             return
         if reply[0] == "missing":
             self.replica.apply(key, None, 0, int(reply[2]))
@@ -636,30 +583,10 @@ class FleetAuthority:
     def mark_stopped(self) -> None:
         """Refuse calls from now on."""
         self.context.stopping = True
-        self.views = _Stopped()
+        self.views = StoppedViews()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the tail, give the ticker lease back, close this system's clients."""
         self.ticker.stop(timeout)
         self.tail.stop(timeout)
         self.link.close()
-
-
-def _failure_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Failure(args.get("reason"))
-
-
-def _success_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Success()
-
-
-def _open_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Open(args.get("reason"), args.get("expiry"))
-
-
-#: Ops decided here when Redis does not answer (``when_unreachable="local"``).
-_LOCAL_OPS: dict[str, Callable[[dict[str, Any]], rules.Input]] = {
-    "failure": _failure_op, "success": _success_op, "open": _open_op,
-    "close": lambda args: rules.Close(args.get("reason")),
-    "reset": lambda args: rules.Reset(args.get("reason")),
-}
