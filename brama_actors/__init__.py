@@ -31,7 +31,7 @@ from brama_actors._errors import (
 )
 from brama_actors._events import Event, EventType
 from brama_actors._guard import Guard, GuardBlock, circuit_breaker
-from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy
+from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy, FleetStatus
 from brama_actors._system._brama import Brama
 from brama_actors._system._default import (
     available,
@@ -76,6 +76,7 @@ __all__ = [
     "Event",
     "EventType",
     "ExpiryStrategy",
+    "FleetStatus",
     "Guard",
     "GuardBlock",
     "InvalidConfiguration",

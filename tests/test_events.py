@@ -970,3 +970,21 @@ def test_stop_abandons_a_blocked_coroutine_handler(clock: ManualClock) -> None:
 
     assert asyncio.run(main()) is False
     assert handled == ["registration"]
+
+
+def test_local_events_have_unique_ids_that_survive_pickling() -> None:
+    """Every event of a local system carries an id of its own (API.md section 5), and
+    pickling keeps it (events cross processes that way)."""
+    import pickle
+
+    with Brama.start(max_attempts=2) as brama:
+        sub = brama.subscribe()
+        brama.register("db")
+        brama.failure("db")
+        brama.failure("db")
+        brama.drain()
+        events = collect(sub)
+    ids = [e.id for e in events]
+    assert len(events) == 6  # 2 of registration, 2 failures, opened, state_change
+    assert all(ids) and len(set(ids)) == len(ids)
+    assert pickle.loads(pickle.dumps(events[-1])).id == events[-1].id

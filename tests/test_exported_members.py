@@ -12,7 +12,7 @@ CONTRACT = {
     "connect", "spawn", "serve",
     "BramaError", "InvalidConfiguration", "InvalidIdentifier", "AlreadyRegistered",
     "ConnectionNotFound", "SystemStopped", "CircuitOpenError", "NodeUnavailable",
-    "AuthenticationFailed",
+    "AuthenticationFailed", "FleetStatus",
 }
 # Documented additions beyond API.md (docs/changelog.md).
 ADDITIONS = {"ExpiryStrategy", "SubscriptionStatistics", "Guard", "GuardBlock", "telemetry",

@@ -7,6 +7,8 @@ and never asks which kind it has:
 * ``_local.LocalAuthority``: connection actors in this process (``Brama.start()``).
 * ``_node.NodeAuthority``: a node in another process, reached over its socket
   (``connect()``, ``spawn()``).
+* ``_fleet.FleetAuthority``: Redis, shared by a fleet of systems
+  (``Brama.start(fleet=...)``; loaded only then, it imports ``redis``).
 
 A new kind of authority is one new module implementing this protocol.
 """

@@ -26,9 +26,12 @@ from brama_actors._keys import check_key
 from brama_actors._runtime import Clock, SystemClock
 from brama_actors._runtime._context import Context
 from brama_actors._runtime._supervisor import Crashed, Supervisor
+from brama_actors._status import FleetStatus
 from brama_actors._system._facade import Facade
 
 if TYPE_CHECKING:
+    from brama_actors._authority._fleet import FleetAuthority
+    from brama_actors._authority._fleet._options import FleetOptions
     from brama_actors._remote._server import Server
 
 __all__ = ["Brama", "running"]
@@ -48,7 +51,7 @@ class Brama(Facade):
     subscriptions or events.
     """
 
-    _authority: LocalAuthority
+    _authority: LocalAuthority | FleetAuthority
     _context: Context
     _delivery: Delivery
     _supervisor: ActorRef[Supervisor]
@@ -66,20 +69,32 @@ class Brama(Facade):
     # -- lifecycle -----------------------------------------------------------------------
     @classmethod
     def start(cls, *, clock: Clock | None = None, parent: ActorRef[Any] | None = None,
-              **config: Any) -> Brama:
+              fleet: Any = None, **config: Any) -> Brama:
         """Start a system.
 
         Args:
             clock: the clock every timestamp, expiry and sweep uses (default: system).
             parent: an actor told ``("brama_stopped", brama)`` / ``("brama_down", brama,
                 reason)`` when the system ends.
+            fleet: a Redis URL or ``redis.Redis``: share every connection with the
+                systems started on the same Redis and ``fleet_namespace`` (docs/fleet.md),
+                with ``fleet_namespace``, ``fleet_timeout``, ``when_unreachable``,
+                ``stale_after`` and ``when_stale`` among ``config``.
             **config: the system's options (docs/circuit-rules.md#configuration).
 
         Raises:
-            InvalidConfiguration: an unknown option or bad value.
+            InvalidConfiguration: an unknown option or bad value; ``clock=`` with
+                ``fleet=``; a rate rule with ``fleet=`` (not supported yet).
         """
+        fleet_options = cls._fleet_options(fleet, clock, config)
         explicit = validate_options(config, GLOBAL_OPTIONS)
         check_global(explicit)
+        if fleet_options is not None:
+            from brama_actors._authority._fleet._unreachable import refuse_rate_rules
+            from brama_actors._config import CONNECTION_OPTIONS, resolve_settings
+
+            refuse_rate_rules(resolve_settings(
+                {k: v for k, v in explicit.items() if k in CONNECTION_OPTIONS}))
         if clock is None:
             clock = SystemClock()
         elif not isinstance(clock, Clock):
@@ -88,11 +103,32 @@ class Brama(Facade):
             raise InvalidConfiguration(f"parent must be a pykka ActorRef, got {parent!r}")
         brama = cls(_token=_START_TOKEN)
         brama._parent = parent
-        brama._build(clock, explicit)
+        brama._build(clock, explicit, fleet_options)
         running.add(brama)
         return brama
 
-    def _build(self, clock: Clock, explicit: dict[str, Any]) -> None:
+    @staticmethod
+    def _fleet_options(fleet: Any, clock: Clock | None,
+                       config: dict[str, Any]) -> FleetOptions | None:
+        """Take the fleet options out of ``config`` and check them (redis loads here)."""
+        names = ("fleet_namespace", "fleet_timeout", "when_unreachable", "stale_after",
+                 "when_stale")
+        given = {name: config.pop(name) for name in names if name in config}
+        if fleet is None:
+            if given:
+                raise InvalidConfiguration(
+                    f"{', '.join(sorted(given))} need fleet= (a Redis URL or client)")
+            return None
+        if clock is not None:
+            raise InvalidConfiguration(
+                f"clock= cannot be used with fleet=: a fleet's time is its Redis server's "
+                f"clock, got clock={clock!r}")
+        from brama_actors._authority._fleet._options import check_fleet_options
+
+        return check_fleet_options(fleet, given)
+
+    def _build(self, clock: Clock, explicit: dict[str, Any],
+               fleet: FleetOptions | None = None) -> None:
         """Build the parts in dependency order; each actor starts after what it reads."""
         context = self._context = Context(clock, {**DEFAULTS, **explicit})
         self._handler_name = context.name
@@ -102,8 +138,16 @@ class Brama(Facade):
             context, self._give_up, lambda *call: self._delivery.fire(*call))  # noqa: PLW0108
         self._delivery = Delivery(context, self._event_manager_crashed,
                                   lambda: self._authority.sync_supervisor())  # noqa: PLW0108
-        self._authority = LocalAuthority(context, self._delivery, self._supervisor, explicit)
-        self._authority.arm_sweep()
+        if fleet is not None:
+            from brama_actors._authority._fleet import FleetAuthority
+
+            # No cleanup sweep on a fleet yet (docs/fleet.md, "What phase 1 leaves out").
+            self._authority = FleetAuthority(context, self._delivery, self._supervisor,
+                                             explicit, fleet)
+        else:
+            self._authority = LocalAuthority(context, self._delivery, self._supervisor,
+                                             explicit)
+            self._authority.arm_sweep()
         try:
             self._delivery.log_transitions(context.config["log_transitions"])
         except BaseException:
@@ -126,12 +170,20 @@ class Brama(Facade):
     def __repr__(self) -> str:
         state = "stopped" if self._stopped else "running"
         return (f"<Brama {self._context.name} {state}, "
-                f"{len(self._authority.cells)} connection(s)>")
+                f"{len(self._authority.views)} connection(s)>")
 
     @property
     def clock(self) -> Clock:
         """The clock of this system."""
         return self._context.clock
+
+    def fleet_status(self) -> FleetStatus | None:
+        """The link to the fleet's Redis (``None`` for a system without ``fleet=``)."""
+        authority = self._authority
+        if isinstance(authority, LocalAuthority):
+            return None
+        link = authority.link
+        return FleetStatus(link.connected, link.since, authority.options.namespace)
 
     @property
     def supervisor(self) -> ActorRef[Any]:
@@ -265,7 +317,8 @@ class Brama(Facade):
 
     # -- test seams ----------------------------------------------------------------------
     def _inject_crash(self, identifier: str, *, scope: str | None = None, times: int = 1) -> None:
-        self._authority.inject_crash(check_key(identifier, scope), times)
+        if isinstance(self._authority, LocalAuthority):
+            self._authority.inject_crash(check_key(identifier, scope), times)
 
     def _inject_event_manager_crash(self, times: int = 1) -> None:
         self._delivery.inject_crash(times)

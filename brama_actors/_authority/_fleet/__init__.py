@@ -1,0 +1,16 @@
+"""The fleet authority: circuits shared by every system started with the same Redis and
+namespace (API.md section 16). Loaded only when ``Brama.start(fleet=...)`` is used; it
+imports ``redis``.
+
+``_options`` checks the options, ``_link`` holds the clients and key names, ``_lua`` the
+one atomic script that applies the rules in Redis, ``_codec`` the JSON in and out of it,
+``_replica`` what a system knows of the fleet's circuits, ``_tail`` the thread that keeps
+the replica current and delivers the fleet's events, ``_ticker`` the thread that expires
+circuits at their deadlines while this system holds the ticker lease, ``_unreachable``
+what a system does without Redis (and what a fleet refuses), and ``_authority`` the
+authority protocol over them.
+"""
+
+from brama_actors._authority._fleet._authority import FleetAuthority
+
+__all__ = ["FleetAuthority"]

@@ -1,0 +1,145 @@
+"""The link to the fleet's Redis: clients with bounded waits, key names, the script.
+
+Clients are built here, never reused from the application: from a URL, or from the
+connection settings of a ``redis.Redis`` the application gave (its TLS, credentials and
+database), with this system's own pools, so that every wait is bounded by
+``fleet_timeout``, nothing is retried behind our back (redis-py retries timeouts 10
+times by default, and a retried script may run twice), and ``stop()`` closes only what
+it opened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from brama_actors._authority._fleet._lua import SCRIPT
+from brama_actors._authority._fleet._options import FleetOptions
+from brama_actors._errors import NodeUnavailable
+
+__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable"]
+
+logger = logging.getLogger("brama_actors")
+
+#: The longest a tail read blocks in Redis (ms): also how soon a stopped system notices
+#: a dead link on the tail's side.
+MAX_BLOCK_MS = 1_000
+#: Entries kept in the stream (approximately: ``XADD MAXLEN ~``).
+STREAM_MAXLEN = 10_000
+
+#: What a dead, paused or unreachable Redis raises.
+Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+_OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_timeout",
+               "decode_responses", "encoding", "encoding_errors")
+
+
+def _client(options: FleetOptions, timeout_s: float) -> redis.Redis:
+    kwargs: dict[str, Any] = {
+        "socket_timeout": timeout_s, "socket_connect_timeout": options.timeout / 1000,
+        "retry": Retry(NoBackoff(), 0), "decode_responses": True,
+    }
+    if options.url is not None:
+        client: redis.Redis = redis.Redis.from_url(options.url, **kwargs)
+        return client
+    pool = options.client.connection_pool
+    given = {k: v for k, v in pool.connection_kwargs.items()
+             if k not in _OWN_KWARGS and not k.startswith(("orig_", "maint_"))}
+    given.update(kwargs)
+    own = redis.ConnectionPool(connection_class=pool.connection_class, **given)
+    return redis.Redis(connection_pool=own)
+
+
+class Link:
+    """Key names, the script, and whether Redis answers.
+
+    Args:
+        options: the checked fleet options.
+        on_change: called with True/False when the link comes up or goes down
+            (outside any lock).
+        now: epoch ms (for ``FleetStatus.since``).
+    """
+
+    def __init__(self, options: FleetOptions, on_change: Callable[[bool], None],
+                 now: Callable[[], int]) -> None:
+        self.options = options
+        ns = options.namespace
+        tag = "{" + ns + "}"
+        self.prefix = f"{tag}:c:"
+        self.stream = f"{tag}:events"
+        self.meta = f"{tag}:meta"
+        self.deadlines = f"{tag}:deadlines"
+        self.index = f"{tag}:circuits"
+        self.ticker = f"{tag}:ticker"
+        self.wake = f"{tag}:wake:"  # + a system's own id
+        self.cmd = _client(options, options.timeout / 1000)
+        self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
+        self._script = self.cmd.register_script(SCRIPT)
+        self._on_change = on_change
+        self._now = now
+        self._lock = threading.Lock()
+        self.connected = False
+        self._known = False  # the first state (up or down) is a change too
+        self.since = now()
+
+    def keys(self, member: str) -> list[str]:
+        """KEYS of a step on the circuit ``member``."""
+        circuit = self.prefix + member
+        return [circuit, self.stream, self.meta, self.deadlines, circuit + ":permits",
+                self.index]
+
+    def run(self, op: str, member: str, args: dict[str, Any], *, now: int | None = None,
+            opmeta: str = "", cmeta: str = "", explicit: str = "",
+            keys: list[str] | None = None) -> Any:
+        """Run one op of the script; marks the link down and raises ``NodeUnavailable``
+        when Redis does not answer within ``fleet_timeout``."""
+        args = {k: v for k, v in args.items() if v is not None}
+        args["member"] = member
+        argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
+                str(STREAM_MAXLEN)]
+        try:
+            reply = self._script(keys=keys or self.keys(member), args=argv, client=self.cmd)
+        except Unreachable as exc:
+            self.set_connected(False)
+            raise NodeUnavailable(
+                f"the fleet's Redis did not answer within {self.options.timeout} ms: "
+                f"{exc}") from None
+        return reply
+
+    def set_connected(self, up: bool) -> None:
+        """Record the link's state; tell ``on_change`` when it changed."""
+        with self._lock:
+            if self.connected is up and self._known:
+                return
+            self._known = True
+            self.connected = up
+            self.since = self._now()
+        if not up:
+            logger.warning("the fleet's Redis (namespace %r) is unreachable",
+                           self.options.namespace)
+        else:
+            logger.info("the fleet's Redis (namespace %r) is reachable",
+                        self.options.namespace)
+        self._on_change(up)
+
+    def close(self) -> None:
+        """Close this system's own clients (never the application's)."""
+        for client in (self.cmd, self.tail):
+            try:
+                client.close()
+                client.connection_pool.disconnect()
+            except Exception:  # closing must not fail a stop
+                logger.debug("closing a fleet client failed", exc_info=True)
+
+
+def monotonic_ms() -> int:
+    """Local monotonic ms (to estimate the server's clock between replies)."""
+    return int(time.monotonic() * 1000)

@@ -1,0 +1,388 @@
+"""The fleet's one Lua script: the circuit rules of API.md sections 3, 4 and 12
+(``success_threshold``, ``half_open_timeout``) applied atomically in Redis.
+
+It mirrors ``brama_actors._rules`` (the pure rules every other authority applies) and
+is checked against the same reference model (``tests/test_model.py``, fleet machine).
+Each call is one *step* on one circuit, plus the expiry that was due on it first: it
+reads ``now`` from ``TIME`` (or a test's fixed ``now``), writes the circuit hash, moves
+its deadline in the deadline set and appends the step's events to the stream as one
+entry, numbered by ``ver`` (one per entry, fleet-wide), in the same atomic script.
+
+Keys (all under the one hash tag ``{ns}``, so Redis Cluster keeps them in one slot):
+KEYS[1] the circuit hash, KEYS[2] the stream, KEYS[3] the meta hash (``ver``),
+KEYS[4] the deadline set, KEYS[5] the circuit's permit set, KEYS[6] the circuit index.
+``tick`` also reaches circuit hashes named by the deadline set (the same slot).
+
+ARGV: op, now ("" for TIME), args JSON, op metadata (raw JSON, never decoded here, ""
+for none), connection metadata (raw JSON, register only), explicit options (raw JSON,
+register/configure only), stream MAXLEN.
+
+Status JSON holds no null: a missing key is ``None`` (cjson's null is awkward in Lua).
+Event data flags ``_m = 1`` where the op's metadata goes (added by the reader, so
+metadata never passes through cjson and comes back exactly as sent).
+"""
+
+from __future__ import annotations
+
+__all__ = ["SCRIPT"]
+
+SCRIPT = r"""
+local op = ARGV[1]
+local args = cjson.decode(ARGV[3])
+local opmeta = ARGV[4]
+local maxlen = ARGV[7]
+local now
+if ARGV[2] ~= '' then
+  now = tonumber(ARGV[2])
+else
+  redis.replicate_commands()
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local CKEY, STREAM, META, DEADLINES, PERMITS, INDEX =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+
+local function deadline(st)
+  if st.opened_at == nil then return nil end
+  if st.state == 'open' then return st.opened_at + st.expiry end
+  if st.state == 'half_open' and st.half_open_timeout ~= nil then
+    return st.state_changed_at + st.half_open_timeout
+  end
+  return nil
+end
+
+local function opening_expiry(st, fc)
+  if st.expiry_strategy == 'fixed' then return st.setting_expiry end
+  if st.backoff_factor == 1 then return math.min(st.initial_expiry, st.max_expiry) end
+  local len = st.initial_expiry * st.backoff_factor ^ fc
+  if len >= st.max_expiry then return st.max_expiry end
+  return math.floor(len)
+end
+
+local function ev(evs, kind, st, extra)
+  local d = {state = st.state, failure_count = st.failure_count}
+  if extra then for k, v in pairs(extra) do d[k] = v end end
+  evs[#evs + 1] = {kind, d}
+end
+
+local function change(st, to)
+  local tr = st.transitions
+  if tr == nil or tr[1] == nil then tr = {} end
+  local found = false
+  for _, p in ipairs(tr) do
+    if p[1] == st.state and p[2] == to then p[3] = p[3] + 1; found = true end
+  end
+  if not found then tr[#tr + 1] = {st.state, to, 1} end
+  st.transitions = tr
+  local prev = st.state
+  st.state = to
+  st.state_changed_at = now
+  st.half_open_successes = 0
+  return prev
+end
+
+local function state_change(evs, st, prev, reason)
+  ev(evs, 'state_change', st, {previous_state = prev, new_state = st.state, reason = reason})
+end
+
+local function open(st, expiry)
+  st.opened_at = now
+  st.expiry = expiry or opening_expiry(st, st.failure_count)
+  st.half_open_successes = 0
+end
+
+local function opened(evs, st, reason)
+  ev(evs, 'circuit_opened', st, {reason = reason, opened_at = st.opened_at, expiry = st.expiry})
+end
+
+-- A trial admitted in an earlier half_open period (another gen): its outcome is void.
+local function void(st, gen, trial)
+  return trial ~= nil and (st.state ~= 'half_open' or gen ~= trial)
+end
+
+-- Returns (events, changed). Mutates st.
+local function decide(st, gen, o, a)
+  local evs = {}
+  if o == 'success' then
+    if void(st, gen, a.trial) then return evs, false end
+    local extra = {}
+    if opmeta ~= '' then extra._m = 1 end
+    st.failure_count = 0
+    st.last_success_time = now
+    st.total_successes = st.total_successes + 1
+    if st.state == 'half_open' and st.half_open_successes + 1 < st.success_threshold then
+      st.half_open_successes = st.half_open_successes + 1
+      ev(evs, 'success', st, extra)
+    elseif st.state == 'half_open' then
+      local prev = change(st, 'closed')
+      ev(evs, 'success', st, extra)
+      ev(evs, 'circuit_closed', st, {reason = 'Success in half_open'})
+      state_change(evs, st, prev, 'Success in half_open')
+    else
+      ev(evs, 'success', st, extra)
+    end
+    return evs, true
+  elseif o == 'failure' then
+    if void(st, gen, a.trial) then return evs, false end
+    st.failure_count = st.failure_count + 1
+    st.last_failure_time = now
+    st.total_failures = st.total_failures + 1
+    local extra = {reason = a.reason}
+    if opmeta ~= '' then extra._m = 1 end
+    local why = nil
+    if st.state == 'half_open' then
+      why = a.reason
+      if why == nil then why = 'Failure in half_open' end
+    elseif st.state == 'closed' and st.max_attempts > 0
+        and st.failure_count >= st.max_attempts then
+      why = 'Threshold exceeded'
+    end
+    if why == nil then
+      ev(evs, 'failure', st, extra)
+      return evs, true
+    end
+    local prev = change(st, 'open')
+    open(st, nil)
+    ev(evs, 'failure', st, extra)
+    opened(evs, st, why)
+    state_change(evs, st, prev, why)
+    return evs, true
+  elseif o == 'expire' then
+    local due = deadline(st)
+    if due == nil or now < due then return evs, false end
+    if st.state == 'half_open' then
+      local prev = change(st, 'open')
+      open(st, nil)
+      opened(evs, st, 'Half-open timeout')
+      state_change(evs, st, prev, 'Half-open timeout')
+      return evs, true
+    end
+    local ended_at, ended = st.opened_at, st.expiry
+    local prev = change(st, 'half_open')
+    ev(evs, 'expiry', st, {opened_at = ended_at, expiry = ended})
+    ev(evs, 'circuit_half_opened', st, nil)
+    state_change(evs, st, prev, 'Expiry reached')
+    return evs, true
+  elseif o == 'open' then
+    local why = a.reason
+    if why == nil then why = 'Manually opened' end
+    if st.state == 'open' then
+      open(st, a.expiry)
+      opened(evs, st, why)
+      return evs, true
+    end
+    local prev = change(st, 'open')
+    open(st, a.expiry)
+    opened(evs, st, why)
+    state_change(evs, st, prev, why)
+    return evs, true
+  elseif o == 'close' then
+    if st.state == 'closed' then return evs, false end
+    local why = a.reason
+    if why == nil then why = 'Manually closed' end
+    local prev = change(st, 'closed')
+    ev(evs, 'circuit_closed', st, {reason = why})
+    state_change(evs, st, prev, why)
+    return evs, true
+  elseif o == 'reset' then
+    local why = a.reason
+    if why == nil then why = 'Manually reset' end
+    st.failure_count = 0
+    if st.state == 'closed' then
+      ev(evs, 'circuit_reset', st, {reason = why})
+      return evs, true
+    end
+    local prev = change(st, 'closed')
+    ev(evs, 'circuit_reset', st, {reason = why})
+    state_change(evs, st, prev, why)
+    return evs, true
+  elseif o == 'configure' then
+    -- New settings apply from the next transition on; status.expiry shows the
+    -- configured expiry until the first opening, then the last opening's length.
+    local keep = st.expiry
+    for _, k in ipairs(a.unset) do st[k] = nil end
+    for k, v in pairs(a.settings) do st[k] = v end
+    st.setting_expiry = a.settings.expiry
+    if st.opened_at ~= nil then st.expiry = keep end
+    return evs, true
+  end
+  return redis.error_reply('unknown op ' .. tostring(o))
+end
+
+-- The reply for a circuit that does not exist, with the fleet's current ver: any entry
+-- about it up to that ver is older than its absence.
+local function missing()
+  return {'missing', '', tonumber(redis.call('HGET', META, 'ver') or '0'), '', 0}
+end
+
+local function bump_ver()
+  return redis.call('HINCRBY', META, 'ver', 1)
+end
+
+-- Write st, move its deadline, append its events; returns (ver, stream id).
+local function commit(ckey, member, st, gen, evs, fields)
+  local ver = bump_ver()
+  local sj = cjson.encode(st)
+  redis.call('HSET', ckey, 'status', sj, 'gen', gen, 'ver', ver)
+  local due = deadline(st)
+  if due ~= nil then
+    redis.call('ZADD', DEADLINES, due, member)
+  else
+    redis.call('ZREM', DEADLINES, member)
+  end
+  local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
+  if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
+  local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+  return ver, id
+end
+
+local function load(ckey)
+  local raw = redis.call('HMGET', ckey, 'status', 'gen')
+  if not raw[1] then return nil, nil end
+  return cjson.decode(raw[1]), tonumber(raw[2])
+end
+
+-- Apply one op to the circuit at ckey: its overdue expiry first (own entry), then op.
+-- Returns {code, status json, ver, stream id, gen}.
+local function step(ckey, member, o, a, fields)
+  local st, gen = load(ckey)
+  if st == nil then return missing() end
+  local ver, id = 0, ''
+  local due = deadline(st)
+  if due ~= nil and due <= now then
+    local prev_state, prev_open = st.state, st.opened_at
+    local evs, changed = decide(st, gen, 'expire', {})
+    if changed then
+      gen = gen + 1
+      ver, id = commit(ckey, member, st, gen, evs, nil)
+    end
+  end
+  if o == 'expire' then
+    return {'ok', cjson.encode(st), ver, id, gen}
+  end
+  local prev_state, prev_open = st.state, st.opened_at
+  local evs, changed = decide(st, gen, o, a)
+  if not changed then
+    return {'void', cjson.encode(st), ver, id, gen}
+  end
+  if st.state ~= prev_state or st.opened_at ~= prev_open then gen = gen + 1 end
+  ver, id = commit(ckey, member, st, gen, evs, fields)
+  return {'ok', cjson.encode(st), ver, id, gen}
+end
+
+local member = args.member
+
+if op == 'register' then
+  local st, gen = load(CKEY)
+  if st ~= nil then
+    local raw = redis.call('HMGET', CKEY, 'meta', 'explicit', 'ver')
+    return {'exists', cjson.encode(st), tonumber(raw[3]), raw[1], raw[2], gen}
+  end
+  st = args.status
+  st.registered_at = now
+  st.state_changed_at = now
+  redis.call('HSET', CKEY, 'meta', ARGV[5], 'explicit', ARGV[6])
+  redis.call('DEL', PERMITS)
+  redis.call('SADD', INDEX, member)
+  local evs = {}
+  ev(evs, 'registration', st, nil)
+  ev(evs, 'connection_registered', st, nil)
+  local ver, id = commit(CKEY, member, st, 1, evs, {'cm', ARGV[5], 'x', ARGV[6]})
+  return {'ok', cjson.encode(st), ver, id, 1}
+elseif op == 'unregister' then
+  local st, gen = load(CKEY)
+  if st == nil then return missing() end
+  redis.call('DEL', CKEY, PERMITS)
+  redis.call('ZREM', DEADLINES, member)
+  redis.call('SREM', INDEX, member)
+  local evs = {}
+  ev(evs, 'connection_unregistered', st, nil)
+  ev(evs, 'connection_removed', st, {reason = 'unregistered'})
+  local ver = bump_ver()
+  local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', 'v', ver, 'k', member,
+                        't', now, 's', '', 'g', 0, 'e', cjson.encode(evs))
+  return {'ok', '', ver, id, 0}
+elseif op == 'acquire' then
+  local r = step(CKEY, member, 'expire', {}, nil)
+  if r[1] == 'missing' then return r end
+  local st = cjson.decode(r[2])
+  if st.state ~= 'half_open' then
+    return {st.state, r[2], r[3], r[4], r[5]}
+  end
+  local gen = r[5]
+  if tonumber(redis.call('HGET', CKEY, 'pgen') or '-1') ~= gen then
+    redis.call('DEL', PERMITS)
+    redis.call('HSET', CKEY, 'pgen', gen)
+  end
+  redis.call('ZREMRANGEBYSCORE', PERMITS, '-inf', now)
+  if redis.call('ZCARD', PERMITS) >= st.half_open_max_calls then
+    return {'full', r[2], r[3], r[4], gen}
+  end
+  local lease = st.half_open_timeout or args.lease
+  redis.call('ZADD', PERMITS, now + lease, args.token)
+  redis.call('PEXPIRE', PERMITS, lease)
+  return {'trial', r[2], r[3], r[4], gen}
+elseif op == 'release' then
+  redis.call('ZREM', PERMITS, args.token)
+  return {'ok', '', 0, '', 0}
+elseif op == 'tick' then
+  local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now, 'LIMIT', 0, args.limit)
+  local last = ''
+  for _, m in ipairs(due) do
+    local r = step(args.prefix .. m, m, 'expire', {}, nil)
+    if r[1] == 'missing' then
+      redis.call('ZREM', DEADLINES, m)
+    elseif r[4] ~= '' then
+      last = r[4]
+    end
+  end
+  local nxt = redis.call('ZRANGE', DEADLINES, 0, 0, 'WITHSCORES')
+  return {now, nxt[2] or '', last, #due}
+elseif op == 'lease' then
+  -- The ticker lease (KEYS[1]): taken or renewed by args.me, dropped with args.drop.
+  local holder = redis.call('GET', CKEY)
+  if args.drop then
+    if holder == args.me then redis.call('DEL', CKEY) end
+    return {0}
+  end
+  if holder == false or holder == args.me then
+    redis.call('SET', CKEY, args.me, 'PX', args.ttl)
+    return {1}
+  end
+  return {0}
+elseif op == 'snapshot' then
+  local out = {}
+  for _, m in ipairs(redis.call('SMEMBERS', INDEX)) do
+    local raw = redis.call('HMGET', args.prefix .. m, 'status', 'meta', 'explicit', 'gen',
+                           'ver')
+    if raw[1] then
+      out[#out + 1] = m; out[#out + 1] = raw[1]; out[#out + 1] = raw[2]
+      out[#out + 1] = raw[3]; out[#out + 1] = raw[4]; out[#out + 1] = raw[5]
+    end
+  end
+  local top = redis.call('XREVRANGE', STREAM, '+', '-', 'COUNT', 1)
+  local last = '0-0'
+  if top[1] then last = top[1][1] end
+  local ver = redis.call('HGET', META, 'ver') or '0'
+  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
+  -- incarnation: a system's replica then starts over instead of keeping what it had.
+  local inc = redis.call('HGET', META, 'inc')
+  if not inc then
+    inc = args.inc
+    redis.call('HSET', META, 'inc', inc)
+  end
+  return {now, tonumber(ver), last, out, inc}
+else
+  local fields = nil
+  if op == 'configure' then
+    fields = {'x', ARGV[6]}
+    redis.call('HSET', CKEY, 'explicit', ARGV[6])
+  end
+  if op == 'success' or op == 'failure' then
+    if args.token then redis.call('ZREM', PERMITS, args.token) end
+    if opmeta ~= '' then fields = {'m', opmeta} end
+  end
+  return step(CKEY, member, op, args, fields)
+end
+"""

@@ -1,0 +1,153 @@
+"""The replica: what one system knows of the fleet's circuits, read without a round trip.
+
+The stream tail applies every entry's post-state here; a caller applies the reply of
+its own script at once (read-your-writes), before the tail gets to the same entry.
+Each circuit's entries carry ``ver`` (one per stream entry, fleet-wide): a state is
+applied only if it is newer than the newest this system has seen for that circuit
+(``floor``), so a late tail entry never rolls back a reply, and a removal is not undone
+by an older entry.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from brama_actors._config import Settings, resolve_settings
+from brama_actors._keys import Key
+from brama_actors._status import CircuitState, ConnectionStatus, evolve
+
+__all__ = ["Entry", "Replica"]
+
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+
+
+class Entry:
+    """One circuit as this system last knew it; replaced whole, never changed in place.
+
+    It is also the circuit's *view* (the authority protocol's ``View``): ``available``
+    and ``quiet`` for the hot path; ``slow`` None (no rate windows on a fleet yet).
+    """
+
+    __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
+                 "status", "ver")
+
+    def __init__(self, status: ConnectionStatus, explicit: Mapping[str, Any],
+                 settings: Settings, gen: int, ver: int) -> None:
+        self.status = status
+        self.explicit = explicit
+        self.settings = settings
+        self.gen = gen
+        self.ver = ver
+        self.state = status.state
+        self.available = status.state is not _OPEN
+        self.quiet = status.state is _CLOSED and status.failure_count == 0
+        self.slow: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<fleet Entry {self.state} ver={self.ver}>"
+
+    def with_status(self, status: ConnectionStatus, gen: int, ver: int) -> Entry:
+        """The same circuit in a later state (settings unchanged)."""
+        return Entry(status, self.explicit, self.settings, gen, ver)
+
+
+class Replica:
+    """Key -> :class:`Entry` for every circuit of the fleet, and what this system adds.
+
+    ``entries`` is the authority's ``views``: a plain dict, read without a lock.
+    Writers hold ``lock``.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[Key, Entry] = {}
+        #: The newest ``ver`` seen per circuit, removals included.
+        self.floor: dict[Key, int] = {}
+        #: Successes this system counted without Redis (a closed circuit with no
+        #: failures): key -> [count, last time]. Added to ``status()`` here only.
+        self.quiet: dict[Key, list[int]] = {}
+        #: Refused guarded calls and ignored outcomes counted here: key -> [rej, ign].
+        self.tallies: dict[Key, list[int]] = {}
+
+    def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
+              explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
+        """Apply a circuit's state at ``ver`` (None: removed); False if it is stale.
+
+        ``explicit``: the circuit's explicit options, when the entry carries them
+        (register, configure, snapshot). ``fresh``: a new registration (local counts
+        of an earlier registration of the key are dropped).
+        """
+        with self.lock:
+            if ver <= self.floor.get(key, 0):
+                return False
+            self.floor[key] = ver
+            if status is None:
+                self.entries.pop(key, None)
+                self.quiet.pop(key, None)
+                self.tallies.pop(key, None)
+                return True
+            old = self.entries.get(key)
+            if fresh:
+                self.quiet.pop(key, None)
+                self.tallies.pop(key, None)
+            if explicit is not None or old is None:
+                given = dict(explicit or {})
+                self.entries[key] = Entry(status, given, resolve_settings(given), gen, ver)
+            else:
+                self.entries[key] = old.with_status(status, gen, ver)
+            return True
+
+    def count_quiet(self, key: Key, now: int) -> None:
+        """Count a success that changed nothing in the fleet."""
+        with self.lock:
+            counts = self.quiet.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] = max(counts[1], now)
+
+    def tally(self, key: Key, what: str) -> None:
+        """Count a refused call (``"rejected"``) or an ignored outcome (``"ignored"``)."""
+        with self.lock:
+            counts = self.tallies.setdefault(key, [0, 0])
+            counts[0 if what == "rejected" else 1] += 1
+
+    def status(self, key: Key) -> ConnectionStatus | None:
+        """The circuit's status with this system's own counts merged in."""
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        status = entry.status
+        with self.lock:
+            quiet = self.quiet.get(key)
+            tallies = self.tallies.get(key)
+            if quiet is not None:
+                status = evolve(status, total_successes=status.total_successes + quiet[0],
+                                last_success_time=max(quiet[1], status.last_success_time or 0))
+            if tallies is not None:
+                status = evolve(status, total_rejections=tallies[0], total_ignored=tallies[1])
+        return status
+
+    def load(self, ver: int, circuits: list[tuple[Key, ConnectionStatus, Mapping[str, Any],
+                                                  int, int]]) -> list[Key]:
+        """Replace the replica by a snapshot taken at ``ver``; the keys it removed.
+
+        A circuit newer here than in the snapshot (a reply that arrived after it was
+        taken) is kept.
+        """
+        seen = set()
+        with self.lock:  # a key gone from the floor (another incarnation) goes too
+            for key in [k for k in self.entries if k not in self.floor]:
+                self.floor[key] = 0
+        for key, status, explicit, gen, circuit_ver in circuits:
+            seen.add(key)
+            self.apply(key, status, gen, circuit_ver, explicit)
+        gone = []
+        with self.lock:
+            for key in list(self.entries):
+                if key not in seen and self.floor.get(key, 0) <= ver:
+                    self.entries.pop(key)
+                    self.floor[key] = ver
+                    gone.append(key)
+        return gone

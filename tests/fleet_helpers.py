@@ -1,0 +1,74 @@
+"""Helpers of the fleet tests: systems on one real Redis, synchronised without sleeping."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+
+from brama_actors import Brama, Event
+from brama_actors._authority._fleet._tail import stream_id
+from tests.redis_server import RedisServer
+
+WAIT = 10.0  # seconds any wait in a fleet test may take at most
+
+
+def namespace() -> str:
+    """A namespace of this test's own, so tests on the session's Redis never meet."""
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@contextmanager
+def fleet(server: RedisServer, count: int, ns: str | None = None,
+          **options: Any) -> Iterator[list[Brama]]:
+    """``count`` systems of one fleet ("machines"), stopped on exit."""
+    ns = ns or namespace()
+    systems = [Brama.start(fleet=server.url, fleet_namespace=ns, **options)
+               for _ in range(count)]
+    try:
+        yield systems
+    finally:
+        for system in systems:
+            system.stop()
+
+
+def last_entry(client: redis.Redis, ns: str) -> tuple[int, int]:
+    """The newest stream entry of namespace ``ns``."""
+    top: Any = client.xrevrange("{" + ns + "}:events", count=1)
+    if not top:
+        return (0, 0)
+    raw = top[0][0]
+    return stream_id(raw.decode() if isinstance(raw, bytes) else raw)
+
+
+def converge(systems: list[Brama], client: redis.Redis, ns: str) -> None:
+    """Wait until every system's tail handed over every entry written so far."""
+    target = last_entry(client, ns)
+    for system in systems:
+        assert system._authority.tail.wait_for(target, WAIT), system  # type: ignore[union-attr]
+        system.drain(WAIT)
+
+
+def take(sub: Any, timeout: float = 0.0) -> list[Event]:
+    """Everything in an inbox subscription now (after ``converge``)."""
+    got = []
+    while True:
+        try:
+            got.append(sub.get(timeout=timeout))
+        except queue.Empty:
+            return got
+
+
+def wait_for_event(sub: Any, predicate: Callable[[Event], bool],
+                   timeout: float = WAIT) -> tuple[Event, list[Event]]:
+    """Read an inbox until an event matches; (that event, everything read)."""
+    seen = []
+    while True:
+        event = sub.get(timeout=timeout)
+        seen.append(event)
+        if predicate(event):
+            return event, seen

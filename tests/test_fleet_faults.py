@@ -1,0 +1,215 @@
+"""The fleet when its Redis is paused, dead or unreachable (API.md section 16): calls are
+bounded by fleet_timeout, "local" keeps protecting from the last fleet state, "hold"
+answers from it until stale_after, and the fleet's state wins when Redis is back.
+
+Each test starts a Redis of its own: it pauses or kills it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from brama_actors import Brama, NodeUnavailable, telemetry
+from tests.fleet_helpers import WAIT, fleet, take, wait_for_event
+from tests.redis_server import RedisServer
+
+TIMEOUT_MS = 200
+#: What a bounded call may take beyond fleet_timeout on 2 shared cores.
+SLACK_S = 0.4
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    """A Redis of this test's own."""
+    with RedisServer.local() as local:
+        yield local
+
+
+class LinkEvents:
+    """Records the fleet telemetry ("brama", "fleet", ...) as threading events."""
+
+    def __init__(self) -> None:
+        self.unreachable = threading.Event()
+        self.restored = threading.Event()
+        self.names: list[str] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, name: tuple[str, ...], measurements: Any, metadata: Any) -> None:
+        with self._cond:
+            self.names.append(name[-1])
+            self._cond.notify_all()
+        getattr(self, name[-1]).set()
+
+    def wait(self, name: str, count: int) -> bool:
+        """Wait until ``name`` fired ``count`` times."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.names.count(name) >= count, WAIT)
+
+
+@pytest.fixture
+def link_events() -> Iterator[LinkEvents]:
+    """Fleet link telemetry for the test's duration."""
+    events = LinkEvents()
+    telemetry.attach("fleet-link-test", ("brama", "fleet"), events)
+    yield events
+    telemetry.detach("fleet-link-test")
+
+
+def _timed(call: Any) -> tuple[float, Any]:
+    start = time.monotonic()
+    try:
+        result = call()
+    except Exception as exc:
+        result = exc
+    return time.monotonic() - start, result
+
+
+def test_paused_redis_bounds_calls_and_local_mode_protects_from_the_last_state(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """SIGSTOP: the first call that needs Redis returns within fleet_timeout, later ones
+    decide here at once with this system's rules (events origin "local"); when Redis is
+    back the fleet's state wins and nothing local is replayed."""
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        sub = brama.subscribe(events=["failure", "circuit_opened"])
+        brama.register("db", max_attempts=2)
+        brama.drain(WAIT)
+        take(sub, timeout=0)
+        server.pause()
+        try:
+            elapsed, result = _timed(lambda: brama.failure("db", reason="paused"))
+            assert result is None and elapsed < TIMEOUT_MS / 1000 + SLACK_S
+            status = brama.fleet_status()
+            assert status is not None and not status.connected
+            assert link_events.unreachable.wait(WAIT)
+            elapsed, result = _timed(lambda: brama.failure("db"))
+            assert result is None and elapsed < 0.1  # decided here, no wait
+            assert not brama.available("db")  # opened locally: 2 failures
+            assert brama.status("db").state == "open"
+            opened, _ = wait_for_event(sub, lambda e: e.event == "circuit_opened")
+            assert opened.data["origin"] == "local"
+            elapsed, result = _timed(lambda: brama.available("db"))
+            assert elapsed < 0.05
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        status = brama.fleet_status()
+        assert status is not None and status.connected
+        # The fleet saw at most the one failure sent before the pause was noticed (its
+        # reply was lost): the fleet's state wins, the local opening is not replayed.
+        fleet_status = brama.status("db")
+        assert fleet_status.state == "closed" and fleet_status.failure_count <= 1
+        assert brama.available("db")
+
+
+def test_hold_mode_refuses_writes_and_goes_stale(server: RedisServer,
+                                                link_events: LinkEvents) -> None:
+    """"hold": writes raise NodeUnavailable within fleet_timeout; available() answers
+    the last fleet state for stale_after ms, then when_stale."""
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS, when_unreachable="hold",
+               stale_after=1_000, when_stale="deny") as [brama]:
+        now = [1_000.0]
+        brama._authority.monotonic = lambda: now[0]  # type: ignore[union-attr]
+        brama.register("db")
+        server.pause()
+        try:
+            elapsed, result = _timed(lambda: brama.failure("db"))
+            assert isinstance(result, NodeUnavailable)
+            assert elapsed < TIMEOUT_MS / 1000 + SLACK_S
+            assert link_events.unreachable.wait(WAIT)
+            assert brama.available("db")  # the last fleet state
+            now[0] += 1.001
+            assert not brama.available("db")  # stale: when_stale="deny"
+            assert not brama.available("unknown")
+            with pytest.raises(NodeUnavailable):
+                brama.open_circuit("db")
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        assert brama.available("db")
+
+
+def test_a_redis_unreachable_at_start_is_not_an_error(server: RedisServer,
+                                                      link_events: LinkEvents) -> None:
+    """A system starts unconnected (bounded), registering raises NodeUnavailable, and it
+    connects when Redis comes up."""
+    server.kill()
+    elapsed, brama = _timed(lambda: Brama.start(fleet=server.url, fleet_timeout=TIMEOUT_MS))
+    assert isinstance(brama, Brama)
+    try:
+        assert elapsed < 2 * TIMEOUT_MS / 1000 + 0.5 + SLACK_S
+        status = brama.fleet_status()
+        assert status is not None and not status.connected
+        with pytest.raises(NodeUnavailable):
+            brama.register("db")
+        server.restart()
+        assert link_events.restored.wait(WAIT)
+        brama.register("db")
+        assert brama.available("db")
+    finally:
+        brama.stop()
+
+
+def test_a_redis_that_comes_back_empty_is_the_fleets_state(server: RedisServer,
+                                                           link_events: LinkEvents) -> None:
+    """Killed and restarted empty: every system resyncs to the (empty) fleet; the
+    circuits are registered again and shared again."""
+    with fleet(server, 2, fleet_timeout=TIMEOUT_MS) as [a, b]:
+        sub = b.subscribe(events=["connection_registered"])
+        a.register("db")
+        wait_for_event(sub, lambda e: e.connection == "db")
+        server.kill()
+        assert link_events.wait("unreachable", 2)
+        server.restart()
+        assert link_events.wait("restored", 2)
+        assert not a.available("db") and not b.available("db")  # the fleet has none
+        a.register("db")
+        _event, _ = wait_for_event(sub, lambda e: e.connection == "db")
+        assert b.available("db")
+
+
+def _documented_acl() -> list[str]:
+    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
+    block = page[page.index("ACL SETUSER brama"):]
+    block = block[:block.index("```")]
+    return block.split()[3:]
+
+
+def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
+        server: RedisServer) -> None:
+    """The minimal ACL of docs/fleet.md runs every operation (no ACL log entry)."""
+    admin = server.client()
+    rules = _documented_acl()
+    assert "~{orders}:*" in rules and "-@all" in rules
+    admin.execute_command("ACL", "SETUSER", "brama", *rules)
+    url = server.url.replace("unix://", "unix://brama:secret@")
+    now = [1_900_000_000_000]
+    with _acl_fleet(url) as [a, b]:
+        for system in (a, b):
+            system._authority.fixed_now = lambda: now[0]  # type: ignore[union-attr]
+        a.register("db", max_attempts=1, expiry=100)
+        a.failure("db")
+        now[0] += 100
+        a._authority.tick_now()  # type: ignore[union-attr]
+        with a.guard("db"):
+            pass
+        a.configure("db", expiry=200)
+        assert a.unregister("db")
+    assert admin.execute_command("ACL", "LOG") == []
+
+
+@contextmanager
+def _acl_fleet(url: str) -> Iterator[list[Brama]]:
+    systems = [Brama.start(fleet=url, fleet_namespace="orders") for _ in range(2)]
+    try:
+        yield systems
+    finally:
+        for system in systems:
+            system.stop()

@@ -1,0 +1,208 @@
+"""The model-based suite of tests/test_model.py against the fleet authority.
+
+The same reference model and the same rules drive a system started with ``fleet=`` on
+a real Redis, so the Lua script is checked against the contract exactly as the local
+connection actors are. A fleet's time is the Redis server's; the authority's test seam
+``fixed_now`` makes every script use the model's time instead, and ``advance`` runs
+the fleet's ``tick`` at the new time (what the ticker does at deadlines).
+
+Restricted to what phase 1 of the fleet supports, and only there:
+
+* rate rules (``failure_rate_threshold``, ``slow_call_rate_threshold``) are refused:
+  every rule that would set one expects ``InvalidConfiguration`` instead;
+* no inactive cleanup on a fleet yet: ``cleanup_interval`` and ``inactive_threshold``
+  are left out of the system's options (and stay too large to fire).
+
+Every other rule (register, unregister, success incl. half_open and metadata, failure,
+failures, mixed, open/close/reset, configure, advance, subscriptions) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import hypothesis.strategies as st
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import initialize, multiple, rule
+
+from brama_actors import Brama, InvalidConfiguration
+from tests import test_model as m
+from tests.redis_server import RedisServer
+
+#: The session's Redis URL, set by the module's autouse fixture (hypothesis runs the
+#: machine as a unittest TestCase, which takes no fixture arguments).
+REDIS: dict[str, str] = {}
+NO_SWEEP = {"cleanup_interval": 10**9, "inactive_threshold": 10**12}
+FLEET_GLOBAL_KEYS = tuple(k for k in m.GLOBAL_KEYS if k not in NO_SWEEP)
+
+
+@pytest.fixture(autouse=True)
+def _redis_url(redis_server: RedisServer) -> Iterator[None]:
+    REDIS["url"] = redis_server.url
+    yield
+
+
+class _FixedClock:
+    """What the base machine's invariant reads as the system's clock: the model's time."""
+
+    def __init__(self, now: list[int]) -> None:
+        self._now = now
+
+    def now(self) -> int:
+        return self._now[0]
+
+
+class _FleetSystem:
+    """The fleet system as the base machine sees it: every attribute forwarded, except
+    ``clock``, which reads the test seam's time (a fleet system's own clock is the wall
+    clock; its scripts use the seam). A proxy rather than an edit to ``BramaMachine``:
+    changing that class's source changes its derandomized examples."""
+
+    def __init__(self, system: Brama, now: list[int]) -> None:
+        self._system = system
+        self.clock = _FixedClock(now)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._system, name)
+
+
+def _refused(explicit: dict[str, Any]) -> bool:
+    """True if the fleet refuses these options for their rate rule (phase 1)."""
+    try:
+        resolved = m.resolve(explicit)
+    except m.Invalid:
+        return False  # InvalidConfiguration anyway: the base rule expects it
+    return (resolved["failure_rate_threshold"] is not None
+            or resolved["slow_call_rate_threshold"] is not None)
+
+
+class FleetMachine(m.BramaMachine):
+    """``BramaMachine`` on a fleet system, its time the model's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = [m.START]
+        self.system: Brama
+
+    @initialize(config=m.option_sets(FLEET_GLOBAL_KEYS), watch_success=st.booleans())
+    def start(self, config: dict[str, Any], watch_success: bool) -> None:
+        config.setdefault("expiry", 100)
+        config.setdefault("max_attempts", 2)
+        config.update(NO_SWEEP)
+        try:
+            explicit = m.predict(config, m.GLOBAL_KEYS)
+            connection = {k: v for k, v in explicit.items() if k in m.CONNECTION_KEYS}
+            m.resolve(connection)
+            refused = _refused(connection)
+        except m.Invalid:
+            refused = True  # refused as invalid, or for its rate rule
+        namespace = f"model{uuid.uuid4().hex[:12]}"
+        if refused:
+            self.expect_error((InvalidConfiguration,), lambda: Brama.start(
+                fleet=REDIS["url"], fleet_namespace=namespace, **config).stop())
+            config = {"expiry": 100, "max_attempts": 2, **NO_SWEEP}
+            explicit = dict(config)
+        system = Brama.start(fleet=REDIS["url"], fleet_namespace=namespace, **config)
+        system._authority.fixed_now = lambda: self.now[0]  # type: ignore[union-attr]
+        self.system = system
+        self.brama = _FleetSystem(system, self.now)  # type: ignore[assignment]
+        self.model = m.Model(m.START, explicit)
+        events = None if watch_success else [t for t in m.ALL_TYPES if t != "success"]
+        holder: list[Any] = []
+        brama = self.brama
+        import threading
+
+        thread = threading.Thread(target=lambda: holder.append(brama.subscribe(events=events)))
+        thread.start()
+        thread.join(10)
+        self.model.subs.append(m.MSub(holder[0], None if events is None else frozenset(events),
+                                      None, None, "none", mine=False))
+
+    @rule(target=m.BramaMachine.registered, key=m.keys,
+          kind=st.sampled_from(["general", "db"]), metadata=m.metadatas,
+          options=m.option_sets(m.CONNECTION_KEYS))
+    def register(self, key: m.Key, kind: str, metadata: dict[str, Any] | None,
+                 options: dict[str, Any]) -> Any:
+        try:
+            given = m.predict(options, m.CONNECTION_KEYS, skip_none=True)
+            explicit = {k: v for k, v in self.model.explicit.items()
+                        if k in m.CONNECTION_KEYS}
+            refused = _refused({**explicit, **given})
+        except m.Invalid:
+            refused = False
+        if refused:
+            assert self.brama is not None
+            brama = self.brama
+            self.expect_error((InvalidConfiguration,), lambda: brama.register(
+                key[0], scope=key[1], type=kind, metadata=metadata, **options))
+            return multiple()
+        return super().register(key, kind, metadata, options)
+
+    @rule(key=m.keys, options=m.rate_options())
+    def register_rated(self, key: m.Key, options: dict[str, Any]) -> None:
+        """Rate rules: refused on a fleet (phase 1), whether registering or configuring."""
+        assert self.brama is not None
+        brama = self.brama
+        if self.exists(key):
+            self.expect_error((InvalidConfiguration,),
+                              lambda: brama.configure(key[0], scope=key[1], **options))
+        else:
+            self.expect_error((InvalidConfiguration,),
+                              lambda: brama.register(key[0], scope=key[1], **options))
+
+    @rule(key=m.BramaMachine.known,
+          options=m.option_sets(m.CONNECTION_KEYS, ("cleanup_interval", "inactive_threshold")))
+    def configure_connection(self, key: m.Key, options: dict[str, Any]) -> None:
+        if self.exists(key):
+            try:
+                accepted = m.predict(options, m.CONNECTION_KEYS)
+                refused = _refused({**self.model.conns[key].explicit, **accepted})
+            except m.Invalid:
+                refused = False
+            if refused:
+                assert self.brama is not None
+                brama = self.brama
+                self.expect_error((InvalidConfiguration,), lambda: brama.configure(
+                    key[0], scope=key[1], **options))
+                return
+        super().configure_connection(key, options)
+        if self.exists(key):
+            # A new half_open_timeout may already be over: the model fires it at the next
+            # advance; a fleet step would expire it lazily first, so advance now.
+            self.advance(0)
+
+    @rule(options=m.option_sets(FLEET_GLOBAL_KEYS))
+    def configure_global(self, options: dict[str, Any]) -> None:
+        try:
+            accepted = m.predict(options, m.GLOBAL_KEYS)
+            merged = {**self.model.explicit, **accepted}
+            refused = _refused({k: v for k, v in merged.items() if k in m.CONNECTION_KEYS})
+        except m.Invalid:
+            refused = False
+        if refused:
+            assert self.brama is not None
+            brama = self.brama
+            self.expect_error((InvalidConfiguration,), lambda: brama.configure(**options))
+            return
+        super().configure_global(options)
+
+    @rule(dt=st.sampled_from([0, 1, 19, 30, 50, 100, 250, 600, 1500, 4000]))
+    def advance(self, dt: int) -> None:
+        """Move the fleet's time; the tick expires what became due, as the ticker would."""
+        self.now[0] += dt
+        self.system._authority.tick_now()  # type: ignore[union-attr]
+        self.model.advance(dt)
+
+
+TestFleetMachine = FleetMachine.TestCase
+TestFleetMachine.settings = settings(
+    max_examples=100,
+    stateful_step_count=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
