@@ -17,11 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from brama_actors._errors import describe
+import pykka
+from pykka import ActorDeadError, ActorRef
+
+from brama_actors._errors import SystemStopped, describe
 from brama_actors._runtime import PooledActor
 from brama_actors._runtime._context import Context
 
-__all__ = ["Crashed", "Supervisor", "Sync"]
+__all__ = ["Crashed", "Supervisor", "Sync", "sync_with"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -54,6 +57,26 @@ class Sync:
     """Reply None once earlier messages (e.g. crash reports) were processed."""
 
     __slots__ = ()
+
+
+def sync_with(supervisor: ActorRef[Any], context: Context, timeout: float) -> None:
+    """Wait until ``supervisor`` processed the messages sent to it before this call.
+
+    Raises:
+        SystemStopped: the system stopped.
+        TimeoutError: no answer within ``timeout`` s.
+    """
+    from brama_actors._runtime import _nowait
+
+    _nowait.check()
+    try:
+        supervisor.ask(Sync(), timeout=timeout)
+    except ActorDeadError:
+        raise SystemStopped("this Brama system is stopped") from None
+    except pykka.Timeout:
+        if context.stopping:
+            raise SystemStopped("this Brama system is stopped") from None
+        raise TimeoutError(f"the supervisor did not answer within {timeout} s") from None
 
 
 class Supervisor(PooledActor):

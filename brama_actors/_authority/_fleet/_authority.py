@@ -26,8 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
-import pykka
-from pykka import ActorDeadError, ActorRef
+from pykka import ActorRef
 
 from brama_actors import _rules as rules
 from brama_actors._authority import ALL_SCOPES, Admission, Registration
@@ -65,6 +64,7 @@ from brama_actors._events import EventType
 from brama_actors._keys import Key, describe_key, not_found, split_key
 from brama_actors._runtime import _nowait
 from brama_actors._runtime._context import Context
+from brama_actors._runtime._supervisor import sync_with
 from brama_actors._status import CircuitState, ConnectionStatus
 
 if TYPE_CHECKING:
@@ -570,18 +570,13 @@ class FleetAuthority:
 
     # -- lifecycle -----------------------------------------------------------------------
     def sync_supervisor(self) -> None:
-        """Wait until the supervisor processed earlier messages (event manager crashes)."""
-        from brama_actors._runtime._supervisor import Sync
+        """Wait until the supervisor processed earlier messages (crash reports).
 
-        _nowait.check()
-        try:
-            self._supervisor.ask(Sync(), timeout=ASK_TIMEOUT)
-        except ActorDeadError:
-            raise SystemStopped("this Brama system is stopped") from None
-        except pykka.Timeout:
-            self._check_running()
-            raise TimeoutError(f"the supervisor did not answer within {ASK_TIMEOUT} s") \
-                from None
+        Raises:
+            SystemStopped: the system stopped.
+            TimeoutError: no answer within ``ASK_TIMEOUT``.
+        """
+        sync_with(self._supervisor, self.context, ASK_TIMEOUT)
 
     def _check_running(self) -> None:
         if self.context.stopping:

@@ -37,7 +37,7 @@ from brama_actors._runtime import BUSY, Timer, _nowait
 from brama_actors._runtime._context import Context
 from brama_actors._runtime._crash import RESTARTED, ArmCrash
 from brama_actors._runtime._pool import reject
-from brama_actors._runtime._supervisor import Crashed
+from brama_actors._runtime._supervisor import Crashed, sync_with
 from brama_actors._status import CircuitState, ConnectionStatus
 
 if TYPE_CHECKING:
@@ -381,17 +381,7 @@ class LocalAuthority:
             SystemStopped: the system stopped.
             TimeoutError: no answer within ``ASK_TIMEOUT``.
         """
-        from brama_actors._runtime._supervisor import Sync
-
-        _nowait.check()
-        try:
-            self._supervisor.ask(Sync(), timeout=ASK_TIMEOUT)
-        except ActorDeadError:
-            raise SystemStopped("this Brama system is stopped") from None
-        except pykka.Timeout:
-            self._check_running()
-            raise TimeoutError(f"the supervisor did not answer within {ASK_TIMEOUT} s") \
-                from None
+        sync_with(self._supervisor, self.context, ASK_TIMEOUT)
 
     def _check_running(self) -> None:
         if self.context.stopping:
