@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from types import MappingProxyType
 from typing import Any
@@ -90,7 +91,9 @@ class Delivery:
         # Event ids of this system: "<system name>:<n>". next() on a count is atomic
         # under the GIL and costs ~30 ns, only for events somebody wants.
         self._event_ids = itertools.count(1)
-        self._id_prefix = f"{context.name}:"
+        # The system's name repeats across processes (brama-1 in each); a random part
+        # keeps local event ids unique across the machines of a fleet and restarts.
+        self._id_prefix = f"{context.name}-{uuid.uuid4().hex[:12]}:"
         # Last: the event manager starts running at once and reads the fields above.
         self.ref: ActorRef[EventManager] = EventManager.start(context.pool, self)
         self._inbox = self.ref.actor_inbox

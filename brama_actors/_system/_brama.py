@@ -247,7 +247,10 @@ class Brama(Facade):
             server.close()
         self._delivery.release_paced()
         context.scheduler.stop(timeout)
-        self._authority.close()
+        try:
+            self._authority.close()
+        except Exception:  # e.g. a fleet's Redis answering errors: stop the rest anyway
+            logger.exception("closing the authority of %s failed", context.name)
         futures = [self._supervisor.stop(block=False), self._delivery.stop()]
         for future in futures:
             try:

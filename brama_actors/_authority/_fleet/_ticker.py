@@ -132,5 +132,5 @@ class Ticker:
             try:
                 link.run("lease", "", {"me": self._me, "drop": True},
                          keys=[link.ticker, *link.keys("")[1:]])
-            except NodeUnavailable:
+            except Exception:  # unreachable, or an error reply: the lease expires anyway
                 pass
