@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from brama_actors._errors import CircuitOpenError
     from brama_actors._rules import Close, Failure, Open, Reset, Success
 
-__all__ = ["ALL_SCOPES", "Admission", "Authority", "Registration", "View"]
+__all__ = ["ALL_SCOPES", "Admission", "Authority", "LocalDelivery", "Registration", "View"]
 
 #: ``statuses(scope=ALL_SCOPES)``: every connection, whatever its scope.
 ALL_SCOPES: Any = object()
@@ -168,3 +168,22 @@ class Authority(Protocol):
 
     def drain(self, timeout: float) -> None:
         """Return once every event of earlier calls was handed to its target."""
+
+
+class LocalDelivery:
+    """Subscriptions of an authority whose events this system's own delivery layer
+    hands out (the local and the fleet authority; a node's client asks its node)."""
+
+    delivery: Any  # brama_actors._delivery.Delivery
+
+    def subscribe(self, subscription: Subscription) -> None:
+        self.delivery.subscribe(subscription)
+
+    def unsubscribe(self, subscription: Subscription) -> bool:
+        unsubscribed: bool = self.delivery.unsubscribe(subscription)
+        return unsubscribed
+
+    def unsubscribe_where(self, owner: tuple[str, Any] | None,
+                          filters: dict[str, Any]) -> int:
+        removed: int = self.delivery.unsubscribe_where(owner, filters)
+        return removed

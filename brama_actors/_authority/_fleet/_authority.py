@@ -24,12 +24,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 from pykka import ActorRef
 
 from brama_actors import _rules as rules
-from brama_actors._authority import ALL_SCOPES, Admission, Registration
+from brama_actors._authority import ALL_SCOPES, Admission, LocalDelivery, Registration
 from brama_actors._authority._fleet._codec import (
     decode_events,
     decode_status,
@@ -67,9 +67,6 @@ from brama_actors._runtime._context import Context
 from brama_actors._runtime._supervisor import sync_with
 from brama_actors._status import CircuitState, ConnectionStatus
 
-if TYPE_CHECKING:
-    from brama_actors._delivery._subscription import Subscription
-
 __all__ = ["DEFAULT_LEASE_MS", "FleetAuthority", "refuse_rate_rules"]
 
 logger = logging.getLogger("brama_actors")
@@ -79,7 +76,7 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 DEFAULT_LEASE_MS = 30_000
 
 
-class FleetAuthority:
+class FleetAuthority(LocalDelivery):
     """Circuits decided in Redis, read from this system's replica.
 
     Args:
@@ -530,17 +527,7 @@ class FleetAuthority:
     def count(self, key: Key, what: str) -> None:
         self.replica.tally(key, what)
 
-    # -- events --------------------------------------------------------------------------
-    def subscribe(self, subscription: Subscription) -> None:
-        self.delivery.subscribe(subscription)
-
-    def unsubscribe(self, subscription: Subscription) -> bool:
-        return self.delivery.unsubscribe(subscription)
-
-    def unsubscribe_where(self, owner: tuple[str, Any] | None,
-                          filters: dict[str, Any]) -> int:
-        return self.delivery.unsubscribe_where(owner, filters)
-
+    # -- events: LocalDelivery ----------------------------------------------------------
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:

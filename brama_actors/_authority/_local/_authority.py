@@ -12,13 +12,13 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 from pykka import ActorDeadError, ActorRef
 
 from brama_actors import _rules as rules
-from brama_actors._authority import ALL_SCOPES, Admission, Registration
+from brama_actors._authority import ALL_SCOPES, Admission, LocalDelivery, Registration
 from brama_actors._authority._local._actor import (
     GET_STATUS,
     PING,
@@ -39,9 +39,6 @@ from brama_actors._runtime._crash import RESTARTED, ArmCrash
 from brama_actors._runtime._pool import reject
 from brama_actors._runtime._supervisor import Crashed, sync_with
 from brama_actors._status import CircuitState, ConnectionStatus
-
-if TYPE_CHECKING:
-    from brama_actors._delivery._subscription import Subscription
 
 __all__ = ["LocalAuthority"]
 
@@ -64,7 +61,7 @@ class _StoppedCells(dict[Key, Cell]):
 _STOPPED = _StoppedCells()
 
 
-class LocalAuthority:
+class LocalAuthority(LocalDelivery):
     """Circuits owned by connection actors on this system's pool.
 
     Args:
@@ -311,17 +308,7 @@ class LocalAuthority:
                 if cell.trial_period == admission.token and cell.trials > 0:
                     cell.trials -= 1
 
-    # -- events --------------------------------------------------------------------------
-    def subscribe(self, subscription: Subscription) -> None:
-        self.delivery.subscribe(subscription)
-
-    def unsubscribe(self, subscription: Subscription) -> bool:
-        return self.delivery.unsubscribe(subscription)
-
-    def unsubscribe_where(self, owner: tuple[str, Any] | None,
-                          filters: dict[str, Any]) -> int:
-        return self.delivery.unsubscribe_where(owner, filters)
-
+    # -- events: LocalDelivery ----------------------------------------------------------
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         futures = [
