@@ -19,15 +19,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from brama_actors._errors import SystemStopped
 from brama_actors._keys import Key
 from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
+    from pykka import ActorRef
+
     from brama_actors._delivery._subscription import Subscription
     from brama_actors._errors import CircuitOpenError
     from brama_actors._rules import Close, Failure, Open, Reset, Success
+    from brama_actors._runtime._context import Context
 
-__all__ = ["ALL_SCOPES", "Admission", "Authority", "LocalDelivery", "Registration", "View"]
+__all__ = ["ALL_SCOPES", "Admission", "Authority", "InProcess", "Registration", "View"]
 
 #: ``statuses(scope=ALL_SCOPES)``: every connection, whatever its scope.
 ALL_SCOPES: Any = object()
@@ -170,11 +174,30 @@ class Authority(Protocol):
         """Return once every event of earlier calls was handed to its target."""
 
 
-class LocalDelivery:
-    """Subscriptions of an authority whose events this system's own delivery layer
-    hands out (the local and the fleet authority; a node's client asks its node)."""
+class InProcess:
+    """What the authorities running in this process share (the local and the fleet
+    one; a node's client reaches its node instead): subscriptions handed to this
+    system's own delivery layer, and syncing with this system's supervisor."""
 
     delivery: Any  # brama_actors._delivery.Delivery
+    context: Context
+    _supervisor: ActorRef[Any]  # the system's Supervisor
+
+    def sync_supervisor(self) -> None:
+        """Wait until the supervisor processed earlier messages (crash reports).
+
+        Raises:
+            SystemStopped: the system stopped.
+            TimeoutError: no answer within ``ASK_TIMEOUT``.
+        """
+        from brama_actors._delivery._hub import ASK_TIMEOUT
+        from brama_actors._runtime._supervisor import sync_with
+
+        sync_with(self._supervisor, self.context, ASK_TIMEOUT)
+
+    def _check_running(self) -> None:
+        if self.context.stopping:
+            raise SystemStopped("this Brama system is stopped")
 
     def subscribe(self, subscription: Subscription) -> None:
         self.delivery.subscribe(subscription)

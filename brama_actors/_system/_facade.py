@@ -178,7 +178,8 @@ class Facade(Guardable):
         Raises:
             TypeError: ``duration`` not a number; ValueError: negative, NaN or infinite.
         """
-        duration = check_duration(duration)
+        if duration is not None:
+            duration = check_duration(duration)
         key = self._key(identifier, scope)
         self._authority.report(key, rules.Failure(reason, check_metadata(metadata),
                                                   duration=duration))

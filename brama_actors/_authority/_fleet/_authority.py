@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 from pykka import ActorRef
 
 from brama_actors import _rules as rules
-from brama_actors._authority import ALL_SCOPES, Admission, LocalDelivery, Registration
+from brama_actors._authority import ALL_SCOPES, Admission, InProcess, Registration
 from brama_actors._authority._fleet._codec import (
     decode_events,
     decode_status,
@@ -53,18 +53,16 @@ from brama_actors._authority._fleet._unreachable import (
 )
 from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
 from brama_actors._delivery import _telemetry
-from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery
+from brama_actors._delivery._hub import Delivery
 from brama_actors._errors import (
     AlreadyRegistered,
     CircuitOpenError,
     NodeUnavailable,
-    SystemStopped,
 )
 from brama_actors._events import EventType
 from brama_actors._keys import Key, describe_key, not_found, split_key
 from brama_actors._runtime import _nowait
 from brama_actors._runtime._context import Context
-from brama_actors._runtime._supervisor import sync_with
 from brama_actors._status import CircuitState, ConnectionStatus
 
 __all__ = ["DEFAULT_LEASE_MS", "FleetAuthority", "refuse_rate_rules"]
@@ -76,7 +74,7 @@ _HALF_OPEN = CircuitState.HALF_OPEN
 DEFAULT_LEASE_MS = 30_000
 
 
-class FleetAuthority(LocalDelivery):
+class FleetAuthority(InProcess):
     """Circuits decided in Redis, read from this system's replica.
 
     Args:
@@ -527,7 +525,7 @@ class FleetAuthority(LocalDelivery):
     def count(self, key: Key, what: str) -> None:
         self.replica.tally(key, what)
 
-    # -- events: LocalDelivery ----------------------------------------------------------
+    # -- events: InProcess ----------------------------------------------------------
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
@@ -556,19 +554,6 @@ class FleetAuthority(LocalDelivery):
             self.tail.wait_for(stream_id(last), timeout)
 
     # -- lifecycle -----------------------------------------------------------------------
-    def sync_supervisor(self) -> None:
-        """Wait until the supervisor processed earlier messages (crash reports).
-
-        Raises:
-            SystemStopped: the system stopped.
-            TimeoutError: no answer within ``ASK_TIMEOUT``.
-        """
-        sync_with(self._supervisor, self.context, ASK_TIMEOUT)
-
-    def _check_running(self) -> None:
-        if self.context.stopping:
-            raise SystemStopped("this Brama system is stopped")
-
     def mark_stopped(self) -> None:
         """Refuse calls from now on."""
         self.context.stopping = True

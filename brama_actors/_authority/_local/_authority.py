@@ -18,7 +18,7 @@ import pykka
 from pykka import ActorDeadError, ActorRef
 
 from brama_actors import _rules as rules
-from brama_actors._authority import ALL_SCOPES, Admission, LocalDelivery, Registration
+from brama_actors._authority import ALL_SCOPES, Admission, InProcess, Registration
 from brama_actors._authority._local._actor import (
     GET_STATUS,
     PING,
@@ -37,7 +37,7 @@ from brama_actors._runtime import BUSY, Timer, _nowait
 from brama_actors._runtime._context import Context
 from brama_actors._runtime._crash import RESTARTED, ArmCrash
 from brama_actors._runtime._pool import reject
-from brama_actors._runtime._supervisor import Crashed, sync_with
+from brama_actors._runtime._supervisor import Crashed
 from brama_actors._status import CircuitState, ConnectionStatus
 
 __all__ = ["LocalAuthority"]
@@ -61,7 +61,7 @@ class _StoppedCells(dict[Key, Cell]):
 _STOPPED = _StoppedCells()
 
 
-class LocalAuthority(LocalDelivery):
+class LocalAuthority(InProcess):
     """Circuits owned by connection actors on this system's pool.
 
     Args:
@@ -308,7 +308,7 @@ class LocalAuthority(LocalDelivery):
                 if cell.trial_period == admission.token and cell.trials > 0:
                     cell.trials -= 1
 
-    # -- events: LocalDelivery ----------------------------------------------------------
+    # -- events: InProcess ----------------------------------------------------------
     def drain(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         futures = [
@@ -360,19 +360,6 @@ class LocalAuthority(LocalDelivery):
         self._check_running()
         raise BramaError(f"connection {describe_key(key)} crashed {attempts} times "
                          "handling this call")
-
-    def sync_supervisor(self) -> None:
-        """Wait until the supervisor processed earlier messages (crash reports).
-
-        Raises:
-            SystemStopped: the system stopped.
-            TimeoutError: no answer within ``ASK_TIMEOUT``.
-        """
-        sync_with(self._supervisor, self.context, ASK_TIMEOUT)
-
-    def _check_running(self) -> None:
-        if self.context.stopping:
-            raise SystemStopped("this Brama system is stopped")
 
     # -- what connection actors ask of their authority ---------------------------------
     def schedule_expiry(self, key: Key, deadline: int, opened_at: int) -> Timer:
