@@ -34,11 +34,14 @@ __all__ = [
     "Success",
     "Transition",
     "apply",
+    "counts_only",
     "deadline",
+    "failure_event",
     "initial_status",
     "opening_expiry",
     "registration_events",
     "retry_after",
+    "with_failures",
 ]
 
 CLOSED = CircuitState.CLOSED
@@ -237,6 +240,33 @@ def removal_events(status: ConnectionStatus, inactive: bool) -> tuple[EventSpec,
         first = (EventType.CONNECTION_UNREGISTERED, dict(base))
         reason = "unregistered"
     return (first, (EventType.CONNECTION_REMOVED, {**base, "reason": reason}))
+
+
+def counts_only(status: ConnectionStatus, settings: Settings, pending: int) -> bool:
+    """True when a failure reported after ``pending`` failures not yet in ``status``
+    changes nothing but the failure counters (``with_failures``).
+
+    That is a closed circuit without a rate window, still below ``max_attempts`` after
+    it: no state changes, no window records it, its one event is ``failure_event``.
+    Why it is a rule of its own: such failures are the busy path of an outage, and the
+    local authority counts them in the reporting thread instead of building a status
+    per failure (``LocalAuthority.report``).
+    """
+    return (status.state is CLOSED and not settings.windowed
+            and status.failure_count + pending + 1 < settings.max_attempts)
+
+
+def with_failures(status: ConnectionStatus, count: int, last: int) -> ConnectionStatus:
+    """``status`` after ``count`` failures that only count (the last at ``last``)."""
+    return evolve(status, failure_count=status.failure_count + count,
+                  last_failure_time=last, total_failures=status.total_failures + count)
+
+
+def failure_event(state: CircuitState, failure_count: int, reason: Any,
+                  **extra: Any) -> EventSpec:
+    """The ``failure`` event of a failure that left the circuit in ``state``."""
+    return (EventType.FAILURE,
+            {"state": state, "failure_count": failure_count, "reason": reason, **extra})
 
 
 def _state_change(
@@ -454,12 +484,13 @@ def _decide(status: ConnectionStatus, settings: Settings, op: Input, now: int,
         if reason is not None:
             new = _open(status, settings, now, None, state_changed_at=now, **counters)
             return Transition(new, (
-                _simple(EventType.FAILURE, new, reason=op.reason, **extra),
+                failure_event(new.state, new.failure_count, op.reason, **extra),
                 _opened(new, reason, rates),
                 _state_change(state, new, reason),
             ))
-        new = evolve(status, **counters)
-        return Transition(new, (_simple(EventType.FAILURE, new, reason=op.reason, **extra),))
+        new = with_failures(status, 1, now)
+        return Transition(new, (failure_event(new.state, new.failure_count, op.reason,
+                                              **extra),))
 
     if type(op) is Expire:
         if status.opened_at != op.opened_at or state is CLOSED:

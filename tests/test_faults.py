@@ -261,6 +261,36 @@ def test_call_survives_repeated_crashes_of_its_message(
     assert tough.status("db").failure_count == 1
 
 
+def test_counted_failures_survive_a_crash(
+        tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures counted in the cell (no actor message) are folded in by the restarted
+    actor when the next message crashes the one that would have folded them."""
+    from brama_actors._authority._local._actor import Apply, ConnectionActor
+
+    tough.register("db", max_attempts=100)
+    tough.failure("db")
+    tough.failure("db")
+    tough.failure("db")
+    assert tough._authority.cells["db"].failures is not None
+    original = ConnectionActor._handle
+    left = [1]
+
+    def crashing(self: ConnectionActor, message: Any) -> Any:
+        if type(message) is Apply and left[0]:
+            left[0] -= 1
+            raise RuntimeError("crash before folding")
+        return original(self, message)
+
+    monkeypatch.setattr(ConnectionActor, "_handle", crashing)
+    sub = tough.subscribe(events=["circuit_opened"], connection="db")
+    tough.open_circuit("db")
+    assert restarts.exactly(tough, 1) == 1
+    status = tough.status("db")
+    assert (status.state, status.failure_count, status.total_failures) == ("open", 3, 3)
+    tough.drain()
+    assert [e.data["failure_count"] for e in collect(sub)] == [3]
+
+
 def test_crash_after_publishing_applies_a_report_once(
         tough: Brama, restarts: Restarts, monkeypatch: pytest.MonkeyPatch) -> None:
     """A crash between publishing a status and emitting its events neither repeats nor loses it."""

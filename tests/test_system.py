@@ -617,6 +617,87 @@ def test_success_after_failure_resets_count_from_any_thread(system: Brama) -> No
     assert system.available("db")
 
 
+def test_failures_that_only_count_need_no_actor_message(
+        system: Brama, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures below max_attempts on a closed circuit are counted by the reporting
+    thread; readers see them at once, the actor folds them in before its next message,
+    and the failure that reaches max_attempts still opens the circuit."""
+    from brama_actors._authority._local._actor import ConnectionActor
+
+    system.register("db", max_attempts=5)
+    system.failure("db")  # the first message starts the (lazily started) actor
+    handled: list[object] = []
+    original = ConnectionActor._handle
+
+    def spy(self: ConnectionActor, message: Any) -> Any:
+        handled.append(message)
+        return original(self, message)
+
+    monkeypatch.setattr(ConnectionActor, "_handle", spy)
+    clock.advance(5)
+    system.failure("db")
+    clock.advance(5)
+    system.failure("db")
+    assert handled == []
+    cell = system._authority.cells["db"]
+    assert cell.failures == (2, T0 + 10)
+    status = system.status("db")
+    assert (status.failure_count, status.total_failures) == (3, 3)
+    assert status.last_failure_time == T0 + 10
+    assert system.connections()[0].failure_count == 3
+    system.failure("db")
+    assert handled == []
+    sub = system.subscribe(events=["failure", "circuit_opened"], connection="db")
+    system.failure("db")  # the fifth: the actor applies it after folding the count in
+    assert len(handled) == 1 and cell.failures is None
+    assert not system.available("db")
+    system.drain()
+    assert [(e.event, e.data["failure_count"]) for e in collect(sub)] == [
+        ("failure", 5), ("circuit_opened", 5)]
+    assert system.status("db").total_failures == 5
+
+
+def test_counted_failures_keep_their_events_in_order(system: Brama) -> None:
+    """Failures from many threads, counted in place or applied by the actor when it is
+    busy, emit one failure event each, in the order their counts were taken."""
+    system.register("db", max_attempts=10**9)
+    sub = system.subscribe(events=["failure"], connection="db", max_pending=10_000)
+    system.failure("db")
+    per_thread, threads = 500, 4
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait(10)
+        for _ in range(per_thread):
+            system.failure("db")
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    system.drain()
+    counts = [event.data["failure_count"] for event in collect(sub)]
+    total = 1 + per_thread * threads
+    assert counts == list(range(1, total + 1))
+    assert system.status("db").failure_count == total
+
+
+def test_counted_failures_count_as_activity(clock: ManualClock) -> None:
+    """The cleanup sweep sees failures counted in place as activity."""
+    brama = Brama.start(clock=clock, cleanup_interval=1000, inactive_threshold=1500)
+    try:
+        brama.register("db")
+        brama.failure("db")
+        clock.advance(1000)
+        brama.failure("db")  # counted in place
+        assert brama._authority.cells["db"].failures is not None
+        clock.advance(1000)
+        assert [s.identifier for s in brama.connections()] == ["db"]
+    finally:
+        brama.stop()
+
+
 def test_events_nobody_wants_are_not_built(system: Brama) -> None:
     """With no subscription the event manager receives nothing; with one, only its kinds."""
     system.configure(log_transitions=False)  # the transition log subscribes to state_change

@@ -194,11 +194,9 @@ class _PooledInbox:
         that arrive meanwhile are queued and handed to the pool afterwards.
         The result or exception is the one ``ask`` would give.
         """
-        actor = self._actor
-        with self._lock:
-            if self._scheduled or self._closed or not self._started or actor is None:
-                return BUSY
-            self._scheduled = True
+        actor = self.claim()
+        if actor is None:
+            return BUSY
         previous = getattr(_local, "actor", None)
         _local.actor = actor.actor_ref
         try:
@@ -206,17 +204,35 @@ class _PooledInbox:
         finally:
             _yield(actor)
             _local.actor = previous
-            if actor.actor_stopped.is_set():
-                self._teardown(actor)
-            else:
-                with self._lock:
-                    if not self._items:
-                        self._scheduled = False
-                        pool = None
-                    else:
-                        pool = self._pool
-                if pool is not None:
-                    pool.submit(self)
+            self.release(actor)
+
+    def claim(self) -> PooledActor | None:
+        """Take the idle actor for the calling thread (None if it is busy or not ready).
+
+        While claimed, neither a worker nor another caller runs the actor, so the caller
+        may change what only the actor changes (``call`` runs a message; the local
+        authority counts a failure in the connection's cell without one). Always
+        followed by ``release``.
+        """
+        actor = self._actor
+        with self._lock:
+            if self._scheduled or self._closed or not self._started or actor is None:
+                return None
+            self._scheduled = True
+        return actor
+
+    def release(self, actor: PooledActor) -> None:
+        """Give a claimed actor back: to the pool if messages arrived meanwhile."""
+        if actor.actor_stopped.is_set():
+            self._teardown(actor)
+            return
+        with self._lock:
+            if not self._items:
+                self._scheduled = False
+                return
+            pool = self._pool
+        if pool is not None:
+            pool.submit(self)
 
     def run(self) -> None:
         actor = self._actor

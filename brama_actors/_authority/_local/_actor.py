@@ -133,6 +133,9 @@ class ConnectionActor(PooledActor):
         if cell.quiet_count or cell.quiet_marks:
             cell.fold_quiet(self._clock)
             self._status = cell.status
+        if cell.failures is not None:
+            cell.fold_failures()
+            self._status = cell.status
         kind = type(message)
         if kind is Apply:
             self._apply(message.op)

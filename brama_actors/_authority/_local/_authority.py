@@ -32,6 +32,7 @@ from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_setti
 from brama_actors._delivery import _telemetry
 from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery, wait_all
 from brama_actors._errors import AlreadyRegistered, BramaError, CircuitOpenError, SystemStopped
+from brama_actors._events import EventType
 from brama_actors._keys import Key, describe_key, not_found, split_key
 from brama_actors._runtime import BUSY, Timer, _nowait
 from brama_actors._runtime._context import Context
@@ -45,6 +46,7 @@ __all__ = ["LocalAuthority"]
 logger = logging.getLogger("brama_actors")
 
 _HALF_OPEN = CircuitState.HALF_OPEN
+_FAILURE = EventType.FAILURE
 _SUCCESS = rules.Success()
 
 
@@ -150,7 +152,54 @@ class LocalAuthority(InProcess):
                                         at=self.context.clock.now())
                 self._call(key, Apply(stamped), block=False)
             return
+        assert type(outcome) is rules.Failure
+        if outcome.metadata is None and outcome.trial is None and self._count_failure(
+                key, outcome.reason):
+            return
         self._call(key, Apply(outcome))
+
+    def _count_failure(self, key: Key, reason: Any) -> bool:
+        """Count a failure that only counts (``rules.counts_only``) in its cell.
+
+        Why: during an outage every caller reports failures until the circuit opens,
+        and most of those failures change nothing but three counters. The reporting
+        thread claims the idle actor (so one change at a time and per-connection order
+        still hold), adds the failure to ``Cell.failures`` and emits its ``failure``
+        event if somebody wants it: no actor message, no new status (the actor folds
+        the count in before its next message; readers merge it). Returns False, having
+        done nothing, when the rule does not hold or the actor is busy: the caller
+        sends the failure to the actor then.
+        """
+        cell = self.views.get(key)
+        if cell is None or cell.crashes_armed:
+            return False
+        inbox = cell.inbox
+        if inbox is None:
+            return False
+        delivery = self.delivery
+        identifier, scope = split_key(key)
+        wanted = bool(_telemetry.HANDLERS) or delivery.interest.wants(
+            _FAILURE, identifier, scope)
+        if wanted:
+            delivery.pace()
+        actor = inbox.claim()
+        if actor is None:
+            return False
+        try:
+            failures = cell.failures
+            pending = 0 if failures is None else failures[0]
+            status = cell.status
+            if not rules.counts_only(status, cell.settings, pending):
+                return False
+            now = self.context.clock.now()
+            cell.failures = (pending + 1, now)
+            cell.quiet = False
+            if wanted:
+                delivery.emit(identifier, scope, (rules.failure_event(
+                    status.state, status.failure_count + pending + 1, reason),), now)
+        finally:
+            inbox.release(actor)
+        return True
 
     def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
         """A success without metadata (a guarded call's, or ``success()``'s).
@@ -271,8 +320,11 @@ class LocalAuthority(InProcess):
                 else:
                     self.record_success(key, admission.view, duration)
             elif kind == "failure":
-                trial = admission.token if admission.trial else None
-                self._call(key, Apply(rules.Failure(reason, trial=trial, duration=duration)))
+                if admission.trial:
+                    self._call(key, Apply(rules.Failure(reason, trial=admission.token,
+                                                        duration=duration)))
+                elif not self._count_failure(key, reason):
+                    self._call(key, Apply(rules.Failure(reason, duration=duration)))
             elif kind == "ignore" and admission.view is not None:
                 admission.view.count("ignored")
         except _nowait.WouldBlock:

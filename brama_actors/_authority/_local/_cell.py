@@ -52,6 +52,12 @@ class Cell:
     window needs. Moving marks then also bins them by the window's buckets
     (``quiet_runs``), so the count of marks waiting stays bounded.
 
+    Counted failures: a failure that only counts (``rules.counts_only``: closed, no
+    rate window, below ``max_attempts``) is added to ``failures`` by the reporting
+    thread while it holds the idle actor (``_PooledInbox.claim``), with its event
+    emitted there; the actor folds them in like quiet successes. Such a failure makes
+    the cell not quiet, so the next success goes to the actor and resets the count.
+
     ``lock`` also guards ``trials``, the half-open permits guards hold right now, and
     the counters of refused calls and ignored outcomes (``rejected``, ``ignored``),
     counted here by the calling threads, never by the actor.
@@ -76,6 +82,10 @@ class Cell:
     quiet_count: int = 0  # marks moved out of quiet_marks, not folded yet, under lock
     # For a time window: [ms, count] per bucket of the marks in quiet_count, under lock.
     quiet_runs: list[list[int]] = field(default_factory=list)
+    # Failures that only count (``rules.counts_only``), not in ``status`` yet: (how many,
+    # ms of the last). Written by a reporting thread that claimed the idle actor,
+    # replaced whole; the actor folds it in (under lock) before its next message.
+    failures: tuple[int, int] | None = None
     rejected: int = 0  # guarded calls refused, under lock
     ignored: int = 0  # outcomes recorded as nothing, under lock
     quiet_raw: float = 0.0  # clock.raw() of the latest quiet success
@@ -190,23 +200,37 @@ class Cell:
                                                               clock.now()))
             self.status = status
 
+    def fold_failures(self) -> None:
+        """Fold the counted failures into ``status`` (only the owning actor calls it)."""
+        with self.lock:
+            failures = self.failures
+            if failures is not None:
+                self.status = rules.with_failures(self.status, *failures)
+                self.failures = None
+
     def last_activity(self, clock: Clock) -> int:
-        """The latest activity, quiet successes included (ms since the epoch)."""
+        """The latest activity, quiet successes and counted failures included (ms since
+        the epoch)."""
         raw = max(self.quiet_raw, self.quiet_last)
         quiet = clock.from_raw(raw) if raw else 0
-        return max(self.status.last_activity, quiet)
+        failures = self.failures
+        failed = failures[1] if failures is not None else 0
+        return max(self.status.last_activity, quiet, failed)
 
     def current_status(self, clock: Clock) -> ConnectionStatus:
         """The published status with what the actor has not folded in yet merged in:
-        quiet successes, the counters of refusals and ignored outcomes, and a time
-        window's figures as of now."""
+        counted failures, quiet successes, the counters of refusals and ignored outcomes,
+        and a time window's figures as of now."""
         with self.lock:
             status = self.status
+            failures = self.failures
             marks = list(self.quiet_marks)
             count = self.quiet_count + len(marks)
             runs = [(run[0], run[1]) for run in self.quiet_runs]
             raw = self.quiet_raw
             rejected, ignored = self.rejected, self.ignored
+        if failures is not None:
+            status = rules.with_failures(status, *failures)
         if rejected or ignored:
             status = evolve(status, total_rejections=rejected, total_ignored=ignored)
         window = self.window
