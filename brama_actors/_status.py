@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from brama_actors._frozen import make_evolve
+
 __all__ = ["CircuitState", "ConnectionStatus", "ExpiryStrategy", "FleetStatus", "evolve",
            "freeze_mapping"]
 
@@ -144,34 +146,8 @@ class FleetStatus:
     namespace: str
 
 
-def _make_evolve() -> Callable[..., ConnectionStatus]:
-    """Build ``evolve``: a copy of a status with some fields changed, without ``__init__``.
-
-    Why: every failure builds the next status, and ``dataclasses.replace`` (which collects
-    every field into keyword arguments, then runs the frozen ``__init__`` that sets each
-    through ``object.__setattr__``) was ~40% of ``failure()``. Here the slots are written
-    through their descriptors by code generated once for the fields, as ``dataclasses``
-    itself generates ``__init__``: ~2.5x faster. ``tests/test_status.py`` checks it
-    against ``dataclasses.replace`` for every field.
-    """
-    keep = object()
-    params = ", ".join(f"{name}=_KEEP" for name in _FIELDS)
-    lines = [f"def evolve(old, *, {params}):", "    new = _new(_Status)"]
-    lines += [f"    _set_{name}(new, old.{name} if {name} is _KEEP else {name})"
-              for name in _FIELDS]
-    lines.append("    return new")
-    namespace: dict[str, Any] = {"_KEEP": keep, "_new": object.__new__,
-                                 "_Status": ConnectionStatus}
-    namespace.update({f"_set_{name}": getattr(ConnectionStatus, name).__set__
-                      for name in _FIELDS})
-    exec("\n".join(lines), namespace)
-    function: Callable[..., ConnectionStatus] = namespace["evolve"]
-    function.__doc__ = "A copy of ``old`` with the given fields changed (no validation)."
-    return function
-
-
-#: ``evolve(status, **changes)``: ``dataclasses.replace`` without its cost.
-evolve = _make_evolve()
+#: ``evolve(status, **changes)``: ``dataclasses.replace`` without its cost (``_frozen``).
+evolve: Callable[..., ConnectionStatus] = make_evolve(ConnectionStatus)
 
 
 def _rebuild_status(*values: Any) -> ConnectionStatus:

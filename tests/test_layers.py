@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "brama_actors"
 
 #: Lowest first. A module belongs to the first layer with a matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("values", ("_errors", "_events", "_status", "_config", "_keys", "_durations")),
+    ("values", ("_frozen", "_errors", "_events", "_status", "_config", "_keys", "_durations")),
     ("rules", ("_rules", "_window")),
     ("runtime", ("_runtime",)),
     ("delivery", ("_delivery", "telemetry")),

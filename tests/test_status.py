@@ -58,3 +58,21 @@ def test_evolve_result_is_frozen_and_unknown_fields_are_refused() -> None:
         new.failure_count = 1  # type: ignore[misc]
     with pytest.raises(TypeError):
         evolve(BASE, failures=1)
+
+
+def test_make_constructor_equals_the_dataclass_init() -> None:
+    """The generated constructor (used for every reported event) builds what __init__
+    builds, with every slot set."""
+    from types import MappingProxyType
+
+    from brama_actors import Event, EventType
+    from brama_actors._frozen import make_constructor
+
+    new_event = make_constructor(Event)
+    data = MappingProxyType({"state": "closed", "failure_count": 1})
+    args = (EventType.FAILURE, 5, "db", "eu", data, "x:1")
+    built = new_event(*args)
+    assert built == Event(*args)
+    assert type(built) is Event
+    with pytest.raises(AttributeError):
+        built.timestamp = 6  # type: ignore[misc]

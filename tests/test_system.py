@@ -702,14 +702,14 @@ def test_events_nobody_wants_are_not_built(system: Brama) -> None:
     """With no subscription the event manager receives nothing; with one, only its kinds."""
     system.configure(log_transitions=False)  # the transition log subscribes to state_change
     published: list[int] = []
-    em = system._delivery.ref
-    original = em.tell
+    hub = system._delivery
+    original = hub.publish
 
-    def spy(message: object) -> None:
-        published.append(len(getattr(message, "events", ())))
-        original(message)
+    def spy(events: tuple[object, ...]) -> None:
+        published.append(len(events))
+        original(events)  # type: ignore[arg-type]
 
-    em.tell = spy  # type: ignore[method-assign]
+    hub.publish = spy  # type: ignore[method-assign]
     system.register("db", max_attempts=1)
     system.failure("db")
     assert published == []

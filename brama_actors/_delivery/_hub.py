@@ -24,10 +24,10 @@ from pykka import ActorDeadError, ActorRef
 from brama_actors._delivery import _telemetry
 from brama_actors._delivery._interest import Interest
 from brama_actors._delivery._manager import (
+    DRAIN,
     EventManager,
     Flush,
     FlushBatch,
-    Publish,
     Subscribe,
     Unsubscribe,
     UnsubscribeWhere,
@@ -37,6 +37,7 @@ from brama_actors._delivery._subscription import Subscription
 from brama_actors._delivery._transition_log import TransitionLog
 from brama_actors._errors import BramaError, SystemStopped
 from brama_actors._events import Event, EventType
+from brama_actors._frozen import make_constructor
 from brama_actors._runtime import Timer, _nowait, current_actor
 from brama_actors._runtime._context import Context
 from brama_actors._runtime._crash import RESTARTED, ArmCrash
@@ -44,6 +45,9 @@ from brama_actors._runtime._crash import RESTARTED, ArmCrash
 __all__ = ["ASK_TIMEOUT", "EM_HIGH_WATER", "EM_LOW_WATER", "EM_WAIT", "Delivery", "wait_all"]
 
 logger = logging.getLogger("brama_actors")
+
+# Every reported event is built here: without __init__'s per-field cost (``_frozen``).
+_new_event = make_constructor(Event)
 
 #: Seconds any internal ask waits before giving up; generous, since actors never block.
 ASK_TIMEOUT = 10.0
@@ -94,6 +98,13 @@ class Delivery:
         # The system's name repeats across processes (brama-1 in each); a random part
         # keeps local event ids unique across the machines of a fleet and restarts.
         self._id_prefix = f"{context.name}-{uuid.uuid4().hex[:12]}:"
+        # Event groups waiting for the manager, which takes them all at once (``take``);
+        # ``_signalled``: a Drain is on its way. Why: a message per report cost the
+        # reporter a tell and the manager a turn of its loop for each event; now a
+        # report appends under a lock, and one Drain carries what queued meanwhile.
+        self._queued: list[tuple[Event, ...]] = []
+        self._queued_lock = threading.Lock()
+        self._signalled = False
         # Last: the event manager starts running at once and reads the fields above.
         self.ref: ActorRef[EventManager] = EventManager.start(context.pool, self)
         self._inbox = self.ref.actor_inbox
@@ -110,19 +121,40 @@ class Delivery:
             if not wanted:
                 return  # nobody listens: build nothing, send nothing
         ids, prefix = self._event_ids, self._id_prefix
-        self.publish(tuple(
-            Event(kind, now, identifier, scope, MappingProxyType(data), f"{prefix}{next(ids)}")
+        self.publish(tuple([
+            _new_event(kind, now, identifier, scope, MappingProxyType(data),
+                       f"{prefix}{next(ids)}")
             for kind, data in wanted
-        ))
+        ]))
 
     def publish(self, events: tuple[Event, ...]) -> None:
-        """Hand built events to the event manager (it recovers from crashes in place)."""
+        """Hand built events to the event manager (it recovers from crashes in place).
+
+        Called in per-connection order (by the connection's actor, or a reporter holding
+        it), so appending to one queue keeps each connection's events in order.
+        """
+        with self._queued_lock:
+            self._queued.append(events)
+            if self._signalled:
+                return  # the Drain on its way takes these too
+            self._signalled = True
         try:
-            self.ref.tell(Publish(events))
+            self.ref.tell(DRAIN)
         except ActorDeadError:
+            lost = self.take()
             if not self.context.stopping:
                 logger.error("the event manager is gone; %d event(s) not delivered",
-                             len(events))
+                             len(lost))
+
+    def take(self) -> tuple[Event, ...]:
+        """Every event queued for the manager, in order (the manager's Drain calls it)."""
+        with self._queued_lock:
+            groups = self._queued
+            self._queued = []
+            self._signalled = False
+        if len(groups) == 1:
+            return groups[0]
+        return tuple(itertools.chain.from_iterable(groups))
 
     def wants_success(self, identifier: str, scope: str | None) -> bool:
         """True if a ``success`` event of this connection could reach anybody."""
@@ -132,8 +164,8 @@ class Delivery:
 
     # -- back-pressure -------------------------------------------------------------------
     def backlog(self) -> int:
-        """Messages queued for the event manager."""
-        return self._inbox.backlog()  # type: ignore[attr-defined, no-any-return]
+        """Messages and event groups queued for the event manager."""
+        return len(self._queued) + self._inbox.backlog()  # type: ignore[attr-defined, no-any-return]
 
     def pace(self) -> None:
         """Let the event manager catch up if reporters outrun it (called before a report).

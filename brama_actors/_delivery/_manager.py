@@ -60,6 +60,19 @@ class Publish:
     events: tuple[Event, ...]
 
 
+class Drain:
+    """Take the event groups the system queued (``Delivery.take``) and fan them out.
+
+    Reporters queue their events and send one ``Drain`` only when none is on its way:
+    one message per run of the manager, not one per report.
+    """
+
+    __slots__ = ()
+
+
+DRAIN = Drain()
+
+
 @dataclass(frozen=True, slots=True)
 class FlushBatch:
     """A batch timer fired: flush that subscription's batch if it is still the same."""
@@ -111,6 +124,8 @@ class EventManager(PooledActor):
         self._batches: dict[int, _Batch] = {}
         self._tokens = itertools.count(1)
         self._crashes_armed = 0
+        # What the Drain being handled took (redelivered if it crashes), else None.
+        self._taken: tuple[Event, ...] | None = None
         # Targets delivered to quietly in this run, woken once in on_yield.
         self._owed: dict[Target, None] = {}
 
@@ -183,6 +198,11 @@ class EventManager(PooledActor):
 
     def _handle(self, message: Any) -> Any:
         kind = type(message)
+        if kind is Drain:
+            self._taken = events = self._hub.take()
+            self._publish(events)
+            self._taken = None
+            return None
         if kind is Publish:
             self._publish(message.events)
             return None
@@ -201,6 +221,7 @@ class EventManager(PooledActor):
         if kind is UnsubscribeWhere:
             return self._remove_where(message.owner, message.filters)
         if kind is Flush:
+            self._handle(DRAIN)  # queued before the flush was asked for: delivered first
             self.on_yield()
             for sub in list(self._subs.values()):
                 self._flush_batch(sub)
@@ -250,6 +271,11 @@ class EventManager(PooledActor):
         # Unflushed batches hold older events: hand them over first, in order.
         for sub in table:
             self._flush_batch(sub)
+        taken, self._taken = self._taken, None
+        if taken is not None:  # crashed fanning out what a Drain took: as for a Publish
+            message = Publish(taken)
+        elif type(message) is Drain:  # crashed before taking (an injected crash)
+            message = Publish(self._hub.take())
         if type(message) is Publish:
             critical = tuple(e for e in message.events if e.event in CRITICAL_EVENTS)
             if critical:
