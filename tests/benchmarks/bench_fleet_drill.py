@@ -1,0 +1,375 @@
+"""The outage drill: 8 machines call one service that goes down and comes back.
+
+Run from the repository root::
+
+    python tests/benchmarks/bench_fleet_drill.py            # reset timeout 1 s, ~30 s
+    python tests/benchmarks/bench_fleet_drill.py --quick    # reset timeout 0.4 s, ~15 s
+    python tests/benchmarks/bench_fleet_drill.py --markdown docs/benchmarks.md \\
+        --fleet-doc docs/fleet.md --chart docs/bench_fleet_drill.png
+
+Eight processes (multiprocessing ``spawn``) stand for eight machines. Each calls the
+service at 125 calls/s (1,000 calls/s for the fleet in total), one call at a time,
+through its circuit breaker (``fail_max``/``max_attempts`` 5, reset timeout ``R``):
+
+* ``pybreaker``: one ``pybreaker.CircuitBreaker`` per machine (its default, in-memory);
+* ``brama_actors, per machine``: ``Brama.start()`` in each process (no ``fleet=``);
+* ``brama_actors, fleet=``: ``Brama.start(fleet=..., fleet_namespace=...)`` in each
+  process, all on the redis-server of ``tests/redis_server.py``.
+
+The service is a real TCP server in the parent process: each call is one line on a
+machine's persistent connection, answered ``1`` (up) or ``0`` (down, the caller raises).
+The *service* records every call it receives with its own monotonic time, so what
+"reaches the down service" is counted where it lands, not by the callers. Timeline:
+up for a warm-up, down for ``2.5 x R``, then up again for ``1.5 x R``. Figures:
+
+* calls that reached the down service before every machine stopped calling (the window
+  ``[down, down + R)``, before any circuit may probe), and when the last of them came;
+* probes while still down (calls received in ``[down + R, up)``): the total, and the
+  most in any 100 ms (the herd that hits the service at once);
+* recovery: from ``up`` until the service has received a call from every machine;
+* alerts: ``circuit_opened`` deliveries per subscriber (one per machine; pybreaker: a
+  listener's ``state_change`` to open), and the distinct openings (by ``Event.id``; a
+  fleet's opening has the same id on every machine, so a pager deduplicates it).
+
+Not a test; the default suite runs the quick form through ``python -m tests.benchmarks``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import socket
+import socketserver
+import statistics
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.benchmarks.bench_processes import replace_section
+from tests.benchmarks.bench_scale import machine_info
+from tests.redis_server import RedisServer
+
+SECTION_TITLE = "## Fleet outage drill (issue #17)"
+DOC_TITLE = "## Outage drill and figures"
+MACHINES = 8
+TOTAL_RATE = 1_000  # calls/s, all machines together
+FAIL_MAX = 5
+ROWS = ("pybreaker", "brama_actors, per machine", "brama_actors, fleet=")
+
+
+class ServiceDown(Exception):
+    """What a machine's call raises when the service answers ``0``."""
+
+
+# -- the service ---------------------------------------------------------------------------
+class Service(socketserver.ThreadingTCPServer):
+    """A TCP service that records every call it receives: (monotonic s, machine, up)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.up = True
+        self.calls: list[tuple[float, int, bool]] = []
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server_address[:2]
+        return str(host), int(port)
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        service = self.server
+        assert isinstance(service, Service)
+        for line in self.rfile:
+            up = service.up
+            service.calls.append((time.monotonic(), int(line), up))  # list.append: atomic
+            self.wfile.write(b"1\n" if up else b"0\n")
+
+
+# -- a machine -----------------------------------------------------------------------------
+def machine(row: str, index: int, address: tuple[str, int], redis_url: str, namespace: str,
+            reset_s: float, ready: Any, stop: Any, results: Any) -> None:
+    """One machine: call the service at its share of the rate until ``stop`` is set."""
+    sock = socket.create_connection(address)
+    reader = sock.makefile("rb")
+    line = f"{index}\n".encode()
+
+    def call_service() -> None:
+        sock.sendall(line)
+        if reader.readline() != b"1\n":
+            raise ServiceDown("down")
+
+    alerts: list[str] = []
+    if row == "pybreaker":
+        import pybreaker
+
+        class Opened(pybreaker.CircuitBreakerListener):
+            def state_change(self, cb: Any, old: Any, new: Any) -> None:
+                if new.name == pybreaker.STATE_OPEN:
+                    alerts.append(f"{index}:{len(alerts)}")
+
+        breaker = pybreaker.CircuitBreaker(fail_max=FAIL_MAX, reset_timeout=reset_s,
+                                           listeners=[Opened()])
+        refused: tuple[type[BaseException], ...] = (pybreaker.CircuitBreakerError,)
+
+        def guarded() -> None:
+            breaker.call(call_service)
+
+        def finish() -> None:
+            return None
+    else:
+        import brama_actors
+
+        if row == "brama_actors, fleet=":
+            brama = brama_actors.Brama.start(fleet=redis_url, fleet_namespace=namespace)
+        else:
+            brama = brama_actors.Brama.start()
+        brama.register("service", max_attempts=FAIL_MAX, expiry=int(reset_s * 1000))
+        brama.subscribe(events=["circuit_opened"], handler=lambda event: alerts.append(event.id))
+        refused = (brama_actors.CircuitOpenError,)
+
+        def guarded() -> None:
+            with brama.guard("service"):
+                call_service()
+
+        def finish() -> None:
+            brama.drain(2.0)
+            brama.stop()
+    ready.put(index)
+    interval = MACHINES / TOTAL_RATE
+    due = time.monotonic()
+    while not stop.is_set():
+        try:
+            guarded()
+        except (ServiceDown, *refused):
+            pass
+        due += interval
+        pause = due - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        elif pause < -0.05:
+            due = time.monotonic()  # fell behind (a loaded machine): no catch-up burst
+    finish()
+    sock.close()
+    results.put((index, alerts))
+
+
+# -- one row -------------------------------------------------------------------------------
+@dataclass
+class Drill:
+    """What one row of the drill measured."""
+
+    row: str
+    reset_s: float
+    down_at: float = 0.0
+    up_at: float = 0.0
+    calls: list[tuple[float, int, bool]] = field(default_factory=list)
+    alerts: dict[int, list[str]] = field(default_factory=dict)
+
+    def window(self, start: float, end: float) -> list[tuple[float, int, bool]]:
+        return [c for c in self.calls if start <= c[0] < end]
+
+    @property
+    def stop_calls(self) -> list[tuple[float, int, bool]]:
+        return self.window(self.down_at, self.down_at + self.reset_s)
+
+    @property
+    def probes(self) -> list[tuple[float, int, bool]]:
+        return self.window(self.down_at + self.reset_s, self.up_at)
+
+    def most_at_once(self, span: float = 0.1) -> int:
+        times = [c[0] for c in self.probes]
+        best, low = 0, 0
+        for high, t in enumerate(times):
+            while times[low] < t - span:
+                low += 1
+            best = max(best, high - low + 1)
+        return best
+
+    def recovery_ms(self) -> float:
+        firsts: dict[int, float] = {}
+        for t, who, up in self.calls:
+            if t >= self.up_at and up and who not in firsts:
+                firsts[who] = t
+        if len(firsts) < MACHINES:
+            return float("inf")
+        return (max(firsts.values()) - self.up_at) * 1000
+
+    def figures(self) -> dict[str, Any]:
+        stop = self.stop_calls
+        per_sub = [len(a) for a in self.alerts.values()]
+        return {
+            "reached": len(stop),
+            "last_ms": (stop[-1][0] - self.down_at) * 1000 if stop else 0.0,
+            "probes": len(self.probes),
+            "at_once": self.most_at_once(),
+            "recovery_ms": self.recovery_ms(),
+            "alerts_mean": statistics.mean(per_sub) if per_sub else 0.0,
+            "alerts_range": (min(per_sub, default=0), max(per_sub, default=0)),
+            "distinct": len({a for alerts in self.alerts.values() for a in alerts}),
+            "total_calls": len(self.calls),
+        }
+
+
+def run_row(row: str, redis_url: str, reset_s: float, warmup_s: float) -> Drill:
+    """Run the drill for one row: start the machines, take the service down and up."""
+    service = Service()
+    threading.Thread(target=service.serve_forever, daemon=True).start()
+    ctx = multiprocessing.get_context("spawn")
+    ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    namespace = f"drill-{uuid.uuid4().hex[:8]}"
+    procs = [ctx.Process(target=machine, args=(row, i, service.address, redis_url, namespace,
+                                               reset_s, ready, stop, results))
+             for i in range(MACHINES)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=120)
+    drill = Drill(row, reset_s)
+    time.sleep(warmup_s)
+    drill.down_at = time.monotonic()
+    service.up = False
+    time.sleep(2.5 * reset_s)
+    drill.up_at = time.monotonic()
+    service.up = True
+    time.sleep(1.5 * reset_s)
+    stop.set()
+    for _ in procs:
+        index, alerts = results.get(timeout=60)
+        drill.alerts[index] = alerts
+    for p in procs:
+        p.join(30)
+    service.shutdown()
+    service.server_close()
+    drill.calls = sorted(service.calls)
+    return drill
+
+
+# -- report --------------------------------------------------------------------------------
+def table(drills: list[Drill]) -> list[str]:
+    lines = ["| machines' breakers | (a) calls reaching the down service (last at) | "
+             "(b) probes while down: total / most in 100 ms | recovery: every machine "
+             "calling again | (c) `circuit_opened` per subscriber / distinct openings |",
+             "|---|---|---|---|---|"]
+    for d in drills:
+        f = d.figures()
+        low, high = f["alerts_range"]
+        spread = "" if low == high else f" ({low}-{high})"
+        lines.append(f"| {d.row} | {f['reached']} (+{f['last_ms']:.0f} ms) | "
+                     f"{f['probes']} / {f['at_once']} | {f['recovery_ms']:.0f} ms | "
+                     f"{f['alerts_mean']:g}{spread} / {f['distinct']} |")
+    return lines
+
+
+def chart(drills: list[Drill], path: Path) -> None:
+    """Calls the service received per 50 ms, one panel per row, the outage shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(drills), 1, figsize=(8, 1.9 * len(drills) + 0.6),
+                             sharex=True)
+    bin_s = 0.05
+    for ax, d in zip(axes, drills, strict=True):
+        start = d.down_at - 0.5
+        end = d.up_at + 1.5 * d.reset_s
+        edges = [start + i * bin_s for i in range(int((end - start) / bin_s) + 1)]
+        counts_up = [0] * (len(edges) - 1)
+        counts_down = [0] * (len(edges) - 1)
+        for t, _, up in d.calls:
+            i = int((t - start) / bin_s)
+            if 0 <= i < len(counts_up):
+                (counts_up if up else counts_down)[i] += 1
+        xs = [(e - d.down_at) for e in edges[:-1]]
+        ax.bar(xs, counts_up, width=bin_s, align="edge", color="tab:green", label="answered")
+        ax.bar(xs, counts_down, width=bin_s, align="edge", color="tab:red",
+               label="reached the down service", bottom=counts_up)
+        ax.axvspan(0, d.up_at - d.down_at, color="tab:red", alpha=0.08)
+        ax.set_ylabel("calls / 50 ms")
+        f = d.figures()
+        ax.set_title(f"{d.row}: {f['reached']} calls reached the down service, "
+                     f"{f['probes']} probes, {f['distinct']} openings", fontsize=9)
+    axes[0].legend(fontsize=8, loc="upper right")
+    axes[-1].set_xlabel(f"seconds since the service went down (shaded: down; 8 machines, "
+                        f"{TOTAL_RATE:,} calls/s in total, reset timeout "
+                        f"{drills[0].reset_s:g} s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_name: str,
+                extra: str = "") -> str:
+    reset = drills[0].reset_s
+    lines = [
+        DOC_TITLE, "",
+        f"Eight processes stand for eight machines; each calls one service at "
+        f"{TOTAL_RATE // MACHINES} calls/s ({TOTAL_RATE:,} calls/s in total) through its "
+        f"breaker (5 failures open it, reset timeout {reset:g} s). The service, a TCP "
+        "server the processes call, records every call it receives; it goes down for "
+        f"{2.5 * reset:g} s, then comes back. (a) counts the calls that reached it in the "
+        f"first {reset:g} s of the outage (before any circuit may probe), (b) the probes "
+        "that reached it while still down, (c) the alerts each machine's subscriber got "
+        "(`circuit_opened`; pybreaker: a listener's change to open) and the distinct "
+        "openings behind them (a fleet's opening carries the same `Event.id` everywhere, "
+        "so a pager deduplicates it to one).", "",
+        f"Command: `{command}` ({info['date']}, {info['cpu']}, {info['cores']} shared cores,"
+        f" {info['python']}, redis-server 6.2 on a Unix socket; {info['source']}). The "
+        "machine is shared with other work: the lead refreshes these figures; counts "
+        "(calls, probes, alerts) depend little on load, times do.", "",
+    ]
+    lines += table(drills)
+    lines += ["", f"![outage drill]({chart_name})", ""]
+    if extra:
+        lines += [extra, ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="reset timeout 0.4 s")
+    parser.add_argument("--markdown", type=Path, help="benchmarks.md to update")
+    parser.add_argument("--fleet-doc", type=Path, help="fleet.md whose drill section to write")
+    parser.add_argument("--chart", type=Path, help="the PNG to draw")
+    args = parser.parse_args(argv)
+    reset_s, warmup_s = (0.4, 0.4) if args.quick else (1.0, 1.0)
+    drills = []
+    with RedisServer.from_environment() as server:
+        for row in ROWS:
+            drills.append(run_row(row, server.url, reset_s, warmup_s))
+            print(table(drills)[-1], flush=True)
+    lines = table(drills)
+    print("\n".join(lines))
+    command = "python tests/benchmarks/bench_fleet_drill.py" + (" --quick" if args.quick
+                                                                else "")
+    info = machine_info()
+    chart_path = args.chart
+    if chart_path is None and args.markdown is not None:
+        chart_path = args.markdown.parent / "bench_fleet_drill.png"
+    if chart_path is not None:
+        chart(drills, chart_path)
+    if args.markdown is not None:
+        body = [SECTION_TITLE, "", f"Command: `{command}`; {info['date']}; details and "
+                "definitions in [the fleet page](fleet.md#outage-drill-and-figures).", ""]
+        body += table(drills)
+        body += ["", f"![outage drill]({chart_path.name if chart_path else ''})", ""]
+        replace_section(args.markdown, SECTION_TITLE, "\n".join(body))
+    if args.fleet_doc is not None:
+        replace_section(args.fleet_doc, DOC_TITLE,
+                        doc_section(drills, command, info,
+                                    chart_path.name if chart_path else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
