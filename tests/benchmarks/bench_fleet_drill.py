@@ -308,6 +308,63 @@ def chart(drills: list[Drill], path: Path) -> None:
     plt.close(fig)
 
 
+#: How the other fleet figures are measured, and what they bound; their values are the
+#: tables copied from benchmarks.md (bench_fleet_figures.py, bench_fleet_soak.py).
+METHODS = """\
+### Other figures, and how they are measured
+
+All on one redis-server 6.2 (`tests/redis_server.py`, a Unix socket), by
+`python tests/benchmarks/bench_fleet_figures.py`, `bench_fleet_soak.py` and
+`bench_fleet.py`:
+
+* **Propagation**: a transition (`failure()` opening a circuit, then `reset_circuit`)
+  on one system until a handler on each of 4 other systems gets its `state_change`:
+  5 systems in one process, and 1 + 4 processes (times on `CLOCK_MONOTONIC`, shared by
+  the processes of one Linux machine). Each system has 2 subscribers; every one must get
+  every transition's events exactly once (counted by `Event.id`).
+* **Expiry lateness**: circuits opened with expiries of 50-500 ms. The deadline is
+  `opened_at + expiry` of the `circuit_opened` event, both Redis time. *Ticker*: the
+  `expiry` event's timestamp (the Redis `TIME` the tick ran at) minus the deadline, one
+  clock. *Arrival*: `time.time()` when a handler got `circuit_half_opened` minus the
+  deadline: the local clock against the server's, valid here because the server runs on
+  the same machine (both `CLOCK_REALTIME`); between machines it includes their offset.
+* **The quiet-success race** (see Costs): system A reports failures (a random 0-4 ms
+  apart) while system B reports successes in a loop. A success of B that began after
+  A's failure `i-1` returned and ended before A's failure `i` began would, in one
+  process, reset the count, so failure `i` would count 1; a count of 2 or more is a
+  missed reset. The race needs B's success to land before B's replica has the failure,
+  so its window is the propagation delay (the "window max" is the longest gap seen
+  between the failure's return and the missed success), and its effect is bounded: a
+  missed reset only leaves failures counted that one process would have cleared, so a
+  circuit can open up to `max_attempts - 1` failures early, only when failures and
+  successes of one circuit interleave within that window; the next success that sees
+  the failure resets it.
+* **Soak**: 4 processes x 1,000 shared connections, 10,000 reports/s asked in total, a
+  rotating 5% of the connections failing; every process must receive exactly the
+  transitions Redis made (the sum of every circuit's `transitions` counters), RSS and
+  thread counts sampled every second (`--seconds` for a longer run).
+* **Round trips**: `bench_fleet.py` counts `INFO commandstats` deltas per operation,
+  each alone; a MONITOR shows one `EVALSHA` per step (failure, success after failures,
+  the failure that opens) and two for a guarded half_open call (acquire, outcome).
+"""
+
+
+def copied_tables(markdown: Path | None) -> str:
+    """The fleet figures' and soak's tables from ``markdown`` (empty if absent)."""
+    if markdown is None or not markdown.exists():
+        return ""
+    import re
+
+    text = markdown.read_text(encoding="utf-8")
+    parts = []
+    for title in ("## Fleet figures (issue #17)", "## Fleet soak (issue #17)"):
+        match = re.search(rf"^{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+        if match:
+            parts.append(match.group(1).strip().replace(
+                " Definitions: [the fleet page](fleet.md#outage-drill-and-figures).", ""))
+    return "\n\n".join(parts)
+
+
 def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_name: str,
                 extra: str = "") -> str:
     reset = drills[0].reset_s
@@ -330,6 +387,7 @@ def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_n
     ]
     lines += table(drills)
     lines += ["", f"![outage drill]({chart_name})", ""]
+    lines += [METHODS]
     if extra:
         lines += [extra, ""]
     return "\n".join(lines)
@@ -367,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.fleet_doc is not None:
         replace_section(args.fleet_doc, DOC_TITLE,
                         doc_section(drills, command, info,
-                                    chart_path.name if chart_path else ""))
+                                    chart_path.name if chart_path else "",
+                                    copied_tables(args.markdown)))
     return 0
 
 

@@ -4,7 +4,7 @@ Run from the repository root::
 
     python tests/benchmarks/bench_fleet_soak.py                # 60 s
     python tests/benchmarks/bench_fleet_soak.py --seconds 600  # longer
-    python tests/benchmarks/bench_fleet_soak.py --quick        # 5 s
+    python tests/benchmarks/bench_fleet_soak.py --quick        # 3 s
     python tests/benchmarks/bench_fleet_soak.py --quick --check  # exit 1 if anything lost
 
 Four processes (``spawn``) each start a fleet system on the redis-server of
@@ -202,11 +202,11 @@ def rows(result: dict[str, Any]) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="5 s")
+    parser.add_argument("--quick", action="store_true", help="3 s")
     parser.add_argument("--check", action="store_true", help="exit 1 if anything was lost")
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
-    seconds = 5.0 if args.quick else args.seconds
+    seconds = 3.0 if args.quick else args.seconds
     result = run(seconds)
     table = rows(result)
     for name, value in table:
