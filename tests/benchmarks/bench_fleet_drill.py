@@ -343,6 +343,12 @@ All on one redis-server 6.2 (`tests/redis_server.py`, a Unix socket), by
   rotating 5% of the connections failing; every process must receive exactly the
   transitions Redis made (the sum of every circuit's `transitions` counters), RSS and
   thread counts sampled every second (`--seconds` for a longer run).
+* **failure() cost**: its p50 next to the same `EVALSHA` from a bare redis-py client, a
+  `PING`, and the server's time per script (`INFO commandstats`); then the CPU per
+  `failure()` of the caller's thread and of the system's other threads. The latter is
+  mostly the stream tail reading back the entry the call itself appended (`XREAD`
+  parsing, decoding the status, the replica's version check, delivery), at the moment
+  the caller handles its reply: with the GIL, the two take turns.
 * **Round trips**: `bench_fleet.py` counts `INFO commandstats` deltas per operation,
   each alone; a MONITOR shows one `EVALSHA` per step (failure, success after failures,
   the failure that opens) and two for a guarded half_open call (acquire, outcome).
