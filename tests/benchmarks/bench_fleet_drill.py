@@ -26,6 +26,9 @@ up for a warm-up, down for ``2.5 x R``, then up again for ``1.5 x R``. Figures:
   ``[down, down + R)``, before any circuit may probe), and when the last of them came;
 * probes while still down (calls received in ``[down + R, up)``): the total, and the
   most in any 100 ms (the herd that hits the service at once);
+* trials at once when it is back: the service comes back cold, holding the answers to
+  its first 100 ms of calls for 100 ms; the calls it receives in that time are the
+  half-open trials admitted together (one per machine per breaker, or one per fleet);
 * recovery: from ``up`` until the service has received a call from every machine;
 * alerts: ``circuit_opened`` deliveries per subscriber (one per machine; pybreaker: a
   listener's ``state_change`` to open), and the distinct openings (by ``Event.id``; a
@@ -60,6 +63,7 @@ DOC_TITLE = "## Outage drill and figures"
 MACHINES = 8
 TOTAL_RATE = 1_000  # calls/s, all machines together
 FAIL_MAX = 5
+COLD_S = 0.1  # the recovered service answers its first 100 ms of calls after 100 ms
 ROWS = ("pybreaker", "brama_actors, per machine", "brama_actors, fleet=")
 
 
@@ -78,6 +82,20 @@ class Service(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.up = True
         self.calls: list[tuple[float, int, bool]] = []
+        #: Set when it comes back: the first COLD_S of its traffic is answered after
+        #: COLD_S (a cold service), so trials admitted together are in flight together.
+        self.recovering = False
+        self.first_back: float | None = None
+        self.lock = threading.Lock()
+
+    def answer_delay(self, now: float) -> float:
+        """How long to hold this call's answer (only at the start of the recovery)."""
+        if not self.recovering:
+            return 0.0
+        with self.lock:
+            if self.first_back is None:
+                self.first_back = now
+        return COLD_S if now < self.first_back + COLD_S else 0.0
 
     @property
     def address(self) -> tuple[str, int]:
@@ -91,7 +109,10 @@ class _Handler(socketserver.StreamRequestHandler):
         assert isinstance(service, Service)
         for line in self.rfile:
             up = service.up
-            service.calls.append((time.monotonic(), int(line), up))  # list.append: atomic
+            now = time.monotonic()
+            service.calls.append((now, int(line), up))  # list.append: atomic
+            if up and (delay := service.answer_delay(now)):
+                time.sleep(delay)
             self.wfile.write(b"1\n" if up else b"0\n")
 
 
@@ -205,6 +226,14 @@ class Drill:
             best = max(best, high - low + 1)
         return best
 
+    first_back: float | None = None
+
+    def trials_at_once(self) -> int:
+        """Calls that reached the recovered service while its first answer was held."""
+        if self.first_back is None:
+            return 0
+        return len(self.window(self.first_back, self.first_back + COLD_S))
+
     def recovery_ms(self) -> float:
         firsts: dict[int, float] = {}
         for t, who, up in self.calls:
@@ -222,6 +251,7 @@ class Drill:
             "last_ms": (stop[-1][0] - self.down_at) * 1000 if stop else 0.0,
             "probes": len(self.probes),
             "at_once": self.most_at_once(),
+            "trials": self.trials_at_once(),
             "recovery_ms": self.recovery_ms(),
             "alerts_mean": statistics.mean(per_sub) if per_sub else 0.0,
             "alerts_range": (min(per_sub, default=0), max(per_sub, default=0)),
@@ -268,6 +298,7 @@ def run_row(machines: Machines, row: str, reset_s: float, warmup_s: float) -> Dr
     service.up = False
     time.sleep(2.5 * reset_s)
     drill.up_at = time.monotonic()
+    service.recovering = True
     service.up = True
     time.sleep(1.5 * reset_s)
     stop.set()
@@ -277,21 +308,24 @@ def run_row(machines: Machines, row: str, reset_s: float, warmup_s: float) -> Dr
     service.shutdown()
     service.server_close()
     drill.calls = sorted(service.calls)
+    drill.first_back = service.first_back
     return drill
 
 
 # -- report --------------------------------------------------------------------------------
 def table(drills: list[Drill]) -> list[str]:
     lines = ["| machines' breakers | (a) calls reaching the down service (last at) | "
-             "(b) probes while down: total / most in 100 ms | recovery: every machine "
-             "calling again | (c) `circuit_opened` per subscriber / distinct openings |",
-             "|---|---|---|---|---|"]
+             "(b) probes while down: total / most in 100 ms | (b) trials at once when "
+             "it is back | recovery: every machine calling again | (c) `circuit_opened` "
+             "per subscriber / distinct openings |",
+             "|---|---|---|---|---|---|"]
     for d in drills:
         f = d.figures()
         low, high = f["alerts_range"]
         spread = "" if low == high else f" ({low}-{high})"
         lines.append(f"| {d.row} | {f['reached']} (+{f['last_ms']:.0f} ms) | "
-                     f"{f['probes']} / {f['at_once']} | {f['recovery_ms']:.0f} ms | "
+                     f"{f['probes']} / {f['at_once']} | {f['trials']} | "
+                     f"{f['recovery_ms']:.0f} ms | "
                      f"{f['alerts_mean']:g}{spread} / {f['distinct']} |")
     return lines
 
@@ -410,7 +444,10 @@ def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_n
         "server the processes call, records every call it receives; it goes down for "
         f"{2.5 * reset:g} s, then comes back. (a) counts the calls that reached it in the "
         f"first {reset:g} s of the outage (before any circuit may probe), (b) the probes "
-        "that reached it while still down, (c) the alerts each machine's subscriber got "
+        "that reached it while still down (in all, and the most within 100 ms), and the "
+        "trials in flight at once when it came back (it comes back cold: it holds the "
+        "answers to its first 100 ms of calls for 100 ms, so trials admitted together "
+        "are in flight together), (c) the alerts each machine's subscriber got "
         "(`circuit_opened`; pybreaker: a listener's change to open) and the distinct "
         "openings behind them (a fleet's opening carries the same `Event.id` everywhere, "
         "so a pager deduplicates it to one).", "",
