@@ -433,6 +433,20 @@ def copied_tables(markdown: Path | None) -> str:
     return "\n\n".join(parts)
 
 
+def reading(drills: list[Drill]) -> str:
+    """What the table says, in one paragraph computed from it."""
+    rows = {d.row: d.figures() for d in drills}
+    fleet, alone = rows["brama_actors, fleet="], rows["brama_actors, per machine"]
+    return (f"With `fleet=` the outage cost the service {fleet['reached']} calls instead of "
+            f"{alone['reached']} ({FAIL_MAX} failures open the fleet's one circuit; the "
+            "others were already in flight on machines whose replica had not yet seen the "
+            f"opening), {fleet['probes']} probes instead of {alone['probes']}, "
+            f"{fleet['trials']} trial instead of {alone['trials']} when it came back, and "
+            f"{fleet['distinct']} distinct alerts instead of {alone['distinct']}. Recovery "
+            "takes about as long: the reset timeout decides it, and on a fleet the other "
+            "machines call again once the one trial has returned.")
+
+
 def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_name: str,
                 extra: str = "") -> str:
     reset = drills[0].reset_s
@@ -457,7 +471,7 @@ def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_n
         "(calls, probes, alerts) depend little on load, times do.", "",
     ]
     lines += table(drills)
-    lines += ["", f"![outage drill]({chart_name})", ""]
+    lines += ["", reading(drills), "", f"![outage drill]({chart_name})", ""]
     lines += [METHODS]
     if extra:
         lines += [extra, ""]
