@@ -38,8 +38,8 @@ def commands(admin: Any) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def measure(admin: Any, operation: Callable[[], None], times: int = 10,
-            setup: Callable[[], None] | None = None) -> dict[str, float]:
+def measure(admin: Any, operation: Callable[[], object], times: int = 10,
+            setup: Callable[[], object] | None = None) -> dict[str, float]:
     """Commands per ``operation``; ``setup`` runs before each, outside the count.
 
     (Counting ``setup`` and ``operation`` together made "success() after failures" and

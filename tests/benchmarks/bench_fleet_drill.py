@@ -178,10 +178,11 @@ def drive(row: str, index: int, address: tuple[str, int], redis_url: str, namesp
     ready.put(index)
     interval = MACHINES / TOTAL_RATE
     due = time.monotonic()
+    expected: tuple[type[BaseException], ...] = (ServiceDown, *refused)
     while not stop.is_set():
         try:
             guarded()
-        except (ServiceDown, *refused):
+        except expected:
             pass
         due += interval
         pause = due - time.monotonic()

@@ -71,16 +71,17 @@ def worker(index: int, url: str, namespace: str, seconds: float, ready: Any, go:
     names = [f"c{i}" for i in range(CONNECTIONS)]
     for name in names:
         brama.register(name, max_attempts=3, expiry=200)
-    seen = {"count": 0, "out_of_order": 0, "last": (0, 0, 0)}
+    seen = {"count": 0, "out_of_order": 0}
+    last = [(0, 0, 0)]  # the newest id seen: ids strictly increase in stream order
     lock = threading.Lock()
 
     def on_change(event: Any) -> None:
         order = _id_order(event.id)
         with lock:
             seen["count"] += 1
-            if order <= seen["last"]:
+            if order <= last[0]:
                 seen["out_of_order"] += 1
-            seen["last"] = order
+            last[0] = order
 
     brama.subscribe(events=["state_change"], handler=on_change)
     ready.put(index)
@@ -125,7 +126,6 @@ def worker(index: int, url: str, namespace: str, seconds: float, ready: Any, go:
     time.sleep(0.2)  # a duplicate would arrive now
     with lock:
         result = dict(seen)
-    result.pop("last")
     brama.stop()
     stopped.put({"index": index, "reports": reports, "failures": failures,
                  "elapsed": elapsed, "samples": samples, **result})
@@ -138,7 +138,8 @@ def fleet_transitions(server: RedisServer, namespace: str) -> int:
         tag = "{" + namespace + "}"
         total = 0
         for member in client.smembers(f"{tag}:circuits"):
-            status = json.loads(client.hget(f"{tag}:c:{member}", "status") or "{}")
+            name = member.decode() if isinstance(member, bytes) else str(member)
+            status = json.loads(client.hget(f"{tag}:c:{name}", "status") or "{}")
             counters = status.get("transitions") or []
             total += sum(int(c[2]) for c in counters) if isinstance(counters, list) else 0
         return total
