@@ -411,7 +411,8 @@ All on one redis-server 6.2 (`tests/redis_server.py`, a Unix socket), by
   `failure()` of the caller's thread and of the system's other threads. The latter is
   mostly the stream tail reading back the entry the call itself appended (`XREAD`
   parsing, decoding the status, the replica's version check, delivery), at the moment
-  the caller handles its reply: with the GIL, the two take turns.
+  the caller handles its reply: with the GIL, the two take turns. The last row parks
+  the tail (a test seam: no events are delivered then) to show what that costs.
 * **Round trips**: `bench_fleet.py` counts `INFO commandstats` deltas per operation,
   each alone; a MONITOR shows one `EVALSHA` per step (failure, success after failures,
   the failure that opens) and two for a guarded half_open call (acquire, outcome).

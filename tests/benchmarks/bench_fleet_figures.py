@@ -35,7 +35,9 @@ It starts the fleet tests' ``redis-server`` (``tests/redis_server.py``) and meas
   bare redis-py client (script and round trip only), of a PING (the round trip), the
   server's own time per script call (``INFO commandstats`` ``usec`` / ``calls``), and the
   CPU per ``failure()`` of the caller's thread and of the system's other threads (the
-  stream tail reading back the entry the call appended).
+  stream tail reading back the entry the call appended); and ``failure()`` again with
+  the tail parked (its read loop replaced by a sleep), to show what that read-back
+  costs the caller.
 
 Not a test.
 """
@@ -372,6 +374,19 @@ def failure_breakdown(url: str, calls: int) -> dict[str, float]:
                                / (after["calls"] - before.get("calls", 0)))
         result["evalsha"] = timed(lambda: script(keys=keys, args=argv))
         result["ping"] = timed(bare.ping)
+        # The same failure() with the stream tail parked (its read loop swapped for a
+        # sleep; the next entry wakes its blocked XREAD, then it reads no more): what
+        # reading back our own entries costs the caller. Events are not delivered then.
+        from brama_actors._authority._fleet import _tail
+
+        read = _tail.Tail._read
+        _tail.Tail._read = lambda self: time.sleep(0.05)  # type: ignore[method-assign]
+        try:
+            for _ in range(50):
+                brama.failure("noisy")
+            result["parked"] = timed(lambda: brama.failure("noisy"))
+        finally:
+            _tail.Tail._read = read  # type: ignore[method-assign]
         return result
     finally:
         bare.close()
@@ -423,6 +438,8 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 verdict(cost["failure"] < TARGET_FAILURE_P50_US)))
     out.append(("CPU per failure(): the caller's thread / the system's other threads",
                 f"{cost['caller_cpu']:.0f} / {cost['others_cpu']:.0f} µs", "—", "—"))
+    out.append(("failure() p50 with the stream tail parked (no events delivered)",
+                f"{cost['parked']:.0f} µs", "—", "—"))
     return out
 
 
