@@ -445,8 +445,10 @@ def reading(drills: list[Drill]) -> str:
             f"opening), {fleet['probes']} probes instead of {alone['probes']}, "
             f"{fleet['trials']} trial instead of {alone['trials']} when it came back, and "
             f"{fleet['distinct']} distinct alerts instead of {alone['distinct']}. Recovery "
-            "takes about as long: the reset timeout decides it, and on a fleet the other "
-            "machines call again once the one trial has returned.")
+            f"took {fleet['recovery_ms'] - alone['recovery_ms']:+.0f} ms against per-machine "
+            "breakers: the reset timeout decides most of it, and on a fleet the other "
+            "machines call again only once the one trial has returned (held "
+            f"{COLD_S * 1000:.0f} ms by the cold service) and its closing has reached them.")
 
 
 def doc_section(drills: list[Drill], command: str, info: dict[str, str], chart_name: str,
