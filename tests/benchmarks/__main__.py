@@ -5,7 +5,9 @@ matplotlib). The full run writes ``docs/benchmarks.md`` and PNG charts under ``d
 ``--quick`` (for CI, about a minute) writes to a temporary directory unless ``--output``
 is given, since figures from a quick run are not quoted. Each benchmark interleaves our
 code with its peers in one process and reports medians and spread; this runner runs them
-in turn, adds the scale curve (1k / 10k / 100k connections), draws the charts, and prints
+in turn (the fleet's on a redis-server of their own, ``tests/redis_server.py``; the
+outage drill also rewrites its section of ``docs/fleet.md`` on a full run), adds the
+scale curve (1k / 10k / 100k connections), draws the charts, and prints
 every target with its verdict.
 """
 
@@ -22,7 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["bench_scale", "bench_guard", "bench_failure_path", "bench_events",
-              "bench_processes", "bench_observability"]
+              "bench_processes", "bench_observability", "bench_fleet_figures",
+              "bench_fleet_soak", "bench_fleet_drill"]  # the drill copies the two before
+#: Benchmarks that also write a section of another page on a full run into docs/.
+DOC_PAGES = {"bench_fleet_drill": ["--fleet-doc", str(ROOT / "docs" / "fleet.md")]}
 CHARTS_TITLE = "## Charts"
 
 
@@ -171,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if not output.exists():
         output.write_text("# Benchmarks\n\n", encoding="utf-8")
     for name in args.only or BENCHMARKS:
-        run_script(name, output, args.quick)
+        writes_docs = not args.quick and output == ROOT / "docs" / "benchmarks.md"
+        run_script(name, output, args.quick, DOC_PAGES.get(name) if writes_docs else None)
     if not args.no_charts and args.only is None:
         sizes = [1_000, 5_000] if args.quick else [1_000, 10_000, 100_000]
         curve = scale_curve(sizes, workdir)

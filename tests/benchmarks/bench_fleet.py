@@ -9,8 +9,10 @@ It starts the fleet tests' ``redis-server`` (``tests/redis_server.py``) and meas
 one system of a fleet: the Redis commands per operation (``INFO commandstats`` deltas,
 the INFO calls and the tail's own ``XREAD`` excluded) for ``available()``, a quiet
 success, a failure below the threshold, the failure that trips the circuit, a success
-on a circuit with failures; and the latency of ``failure()`` below the threshold (p50,
-p99 in µs: one round trip, the script, the replica update). Not a test.
+on a circuit with failures, a guarded call on a half_open circuit (each counted
+alone: what sets it up runs outside the count); and the latency of ``failure()`` below
+the threshold (p50, p99 in µs: one round trip, the script, the replica update). Not a
+test.
 """
 
 from __future__ import annotations
@@ -36,13 +38,38 @@ def commands(admin: Any) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
 
 
-def measure(admin: Any, operation: Callable[[], None], times: int = 10) -> dict[str, float]:
-    before = commands(admin)
+def measure(admin: Any, operation: Callable[[], object], times: int = 10,
+            setup: Callable[[], object] | None = None) -> dict[str, float]:
+    """Commands per ``operation``; ``setup`` runs before each, outside the count.
+
+    (Counting ``setup`` and ``operation`` together made "success() after failures" and
+    "failure() that trips" read 2 EVALSHA: the failure before the success, the reset
+    after the trip. A MONITOR shows one EVALSHA per step.)
+    """
+    delta: dict[str, int] = {}
     for _ in range(times):
+        if setup is not None:
+            setup()
+        before = commands(admin)
         operation()
-    after = commands(admin)
-    return {k: (after.get(k, 0) - before.get(k, 0)) / times for k in after
-            if k not in _IGNORED and after.get(k, 0) != before.get(k, 0)}
+        after = commands(admin)
+        for k in after:
+            if k not in _IGNORED and after[k] != before.get(k, 0):
+                delta[k] = delta.get(k, 0) + after[k] - before.get(k, 0)
+    return {k: v / times for k, v in delta.items()}
+
+
+def guarded(brama: Any, name: str) -> None:
+    with brama.guard(name):
+        pass
+
+
+def half_open(brama: Any, name: str) -> None:
+    """Open ``name`` and wait until the ticker made it half_open (expiry 50 ms)."""
+    brama.failure(name)
+    deadline = time.monotonic() + 5
+    while brama.status(name).state != "half_open" and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             brama.register("quiet")
             brama.register("noisy", max_attempts=10**9)
             brama.register("trip", max_attempts=1, expiry=60_000)
+            brama.register("probe", max_attempts=1, expiry=50)
             rows = [
                 ("available()", measure(admin, lambda: brama.available("quiet"))),
                 ("success(), closed, no failures", measure(admin,
@@ -64,10 +92,15 @@ def main(argv: list[str] | None = None) -> int:
                 ("failure() below the threshold", measure(admin,
                                                           lambda: brama.failure("noisy"))),
                 ("success() after failures", measure(
-                    admin, lambda: (brama.failure("noisy"), brama.success("noisy")))),
+                    admin, lambda: brama.success("noisy"),
+                    setup=lambda: brama.failure("noisy"))),
+                ("failure() that trips", measure(
+                    admin, lambda: brama.failure("trip"),
+                    setup=lambda: brama.reset_circuit("trip"))),
+                ("guarded call, half_open", measure(
+                    admin, lambda: guarded(brama, "probe"), 5, setup=lambda: half_open(
+                        brama, "probe"))),
             ]
-            rows.append(("failure() that trips", measure(
-                admin, lambda: (brama.failure("trip"), brama.reset_circuit("trip")), 1)))
             for name, work in rows:
                 print(f"{name:34} {work or 'no command'}")
             samples = []
