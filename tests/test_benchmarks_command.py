@@ -20,7 +20,8 @@ def test_quick_benchmark_run_writes_report_and_charts(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = output.read_text()
     for section in ("## Scale", "## Guarded calls", "## Events", "## Several processes",
-                    "## Charts"):
+                    "## Charts", "## Failure path", "## Fleet figures", "## Fleet soak",
+                    "## Fleet outage drill"):
         assert section in text
     for chart in ("bench_guard_overhead.png", "bench_events_fanout.png",
                   "bench_scale_curve.png"):
