@@ -134,6 +134,36 @@ def test_watch_fleet_shows_other_systems_circuits_live_and_read_only(
         brama.stop()
 
 
+def test_watch_fleet_says_when_redis_stops_answering_and_when_it_is_back() -> None:
+    """A paused Redis shows as UNREACHABLE with the last state kept; reachable again after."""
+    with RedisServer.local() as server:
+        ns = namespace()
+        brama = Brama.start(fleet=server.url, fleet_namespace=ns)
+        out = _Screens()
+        stop = threading.Event()
+        result: list[int] = []
+        watcher = threading.Thread(target=lambda: result.append(watch(
+            _args(fleet=server.url, namespace=ns, once=False, interval=0.05), out, stop)))
+        try:
+            brama.register("db")
+            watcher.start()
+            out.wait(lambda s: "fleet: reachable" in s and "1 circuit(s)" in s)
+            server.pause()
+            try:
+                out.wait(lambda s: "fleet: UNREACHABLE since" in s)
+                assert "showing the last state read" in out.last()
+                assert " closed " in _row(out.last(), "db")  # the last state stays
+            finally:
+                server.resume()
+            out.wait(lambda s: "fleet: reachable" in s)
+        finally:
+            stop.set()
+            if watcher.is_alive():
+                watcher.join(WAIT)
+            brama.stop()
+        assert result == [0]
+
+
 def test_watch_fleet_command_line_with_duration_and_url_from_environment(
         redis_server: RedisServer) -> None:
     """``--fleet`` alone reads $BRAMA_FLEET_URL; ``--duration`` ends the live view (exit 0)."""
@@ -250,6 +280,8 @@ def test_demo_fleet_runs_end_to_end(redis_server: RedisServer) -> None:
     per_period = [int(n) for n in trials.group(1).split(",")]
     assert set(per_period) <= {0, 1} and 1 in per_period
     assert "MISMATCH" not in out
+    assert re.search(r"inventory: trial call 1 of this half-open period fleet-wide, by p\d", out)
+    assert "trial call 2" not in out
     assert all(_gone(pid) for pid in _pids(out))
     ns = re.search(r"--namespace (\S+)", out)
     assert ns is not None

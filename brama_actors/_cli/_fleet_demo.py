@@ -302,10 +302,20 @@ class _FleetRun:
             for key, indices in self.got.items():
                 if key in message:
                     indices.add(index)
+            if "trial" in message and self.display is not None:
+                self.say(self._trial_line(index, message))
             if "error" in message and self.failed is None:
                 self.failed = f"p{index + 1}: {message['error']}"
         elif kind == "exit" and self.failed is None and not self.stopping:
             self.failed = self.workers[rest[0]].failure()
+
+    def _trial_line(self, index: int, message: Mapping[str, Any]) -> str:
+        """A trial call as it starts, numbered within its half-open period fleet-wide."""
+        assert self.display is not None
+        name, period = str(message["trial"]), int(message["period"])
+        at = (self.view.server_now() - self.display.start_ms) / 1000
+        return (f"  t={at:5.1f}s  {name}: trial call {self.facts.trials[(name, period)]} of "
+                f"this half-open period fleet-wide, by p{index + 1}")
 
     def _pump(self, until: Callable[[], bool], timeout: float) -> bool:
         """Handle what arrives until ``until()`` holds (True) or ``timeout`` s pass."""
