@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 from brama_actors._errors import InvalidConfiguration
-from brama_actors._events import Event
+from brama_actors._events import Event, EventType
 from brama_actors._status import CircuitState, ConnectionStatus
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def render_fleet(url: str, namespace: str, statuses: Sequence[ConnectionStatus],
 
 def watch_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | None,
                 event_line: Callable[[Event], str],
-                watched: tuple[object, ...]) -> int:
+                watched: tuple[EventType, ...]) -> int:
     """Run ``watch --fleet``; returns the exit code.
 
     Args:
@@ -167,7 +167,7 @@ def watch_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | N
 
 def _loop(args: argparse.Namespace, view: FleetView, url: str, out: TextIO,
           stop: threading.Event | None, event_line: Callable[[Event], str],
-          watched: tuple[object, ...]) -> int:
+          watched: tuple[EventType, ...]) -> int:
     from brama_actors._cli._fleet_view import MAX_BLOCK_MS
 
     recent: collections.deque[Event] = collections.deque(maxlen=max(1, args.events))
@@ -179,7 +179,7 @@ def _loop(args: argparse.Namespace, view: FleetView, url: str, out: TextIO,
             deadline = min(deadline, ends)
         while True:
             remaining = int((deadline - time.monotonic()) * 1000)
-            recent.extend(e for e in view.poll(remaining) if e.event in watched)
+            recent.extend(view.poll(remaining, watched))
             if remaining <= 0:
                 break
             if not view.health().connected:  # a dead link fails fast: do not spin on it

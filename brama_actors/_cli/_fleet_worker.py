@@ -174,6 +174,9 @@ def main() -> int:
                 send(synced=len(worker.seen))
                 break
         return 0
+    except BramaError as exc:  # e.g. NodeUnavailable: Redis stopped answering at start
+        send(error=f"{type(exc).__name__}: {exc}")
+        return 1
     finally:
         if worker is not None:
             worker.stop.set()
