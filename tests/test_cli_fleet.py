@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
@@ -20,7 +21,7 @@ import pytest
 from brama_actors import Brama, CircuitState, Event, EventType
 from brama_actors.__main__ import main as cli
 from brama_actors._cli._fleet_demo import FleetFacts
-from brama_actors._cli._fleet_view import FleetHealth
+from brama_actors._cli._fleet_view import FleetHealth, FleetView
 from brama_actors._cli._fleet_watch import redact, render_fleet
 from brama_actors._cli._watch import main as watch
 from tests.fleet_helpers import namespace
@@ -131,6 +132,31 @@ def test_watch_fleet_shows_other_systems_circuits_live_and_read_only(
         status = brama.status("late", scope="eu")
         assert status.failure_count == 1 and status.total_failures == 1
     finally:
+        brama.stop()
+
+
+def test_fleet_view_loads_a_snapshot_when_entries_were_trimmed_unread(
+        redis_server: RedisServer) -> None:
+    """Entries trimmed before the view read them leave a gap in ``ver``: the view loads
+    a snapshot, so a circuit known only from those entries still shows, as it is."""
+    ns = namespace()
+    view = FleetView(redis_server.url, ns)
+    brama = Brama.start(fleet=redis_server.url, fleet_namespace=ns)
+    try:
+        view.load()
+        assert view.statuses() == []
+        brama.register("db", max_attempts=1)
+        brama.failure("db")
+        redis_server.client().xtrim("{" + ns + "}:events", maxlen=0)  # never read
+        brama.register("api")
+        deadline = time.monotonic() + WAIT
+        while {s.identifier for s in view.statuses()} != {"db", "api"}:
+            assert time.monotonic() < deadline, view.statuses()
+            view.poll(100)
+        db = next(s for s in view.statuses() if s.identifier == "db")
+        assert db.state is CircuitState.OPEN and db.failure_count == 1
+    finally:
+        view.close()
         brama.stop()
 
 
