@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 import pytest
+import redis
 
 from brama_actors import Brama, CircuitState, Event, EventType
 from brama_actors.__main__ import main as cli
@@ -81,14 +82,16 @@ def _read_only_user(server: RedisServer, ns: str) -> tuple[str, str]:
     assert rules[:3] == ["on", ">secret", "~{orders}:*"] and "-@all" in rules
     assert not any(rule.startswith("+") and rule[1:] in WRITES for rule in rules)
     rules[1:3] = [">pw", "~{" + ns + "}:*"]
-    server.client().execute_command("ACL", "SETUSER", name, *rules)
+    server.client().execute_command(  # type: ignore[no-untyped-call]
+        "ACL", "SETUSER", name, *rules)
     scheme, rest = server.url.split("://", 1)
     return f"{scheme}://{name}:pw@{rest}", name
 
 
 def _denied(server: RedisServer, user: str) -> list[Any]:
-    entries: Any = server.client().execute_command("ACL", "LOG")
-    return [e for e in entries if user in map(str, e)]
+    """The ACL LOG entries of ``user``: commands or keys Redis refused it."""
+    entries: Any = server.client(decode_responses=True).acl_log()
+    return [e for e in entries if e["username"] == user]
 
 
 # -- watch --fleet ---------------------------------------------------------------------------
@@ -98,6 +101,7 @@ def test_watch_fleet_shows_other_systems_circuits_live_and_read_only(
     their transitions; the watcher runs as a user that may only read (nothing denied)."""
     ns = namespace()
     url, user = _read_only_user(redis_server, ns)
+    assert _denied(redis_server, user) == []
     brama = Brama.start(fleet=redis_server.url, fleet_namespace=ns)
     try:
         brama.register("db", max_attempts=2)
@@ -129,6 +133,11 @@ def test_watch_fleet_shows_other_systems_circuits_live_and_read_only(
             watcher.join(WAIT)
         assert result == [0]
         assert _denied(redis_server, user) == []  # only reads: nothing written or counted
+        as_watcher = redis.Redis.from_url(url)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            as_watcher.set("{" + ns + "}:ticker", "me")  # the user cannot write at all
+        as_watcher.close()
+        assert [e["object"] for e in _denied(redis_server, user)] == ["set"]
         status = brama.status("late", scope="eu")
         assert status.failure_count == 1 and status.total_failures == 1
     finally:
