@@ -26,7 +26,8 @@ def served() -> Iterator[tuple[Brama, Server]]:
 
 
 def _args(address: Any, **kwargs: Any) -> argparse.Namespace:
-    defaults = {"authkey_file": None, "once": True, "interval": 1.0, "events": 10}
+    defaults = {"authkey_file": None, "once": True, "interval": 1.0, "events": 10,
+                "fleet": None, "namespace": "brama", "duration": None}
     defaults.update(kwargs)
     return argparse.Namespace(address=str(address), **defaults)
 
@@ -140,3 +141,16 @@ def test_latest_events_show_transitions_and_failures_not_successes(
     assert "flaky: failure (timeout)" in last
     assert "flaky: state_change closed -> open" in last
     assert ": success" not in out.getvalue()
+
+
+def test_duration_ends_the_live_view(served: tuple[Brama, Server]) -> None:
+    """--duration stops the live view by itself, after several screens, with exit 0."""
+    brama, server = served
+    brama.register("db")
+    env = dict(os.environ, BRAMA_AUTHKEY=server.authkey.hex())
+    result = subprocess.run(
+        [sys.executable, "-m", "brama_actors", "watch", str(server.address), "--duration",
+         "0.5", "--interval", "0.1"],
+        capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("1 circuit(s)") >= 2

@@ -4,7 +4,8 @@ One service is healthy, one is flaky, and one goes down for a while and recovers
 threads call them through ``guard`` blocks; the terminal shows each circuit's state every
 second and the state changes as they happen, with failures summarised under each table.
 With ``--serve`` the demo also serves its node, so ``python -m brama_actors watch`` can be
-tried against it.
+tried against it. With ``--fleet URL`` the services are called by worker processes of one
+fleet instead (``_fleet_demo``).
 
 Time: the simulated story (when ``inventory`` is down) and every printed ``t=`` read the
 system's own clock (``brama.clock``); ``time.monotonic`` only paces the display loop. The
@@ -52,6 +53,8 @@ WATCHED_EVENTS = (
     EventType.FAILURE,
 )
 MAX_ATTEMPTS = 3
+#: The most worker processes ``demo --fleet`` starts (each is a Python process).
+MAX_PROCESSES = 16
 #: Seconds the shutdown may spend on joining workers and on draining events.
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -100,6 +103,14 @@ def _services() -> list[Service]:
         Service("payments", "flaky (35% errors)", 0.35),
         Service("inventory", "down from 20% to 55% of the run", 0.02, 0.20, 0.55),
     ]
+
+
+def expiry_for(duration: float) -> int:
+    """The circuits' expiry (ms) for a run of ``duration`` seconds.
+
+    It scales with the run, so a short run still shows open -> half_open -> closed.
+    """
+    return max(200, int(duration * 1000 / 12))
 
 
 def _color(text: str, code: str, enabled: bool) -> str:
@@ -316,8 +327,7 @@ def _run(duration: float, seed: int, serve: bool, out: TextIO,
          interrupts: _Interrupts) -> int:
     """``run``, with its defaults resolved and Ctrl-C handled by ``interrupts``."""
     services = _services()
-    # Expiry scales with the run, so a short run still shows open -> half_open -> closed.
-    expiry = max(200, int(duration * 1000 / 12))
+    expiry = expiry_for(duration)
     stop = threading.Event()
     workers: list[threading.Thread] = []
     brama: Brama | None = None
@@ -437,6 +447,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
                         help="seed for reproducible runs (default: random, and printed)")
     parser.add_argument("--serve", action="store_true",
                         help="serve the demo's node so `watch` can connect to it")
+    parser.add_argument("--fleet", nargs="?", const="", metavar="URL",
+                        help="run the services in worker processes of one fleet on this "
+                             "Redis (--fleet alone: $BRAMA_FLEET_URL)")
+    parser.add_argument("--processes", type=int, default=3, metavar="N",
+                        help=f"worker processes with --fleet (default 3, at most "
+                             f"{MAX_PROCESSES})")
+    parser.add_argument("--namespace", default=None,
+                        help="fleet namespace with --fleet (default: a fresh one, removed "
+                             "at the end)")
     parser.set_defaults(func=main)
 
 
@@ -454,4 +473,34 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
         print(f"demo: --duration must be a finite number > 0, got {args.duration}",
               file=sys.stderr)
         return 2
+    if args.fleet is not None:
+        return _fleet(args, sys.stdout if out is None else out)
     return run(args.duration, args.seed, args.serve, out)
+
+
+def _fleet(args: argparse.Namespace, out: TextIO) -> int:
+    """``demo --fleet``: checks its options, then runs ``_fleet_demo`` (which needs
+    ``redis``, so it is imported only here)."""
+    from brama_actors._cli._fleet_watch import fleet_url
+    from brama_actors._errors import InvalidConfiguration
+
+    if args.serve:
+        print("demo: --serve is for the plain demo; watch a fleet with watch --fleet",
+              file=sys.stderr)
+        return 2
+    if not 1 <= args.processes <= MAX_PROCESSES:
+        print(f"demo: --processes must be between 1 and {MAX_PROCESSES}, got "
+              f"{args.processes}", file=sys.stderr)
+        return 2
+    try:
+        url = fleet_url(args.fleet)
+        from brama_actors._cli._fleet_demo import run_fleet
+
+        seed = random.randrange(1_000_000) if args.seed is None else args.seed
+        return run_fleet(url, args.namespace, args.processes, args.duration, seed, out)
+    except InvalidConfiguration as exc:
+        print(f"demo: bad --fleet URL or --namespace: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # after InvalidConfiguration, itself a ValueError
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2

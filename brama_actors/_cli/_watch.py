@@ -1,5 +1,7 @@
 """``python -m brama_actors watch ADDRESS``: a live view of every circuit on a node.
 
+``watch --fleet URL --namespace NS`` shows a fleet's circuits instead (``_fleet_watch``).
+
 The authkey comes from the environment (``BRAMA_AUTHKEY``, hex) or a file only its
 owner can read (``--authkey-file``), never from the command line, where other users
 could see it in the process list.
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import os
 import queue
 import stat
@@ -18,12 +21,13 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from brama_actors._cli._fleet_watch import ENV_FLEET_URL, watch_fleet
 from brama_actors._errors import BramaError
 from brama_actors._events import Event, EventType
 from brama_actors._remote._client import Client, connect
 from brama_actors._status import ConnectionStatus
 
-__all__ = ["add_parser", "main", "read_authkey", "render"]
+__all__ = ["add_parser", "event_line", "main", "read_authkey", "render"]
 
 ENV_AUTHKEY = "BRAMA_AUTHKEY"
 
@@ -100,33 +104,58 @@ def render(statuses: Sequence[ConnectionStatus], events: Sequence[Event], now_ms
     lines += ["", "latest transitions and failures:"]
     if not events:
         lines.append("  (none yet)")
-    for event in events:
-        clock = time.strftime("%H:%M:%S", time.localtime(event.timestamp / 1000))
-        detail = ""
-        if "new_state" in event.data:
-            detail = f" {event.data['previous_state']} -> {event.data['new_state']}"
-        elif event.data.get("reason") is not None:
-            detail = f" ({event.data['reason']})"
-        where = event.connection if event.scope is None else f"{event.scope}/{event.connection}"
-        lines.append(f"  {clock} {where}: {event.event.value}{detail}")
+    lines += [event_line(event) for event in events]
     return "\n".join(lines)
+
+
+def event_line(event: Event) -> str:
+    """One line of the latest events: time, connection, type and what changed."""
+    clock = time.strftime("%H:%M:%S", time.localtime(event.timestamp / 1000))
+    detail = ""
+    if "new_state" in event.data:
+        detail = f" {event.data['previous_state']} -> {event.data['new_state']}"
+    elif event.data.get("reason") is not None:
+        detail = f" ({event.data['reason']})"
+    where = event.connection if event.scope is None else f"{event.scope}/{event.connection}"
+    return f"  {clock} {where}: {event.event.value}{detail}"
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``watch`` sub-command to the CLI."""
     parser = subparsers.add_parser(
-        "watch", help="live view of the circuits of a node",
+        "watch", help="live view of the circuits of a node or of a fleet",
         description="Show every circuit on a node (with its success count) and its latest "
                     "transitions and failures. The authkey is "
-                    f"read from ${ENV_AUTHKEY} (hex) or --authkey-file (mode 0600).")
-    parser.add_argument("address", help="the node's socket path, or host:port")
+                    f"read from ${ENV_AUTHKEY} (hex) or --authkey-file (mode 0600). With "
+                    "--fleet, show every circuit of a fleet's namespace instead, read-only "
+                    f"(--fleet alone reads the URL from ${ENV_FLEET_URL}).")
+    parser.add_argument("address", nargs="?",
+                        help="the node's socket path, or host:port (not with --fleet)")
+    parser.add_argument("--fleet", nargs="?", const="", metavar="URL",
+                        help="watch a fleet: its Redis URL (redis://, rediss://, unix://)")
+    parser.add_argument("--namespace", default="brama",
+                        help="the fleet's fleet_namespace (default 'brama')")
     parser.add_argument("--authkey-file", help="file holding the hex authkey (mode 0600)")
     parser.add_argument("--once", action="store_true", help="print one snapshot and exit")
     parser.add_argument("--interval", type=float, default=1.0,
                         help="seconds between refreshes (default 1)")
     parser.add_argument("--events", type=int, default=10,
                         help="how many latest transitions and failures to show (default 10)")
+    parser.add_argument("--duration", type=float, default=None, metavar="SECONDS",
+                        help="stop after SECONDS (default: until Ctrl-C)")
     parser.set_defaults(func=main)
+
+
+def _check(args: argparse.Namespace) -> str | None:
+    """What is wrong with the command line, if anything (exit code 2)."""
+    if (args.address is None) == (args.fleet is None):
+        return "give a node's ADDRESS or --fleet URL (one of them)"
+    if args.fleet is not None and args.authkey_file is not None:
+        return "--authkey-file is for a node; a fleet's credentials are in its URL"
+    duration = args.duration
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        return f"--duration must be a finite number > 0, got {duration}"
+    return None
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None,
@@ -139,6 +168,12 @@ def main(args: argparse.Namespace, out: TextIO | None = None,
         stop: ends the loop after the current screen once set (default: Ctrl-C only).
     """
     out = sys.stdout if out is None else out
+    problem = _check(args)
+    if problem is not None:
+        print(f"watch: {problem}", file=sys.stderr)
+        return 2
+    if args.fleet is not None:
+        return watch_fleet(args, out, stop, event_line, WATCHED_EVENTS)
     try:
         authkey = read_authkey(args.authkey_file)
     except (OSError, ValueError) as exc:
@@ -152,10 +187,13 @@ def main(args: argparse.Namespace, out: TextIO | None = None,
         return 1
     recent: collections.deque[Event] = collections.deque(maxlen=max(1, args.events))
     tty = out.isatty()
+    ends = None if args.duration is None else time.monotonic() + args.duration
     try:
         inbox = client.subscribe(events=WATCHED_EVENTS)
         while True:
             deadline = time.monotonic() + (0 if args.once else args.interval)
+            if ends is not None:
+                deadline = min(deadline, ends)
             while True:
                 remaining = deadline - time.monotonic()
                 try:
@@ -172,7 +210,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None,
                 out.write("\n")
             out.write(screen + "\n")
             out.flush()
-            if args.once or (stop is not None and stop.is_set()):
+            if args.once or (stop is not None and stop.is_set()) or \
+                    (ends is not None and time.monotonic() >= ends):
                 return 0
     except KeyboardInterrupt:
         return 0
