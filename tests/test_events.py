@@ -13,6 +13,8 @@ import pytest
 
 import brama_actors
 from brama_actors import Brama, ConnectionMonitor, Event, telemetry
+from brama_actors._delivery._manager import DRAIN
+from brama_actors._runtime import _pool
 from brama_actors.testing import ManualClock, inject_event_manager_crash
 from tests.conftest import collect, kinds, subscriptions
 
@@ -1009,3 +1011,79 @@ def test_local_events_have_unique_ids_that_survive_pickling() -> None:
     assert len(events) == 6  # 2 of registration, 2 failures, opened, state_change
     assert all(ids) and len(set(ids)) == len(ids)
     assert pickle.loads(pickle.dumps(events[-1])).id == events[-1].id
+
+# -- the queue to the event manager and counted failures (review findings) ----------------
+
+
+def _gap_on_drain_tell(hub: Any, victim: threading.Thread | None, in_gap: threading.Event,
+                       go: threading.Event, exc: BaseException | None = None) -> None:
+    """Hold (or break) `victim`'s tell(DRAIN) in Delivery.publish: the gap after
+    `_signalled = True` and before the Drain is in the manager's inbox."""
+    original = hub.ref.tell
+    fired = [False]
+
+    def tell(message: Any) -> None:
+        if message is DRAIN and not fired[0] and (
+                victim is None or threading.current_thread() is victim):
+            fired[0] = True
+            in_gap.set()
+            if exc is not None:
+                raise exc
+            assert go.wait(10)
+        original(message)
+
+    hub.ref.tell = tell
+
+
+def test_an_exception_while_telling_the_manager_does_not_stop_delivery(system: Brama) -> None:
+    """An exception while a reporter tells the manager (KeyboardInterrupt, MemoryError)
+    does not leave the queue marked as signalled: later reports still reach subscribers
+    without anybody calling drain()."""
+    sub = system.subscribe(events=["failure"], max_pending=100)
+    system.register("db", max_attempts=100)
+    system.failure("db")
+    system.drain()
+    collect(sub)
+    hub = system._delivery
+    in_gap = threading.Event()
+    _gap_on_drain_tell(hub, None, in_gap, threading.Event(), exc=KeyboardInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        system.failure("db", reason="interrupted")
+    # Later reports by other threads, no drain(): their events should still arrive.
+    t = threading.Thread(target=lambda: [system.failure("db", reason=i) for i in range(3)])
+    t.start()
+    t.join(5)
+    try:
+        got = sub.get(timeout=2)
+    except queue.Empty:
+        got = None
+    assert got is not None, (hub._signalled, len(hub._queued))
+
+
+def test_a_failure_counted_after_subscribe_returned_emits_its_event(
+        system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subscription that became active between a reporter's first interest check and
+    its count gets the failure event (interest is checked again under the claim)."""
+    system.register("db", max_attempts=100)
+    system.failure("db")  # starts the lazy actor
+    reporter_at_claim, go = threading.Event(), threading.Event()
+    original = _pool._PooledInbox.claim
+    reporter: list[threading.Thread] = []
+
+    def claim(self: Any) -> Any:
+        if reporter and threading.current_thread() is reporter[0] and not go.is_set():
+            reporter_at_claim.set()
+            assert go.wait(10)
+        return original(self)
+
+    monkeypatch.setattr(_pool._PooledInbox, "claim", claim)
+    t = threading.Thread(target=lambda: system.failure("db", reason="late"))
+    reporter.append(t)
+    t.start()
+    assert reporter_at_claim.wait(5)
+    sub = system.subscribe(events=["failure"], connection="db")  # active on return
+    go.set()
+    t.join(5)
+    assert system.status("db").failure_count == 2
+    system.drain()
+    assert [e.data["reason"] for e in collect(sub)] == ["late"]

@@ -136,15 +136,19 @@ class Delivery:
         with self._queued_lock:
             self._queued.append(events)
             if self._signalled:
-                return  # the Drain on its way takes these too
-            self._signalled = True
-        try:
-            self.ref.tell(DRAIN)
-        except ActorDeadError:
-            lost = self.take()
-            if not self.context.stopping:
-                logger.error("the event manager is gone; %d event(s) not delivered",
-                             len(lost))
+                return  # the Drain already in the manager's inbox takes these too
+            try:
+                # Told under the lock: whoever sees _signalled finds the Drain queued
+                # ahead of anything it tells the manager later (stop, unsubscribe).
+                self.ref.tell(DRAIN)
+            except ActorDeadError:
+                lost, self._queued = self._queued, []
+            else:
+                self._signalled = True  # only once the Drain is really on its way
+                return
+        if not self.context.stopping:
+            logger.error("the event manager is gone; %d event group(s) not delivered",
+                         len(lost))
 
     def take(self) -> tuple[Event, ...]:
         """Every event queued for the manager, in order (the manager's Drain calls it)."""

@@ -221,7 +221,8 @@ class EventManager(PooledActor):
         if kind is UnsubscribeWhere:
             return self._remove_where(message.owner, message.filters)
         if kind is Flush:
-            self._handle(DRAIN)  # queued before the flush was asked for: delivered first
+            # Events reported before the flush was asked for are behind a Drain that is
+            # ahead of it in this inbox (Delivery.publish tells it under its lock).
             self.on_yield()
             for sub in list(self._subs.values()):
                 self._flush_batch(sub)
@@ -251,6 +252,10 @@ class EventManager(PooledActor):
         return len(doomed)
 
     def on_stop(self) -> None:
+        # Events reported while the stop was on its way (their Drain is refused).
+        events = self._hub.take()
+        if events:
+            self._publish(events)
         for sub in list(self._subs.values()):
             self._flush_batch(sub)
             sub.target.close()

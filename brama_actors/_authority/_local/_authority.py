@@ -192,9 +192,9 @@ class LocalAuthority(InProcess):
             if not rules.counts_only(status, cell.settings, pending):
                 return False
             now = self.context.clock.now()
+            cell.quiet = False  # first: nobody who sees the failure gets a quiet success
             cell.failures = (pending + 1, now)
-            cell.quiet = False
-            if wanted:
+            if wanted or delivery.interest.wants(_FAILURE, identifier, scope):
                 delivery.emit(identifier, scope, (rules.failure_event(
                     status.state, status.failure_count + pending + 1, reason),), now)
         finally:

@@ -116,13 +116,15 @@ class Cell:
 
     def publish(self, status: ConnectionStatus, now: int) -> None:
         """Publish the actor's new status (and what the fast path derives from it)."""
-        self.status = status
-        self.available = status.state is not CircuitState.OPEN
         quiet = status.state is CircuitState.CLOSED and status.failure_count == 0
         window = self.window
         if quiet and window is not None:
             _, failures, slow = window.figures(now)
             quiet = not failures and not slow
+        if not quiet:
+            self.quiet = False  # before the status that makes it so
+        self.status = status
+        self.available = status.state is not CircuitState.OPEN
         self.quiet = quiet
 
     def count(self, what: str) -> None:
