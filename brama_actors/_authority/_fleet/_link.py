@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._errors import NodeUnavailable
 
-__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable"]
+__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable", "refusal"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -37,6 +38,34 @@ STREAM_MAXLEN = 10_000
 
 #: What a dead, paused or unreachable Redis raises.
 Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+#: Error replies that mean "not now" rather than "never": a replica after a failover
+#: (READONLY; UNBLOCKED for a blocked read when the primary becomes a replica), a
+#: restart loading its data (LOADING, raised by redis-py as a connection error), out of
+#: memory (OOM), a long script (BUSY), and their cluster cousins.
+TRANSIENT = frozenset({"READONLY", "UNBLOCKED", "LOADING", "OOM", "BUSY", "MASTERDOWN",
+                       "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
+#: Error replies of a Redis Cluster node that does not hold the namespace's slot.
+CLUSTER = frozenset({"MOVED", "ASK"})
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (redis.exceptions.ReadOnlyError, "READONLY"), (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.MovedError, "MOVED"), (redis.exceptions.AskError, "ASK"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+)
+# The code of an error reply, also inside a script's error (Redis 6.2 wraps it:
+# "Error running script (...): @user_script:1: ... -OOM command not allowed ...").
+_CODE = re.compile(r"(?:^|\s-)([A-Z]{2,})\b")
+
+
+def refusal(exc: redis.ResponseError) -> str:
+    """The error code of an error reply ("OOM", "READONLY", ..., "" if none)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    match = _CODE.search(str(exc))
+    return match.group(1) if match else ""
 
 _OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_timeout",
                "decode_responses", "encoding", "encoding_errors")
@@ -112,7 +141,30 @@ class Link:
             raise NodeUnavailable(
                 f"the fleet's Redis did not answer within {self.options.timeout} ms: "
                 f"{exc}") from None
+        except redis.ResponseError as exc:
+            raise self.refused(exc) from None
         return reply
+
+    def refused(self, exc: redis.ResponseError) -> NodeUnavailable:
+        """An error reply as ``NodeUnavailable``, the link marked down.
+
+        A transient refusal (``TRANSIENT``) is handled as an unreachable Redis: the
+        tail's snapshot, which writes, succeeds again only once Redis takes writes. Any
+        other reply (a cluster's MOVED, a missing ACL permission, a script error) is a
+        misconfiguration or a bug: logged at ERROR, then handled the same way, so no
+        ``redis`` exception reaches a caller.
+        """
+        code = refusal(exc)
+        if code in CLUSTER:
+            message = (f"the fleet's Redis is a Redis Cluster node that does not hold the "
+                       f"namespace's slot ({exc}): fleet= needs a standalone Redis (or "
+                       "its primary)")
+        else:
+            message = f"the fleet's Redis refused the step: {exc}"
+        if code not in TRANSIENT:
+            logger.error("%s", message)
+        self.set_connected(False)
+        return NodeUnavailable(message)
 
     def set_connected(self, up: bool) -> None:
         """Record the link's state; tell ``on_change`` when it changed."""

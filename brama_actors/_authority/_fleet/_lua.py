@@ -288,8 +288,12 @@ if op == 'register' then
   local evs = {}
   ev(evs, 'registration', st, nil)
   ev(evs, 'connection_registered', st, nil)
-  local ver, id = commit(CKEY, member, st, 1, evs, {'cm', ARGV[5], 'x', ARGV[6]})
-  return {'ok', cjson.encode(st), ver, id, 1}
+  -- The generation starts at the ver this registration gets (commit bumps it once):
+  -- every gen of an earlier registration of the key was at most its last ver, so a
+  -- trial fenced by an earlier registration's gen never matches this one.
+  local gen = tonumber(redis.call('HGET', META, 'ver') or '0') + 1
+  local ver, id = commit(CKEY, member, st, gen, evs, {'cm', ARGV[5], 'x', ARGV[6]})
+  return {'ok', cjson.encode(st), ver, id, gen}
 elseif op == 'unregister' then
   local st, gen = load(CKEY)
   if st == nil then return missing() end
@@ -352,8 +356,25 @@ elseif op == 'lease' then
   end
   return {0}
 elseif op == 'snapshot' then
+  -- The head of a paged snapshot: the stream position and the fleet's ver, read
+  -- together, so the entries after that position are exactly the steps the pages may
+  -- or may not show (the replica's ver floors sort them out). HSETNX is a write on
+  -- purpose: a read-only replica or a Redis out of memory refuses it, so a system does
+  -- not count as connected to a Redis that cannot apply its steps.
+  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
+  -- incarnation: a system's replica then starts over instead of keeping what it had.
+  redis.call('HSETNX', META, 'inc', args.inc)
+  local top = redis.call('XREVRANGE', STREAM, '+', '-', 'COUNT', 1)
+  local last = '0-0'
+  if top[1] then last = top[1][1] end
+  local ver = redis.call('HGET', META, 'ver') or '0'
+  return {now, tonumber(ver), last, redis.call('HGET', META, 'inc')}
+elseif op == 'page' then
+  -- One page of the snapshot: a short script, so no call outlasts fleet_timeout
+  -- whatever the number of circuits.
+  local scan = redis.call('SSCAN', INDEX, args.cursor, 'COUNT', args.count)
   local out = {}
-  for _, m in ipairs(redis.call('SMEMBERS', INDEX)) do
+  for _, m in ipairs(scan[2]) do
     local raw = redis.call('HMGET', args.prefix .. m, 'status', 'meta', 'explicit', 'gen',
                            'ver')
     if raw[1] then
@@ -361,18 +382,7 @@ elseif op == 'snapshot' then
       out[#out + 1] = raw[3]; out[#out + 1] = raw[4]; out[#out + 1] = raw[5]
     end
   end
-  local top = redis.call('XREVRANGE', STREAM, '+', '-', 'COUNT', 1)
-  local last = '0-0'
-  if top[1] then last = top[1][1] end
-  local ver = redis.call('HGET', META, 'ver') or '0'
-  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
-  -- incarnation: a system's replica then starts over instead of keeping what it had.
-  local inc = redis.call('HGET', META, 'inc')
-  if not inc then
-    inc = args.inc
-    redis.call('HSET', META, 'inc', inc)
-  end
-  return {now, tonumber(ver), last, out, inc}
+  return {scan[1], out}
 else
   local fields = nil
   if op == 'configure' then

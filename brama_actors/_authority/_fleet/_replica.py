@@ -6,6 +6,11 @@ Each circuit's entries carry ``ver`` (one per stream entry, fleet-wide): a state
 applied only if it is newer than the newest this system has seen for that circuit
 (``floor``), so a late tail entry never rolls back a reply, and a removal is not undone
 by an older entry.
+
+The floors start over at every snapshot: versions can go back without a new Redis
+(its ``meta`` hash lost, a failover that lost writes), and a floor from before would
+keep a state the fleet no longer has. Only the replies applied while the snapshot was
+being read keep theirs (they are newer than what the snapshot may show).
 """
 
 from __future__ import annotations
@@ -71,6 +76,8 @@ class Replica:
         self.quiet: dict[Key, list[int]] = {}
         #: Refused guarded calls and ignored outcomes counted here: key -> [rej, ign].
         self.tallies: dict[Key, list[int]] = {}
+        #: While a snapshot is read: the keys whose state was applied meanwhile.
+        self._recent: set[Key] | None = None
 
     def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
               explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
@@ -84,6 +91,8 @@ class Replica:
             if ver <= self.floor.get(key, 0):
                 return False
             self.floor[key] = ver
+            if self._recent is not None:
+                self._recent.add(key)
             if status is None:
                 self.entries.pop(key, None)
                 self.quiet.pop(key, None)
@@ -129,24 +138,33 @@ class Replica:
                 status = evolve(status, total_rejections=tallies[0], total_ignored=tallies[1])
         return status
 
-    def load(self, ver: int, circuits: list[tuple[Key, ConnectionStatus, Mapping[str, Any],
-                                                  int, int]]) -> list[Key]:
-        """Replace the replica by a snapshot taken at ``ver``; the keys it removed.
+    def begin_snapshot(self) -> None:
+        """A snapshot is about to be read: note what is applied until :meth:`load`."""
+        with self.lock:
+            self._recent = set()
 
-        A circuit newer here than in the snapshot (a reply that arrived after it was
-        taken) is kept.
+    def load(self, ver: int, circuits: list[tuple[Key, ConnectionStatus, Mapping[str, Any],
+                                                  int, int]],
+             keep: set[Key]) -> list[Key]:
+        """Replace the replica by a snapshot whose head was read at ``ver``; the keys it
+        removed.
+
+        The floors start over, except for circuits applied since :meth:`begin_snapshot`
+        (a reply newer than the snapshot may be). ``keep``: circuits this system owes
+        the fleet (registered here while Redis was unreachable), kept though absent.
         """
+        with self.lock:
+            recent = self._recent or set()
+            self._recent = None
+            self.floor = {k: v for k, v in self.floor.items() if k in recent}
         seen = set()
-        with self.lock:  # a key gone from the floor (another incarnation) goes too
-            for key in [k for k in self.entries if k not in self.floor]:
-                self.floor[key] = 0
         for key, status, explicit, gen, circuit_ver in circuits:
             seen.add(key)
             self.apply(key, status, gen, circuit_ver, explicit)
         gone = []
         with self.lock:
             for key in list(self.entries):
-                if key not in seen and self.floor.get(key, 0) <= ver:
+                if key not in seen and key not in keep and self.floor.get(key, 0) <= ver:
                     self.entries.pop(key)
                     self.floor[key] = ver
                     gone.append(key)
