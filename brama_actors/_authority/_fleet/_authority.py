@@ -19,6 +19,7 @@ and loads a snapshot: the fleet's state wins and local history is not replayed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -72,6 +73,18 @@ logger = logging.getLogger("brama_actors")
 _HALF_OPEN = CircuitState.HALF_OPEN
 #: A trial permit's lease when the circuit has no ``half_open_timeout`` (ms).
 DEFAULT_LEASE_MS = 30_000
+
+
+#: A circuit's name in Redis, cached: it is on every step's path.
+_member = functools.lru_cache(maxsize=65_536)(member)
+
+
+def _plain_json(name: str, value: Any) -> Any:
+    """``value`` as plain JSON data (``TypeError`` if it is not JSON): the common
+    ``None`` and ``str`` reasons as they are, anything else through a JSON round."""
+    if value is None or type(value) is str:
+        return value
+    return json.loads(dump_json(name, value))
 
 
 class FleetAuthority(InProcess):
@@ -161,7 +174,7 @@ class FleetAuthority(InProcess):
 
     def _run(self, op: str, key: Key, args: dict[str, Any], **extra: Any) -> Any:
         _nowait.check()
-        return self.link.run(op, member(key), args, now=self.fixed_now_ms(), **extra)
+        return self.link.run(op, _member(key), args, now=self.fixed_now_ms(), **extra)
 
     def _note(self, key: Key, reply: Any, explicit: Mapping[str, Any] | None = None,
               fresh: bool = False) -> ConnectionStatus | None:
@@ -287,13 +300,13 @@ class FleetAuthority(InProcess):
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
                  trial: tuple[str, int] | None) -> None:
-        raw_reason = dump_json("reason", reason)
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
+            dump_json("reason", reason)  # JSON or TypeError, as in the fleet
             self.offline.apply(key, rules.Failure(reason, metadata))
             return
-        args: dict[str, Any] = {"reason": json.loads(raw_reason)}
+        args: dict[str, Any] = {"reason": _plain_json("reason", reason)}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "failure", args, opmeta=raw_meta)
@@ -353,13 +366,13 @@ class FleetAuthority(InProcess):
         self._success(key, None)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
-        raw_reason = dump_json("reason", op.reason)
+        reason = _plain_json("reason", op.reason)
         self._check_running()
         name = {rules.Open: "open", rules.Close: "close", rules.Reset: "reset"}[type(op)]
         if self._local_mode():
             self.offline.apply(key, op)
             return
-        args: dict[str, Any] = {"reason": json.loads(raw_reason)}
+        args: dict[str, Any] = {"reason": reason}
         if type(op) is rules.Open:
             args["expiry"] = op.expiry
         self._step(key, name, args)

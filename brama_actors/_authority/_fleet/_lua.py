@@ -220,7 +220,7 @@ local function bump_ver()
   return redis.call('HINCRBY', META, 'ver', 1)
 end
 
--- Write st, move its deadline, append its events; returns (ver, stream id).
+-- Write st, move its deadline, append its events; returns (ver, stream id, st as JSON).
 local function commit(ckey, member, st, gen, evs, fields)
   local ver = bump_ver()
   local sj = cjson.encode(st)
@@ -234,7 +234,7 @@ local function commit(ckey, member, st, gen, evs, fields)
   local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
   if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
   local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
-  return ver, id
+  return ver, id, sj
 end
 
 local function load(ckey)
@@ -267,8 +267,9 @@ local function step(ckey, member, o, a, fields)
     return {'void', cjson.encode(st), ver, id, gen}
   end
   if st.state ~= prev_state or st.opened_at ~= prev_open then gen = gen + 1 end
-  ver, id = commit(ckey, member, st, gen, evs, fields)
-  return {'ok', cjson.encode(st), ver, id, gen}
+  local sj
+  ver, id, sj = commit(ckey, member, st, gen, evs, fields)
+  return {'ok', sj, ver, id, gen}
 end
 
 local member = args.member
@@ -292,8 +293,8 @@ if op == 'register' then
   -- every gen of an earlier registration of the key was at most its last ver, so a
   -- trial fenced by an earlier registration's gen never matches this one.
   local gen = tonumber(redis.call('HGET', META, 'ver') or '0') + 1
-  local ver, id = commit(CKEY, member, st, gen, evs, {'cm', ARGV[5], 'x', ARGV[6]})
-  return {'ok', cjson.encode(st), ver, id, gen}
+  local ver, id, sj = commit(CKEY, member, st, gen, evs, {'cm', ARGV[5], 'x', ARGV[6]})
+  return {'ok', sj, ver, id, gen}
 elseif op == 'unregister' then
   local st, gen = load(CKEY)
   if st == nil then return missing() end
