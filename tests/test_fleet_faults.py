@@ -283,6 +283,40 @@ def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
     assert admin.execute_command("ACL", "LOG") == []
 
 
+def test_a_wake_stream_expires_when_stop_cannot_delete_it(server: RedisServer) -> None:
+    """stop() wakes the tail through a stream of its own and deletes it; when the
+    delete fails (here: a user without DEL), the stream still expires."""
+    admin = server.client()
+    rules = [rule for rule in _documented_acl() if rule != "+del"]
+    admin.execute_command("ACL", "SETUSER", "brama", *rules)
+    url = server.url.replace("unix://", "unix://brama:secret@")
+    brama = Brama.start(fleet=url, fleet_namespace="orders")
+    status = brama.fleet_status()
+    assert status is not None and status.connected
+    brama.stop()
+    wakes = list(admin.scan_iter("{orders}:wake:*"))
+    assert len(wakes) == 1
+    assert 0 < admin.pttl(wakes[0]) <= 60_000
+
+
+def test_noscript_costs_one_more_command_and_no_fault(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """After SCRIPT FLUSH (a restart or failover forgets scripts) a step runs by EVAL:
+    it succeeds, the link stays up, and no SCRIPT LOAD is sent."""
+    admin = server.client(decode_responses=True)
+    with fleet(server, 1) as [brama]:
+        brama.register("db", max_attempts=5)
+        admin.script_flush()
+        admin.config_resetstat()
+        brama.failure("db")
+        brama.failure("db")
+        stats: Any = admin.info("commandstats")
+        assert stats["cmdstat_eval"]["calls"] == 1
+        assert "cmdstat_script" not in stats
+        assert brama.status("db").failure_count == 2
+    assert link_events.names == []
+
+
 @contextmanager
 def _acl_fleet(url: str) -> Iterator[list[Brama]]:
     systems = [Brama.start(fleet=url, fleet_namespace="orders") for _ in range(2)]

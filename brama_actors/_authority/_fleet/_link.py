@@ -10,6 +10,7 @@ it opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -111,11 +112,12 @@ class Link:
         self.wake = f"{tag}:wake:"  # + a system's own id
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
-        self._script = self.cmd.register_script(SCRIPT)
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._on_change = on_change
         self._now = now
         self._lock = threading.Lock()
         self.connected = False
+        self._refusal = ""  # the last error reply logged at ERROR in this outage
         self._known = False  # the first state (up or down) is a change too
         self.since = now()
 
@@ -135,7 +137,7 @@ class Link:
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
                 str(STREAM_MAXLEN)]
         try:
-            reply = self._script(keys=keys or self.keys(member), args=argv, client=self.cmd)
+            reply = self._call(keys or self.keys(member), argv)
         except Unreachable as exc:
             self.set_connected(False)
             raise NodeUnavailable(
@@ -145,14 +147,23 @@ class Link:
             raise self.refused(exc) from None
         return reply
 
+    def _call(self, keys: list[str], argv: list[str]) -> Any:
+        try:
+            return self.cmd.evalsha(self._sha, len(keys), *keys, *argv)
+        except redis.exceptions.NoScriptError:
+            # A restarted or failed-over Redis: EVAL runs the script and caches it, one
+            # command where SCRIPT LOAD and EVALSHA again would be two.
+            return self.cmd.eval(SCRIPT, len(keys), *keys, *argv)
+
     def refused(self, exc: redis.ResponseError) -> NodeUnavailable:
         """An error reply as ``NodeUnavailable``, the link marked down.
 
         A transient refusal (``TRANSIENT``) is handled as an unreachable Redis: the
         tail's snapshot, which writes, succeeds again only once Redis takes writes. Any
         other reply (a cluster's MOVED, a missing ACL permission, a script error) is a
-        misconfiguration or a bug: logged at ERROR, then handled the same way, so no
-        ``redis`` exception reaches a caller.
+        misconfiguration or a bug: logged at ERROR (once per outage: the tail retries
+        every 100 ms), then handled the same way, so no ``redis`` exception reaches a
+        caller.
         """
         code = refusal(exc)
         if code in CLUSTER:
@@ -162,7 +173,9 @@ class Link:
         else:
             message = f"the fleet's Redis refused the step: {exc}"
         if code not in TRANSIENT:
-            logger.error("%s", message)
+            logger.log(logging.DEBUG if message == self._refusal else logging.ERROR, "%s",
+                       message)
+            self._refusal = message
         self.set_connected(False)
         return NodeUnavailable(message)
 
@@ -174,6 +187,8 @@ class Link:
             self._known = True
             self.connected = up
             self.since = self._now()
+            if up:
+                self._refusal = ""
         if not up:
             logger.warning("the fleet's Redis (namespace %r) is unreachable",
                            self.options.namespace)

@@ -50,6 +50,8 @@ logger = logging.getLogger("brama_actors")
 PROBE_MS = 100
 #: Circuits per snapshot page (``SSCAN COUNT``): a page takes a few ms in Redis.
 PAGE = 500
+#: How long a system's wake stream outlives a stop that could not delete it (ms).
+WAKE_TTL_MS = 60_000
 
 
 def stream_id(raw: str) -> tuple[int, int]:
@@ -263,8 +265,11 @@ class Tail:
             self._stopping = True
             self._cond.notify_all()
         link = self._link
-        try:
-            link.cmd.xadd(self._wake_key, {"stop": "1"}, maxlen=1)
+        try:  # with a TTL, in the same round trip: the delete below may not happen
+            pipe = link.cmd.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {"stop": "1"}, maxlen=1)
+            pipe.pexpire(self._wake_key, WAKE_TTL_MS)
+            pipe.execute()
         except Exception:  # unreachable or an error reply: the read times out anyway
             pass  # (within MAX_BLOCK_MS + fleet_timeout)
         if self._thread.is_alive():
