@@ -300,13 +300,12 @@ class FleetAuthority(InProcess):
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
                  trial: tuple[str, int] | None) -> None:
+        args: dict[str, Any] = {"reason": _plain_json("reason", reason)}
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
-            dump_json("reason", reason)  # JSON or TypeError, as in the fleet
             self.offline.apply(key, rules.Failure(reason, metadata))
             return
-        args: dict[str, Any] = {"reason": _plain_json("reason", reason)}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "failure", args, opmeta=raw_meta)
