@@ -121,3 +121,30 @@ def test_a_system_joins_a_fleet_of_20_000_circuits(redis_server: RedisServer,
         joining.failure("c0")
         assert joining.status("c0").failure_count == 1
     assert joined < 20.0
+
+
+def test_a_reply_that_overtakes_the_registration_keeps_its_metadata_and_options(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """A system's own step on a circuit registered (and configured) elsewhere can come
+    back before its tail read the registration: the registration and the configure,
+    older, still bring the metadata and options the reply lacks."""
+    with fleet(redis_server, 2) as systems:
+        ns = systems[0].fleet_status().namespace  # type: ignore[union-attr]
+        a, b = systems
+        a.register("gate", max_attempts=1)
+        converge(systems, client, ns)
+        held = b._authority.ticker._cond  # type: ignore[union-attr]
+        # b's tail hands every deadline it reads to its ticker, under this lock: held,
+        # it stops b's tail right after the opening of "gate", before what follows.
+        with held:
+            a.failure("gate")
+            a.register("db", max_attempts=3, metadata={"team": "core"})
+            a.configure("db", max_attempts=7)
+            b.failure("db")  # the reply comes first: b's tail is held
+            assert dict(b.status("db").metadata) == {}
+        converge(systems, client, ns)
+        status = b.status("db")
+        assert dict(status.metadata) == {"team": "core"} and status.failure_count == 1
+        # The options b would decide with while Redis is unreachable.
+        assert b._authority.replica.entries[  # type: ignore[union-attr]
+            "db"].settings.max_attempts == 7

@@ -37,15 +37,18 @@ class Entry:
     """
 
     __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
-                 "status", "ver")
+                 "status", "ver", "xver")
 
     def __init__(self, status: ConnectionStatus, explicit: Mapping[str, Any],
-                 settings: Settings, gen: int, ver: int) -> None:
+                 settings: Settings, gen: int, ver: int, xver: int = 0) -> None:
         self.status = status
         self.explicit = explicit
         self.settings = settings
         self.gen = gen
         self.ver = ver
+        #: The ver of the entry ``explicit`` (and the metadata) came from; 0: unknown
+        #: (a step's reply that overtook the registration).
+        self.xver = xver
         self.state = status.state
         self.available = status.state is not _OPEN
         self.quiet = status.state is _CLOSED and status.failure_count == 0
@@ -56,7 +59,7 @@ class Entry:
 
     def with_status(self, status: ConnectionStatus, gen: int, ver: int) -> Entry:
         """The same circuit in a later state (settings unchanged)."""
-        return Entry(status, self.explicit, self.settings, gen, ver)
+        return Entry(status, self.explicit, self.settings, gen, ver, self.xver)
 
 
 class Replica:
@@ -89,6 +92,8 @@ class Replica:
         """
         with self.lock:
             if ver <= self.floor.get(key, 0):
+                if explicit is not None and status is not None:
+                    self._complete(key, status, explicit, ver, fresh)
                 return False
             self.floor[key] = ver
             if self._recent is not None:
@@ -104,10 +109,24 @@ class Replica:
                 self.tallies.pop(key, None)
             if explicit is not None or old is None:
                 given = dict(explicit or {})
-                self.entries[key] = Entry(status, given, resolve_settings(given), gen, ver)
+                self.entries[key] = Entry(status, given, resolve_settings(given), gen, ver,
+                                          0 if explicit is None else ver)
             else:
                 self.entries[key] = old.with_status(status, gen, ver)
             return True
+
+    def _complete(self, key: Key, status: ConnectionStatus, explicit: Mapping[str, Any],
+                  ver: int, fresh: bool) -> None:
+        """A registration or configure older than the circuit's state here (a reply
+        overtook it): its options (and a registration's metadata) are still newer than
+        what the state here came with, and only such entries carry them (holding
+        ``lock``)."""
+        old = self.entries.get(key)
+        if old is not None and ver > old.xver:
+            given = dict(explicit)
+            current = evolve(old.status, metadata=status.metadata) if fresh else old.status
+            self.entries[key] = Entry(current, given, resolve_settings(given), old.gen,
+                                      old.ver, ver)
 
     def count_quiet(self, key: Key, now: int) -> None:
         """Count a success that changed nothing in the fleet."""

@@ -201,10 +201,11 @@ class Tail:
             metadata = load_metadata(fields["cm"])
         else:
             entry = replica.entries.get(key)
-            if ver <= replica.floor.get(key, 0):
+            if ver <= replica.floor.get(key, 0) and "x" not in fields:
                 # This system's own reply applied it already (the usual case for its
                 # own steps): skip decoding it again on the caller's cores. Only a
-                # registration's events need the entry's own status.
+                # registration's events need the entry's own status, and only entries
+                # with options (register, configure) can still complete the replica.
                 return None if entry is None else entry.status
             metadata = entry.status.metadata if entry is not None else load_metadata(None)
         status = decode_status(raw, metadata)
