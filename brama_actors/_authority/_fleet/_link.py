@@ -112,7 +112,8 @@ class Link:
         self.wake = f"{tag}:wake:"  # + a system's own id
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
-        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
+        self._sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
         self._on_change = on_change
         self._now = now
         self._lock = threading.Lock()
@@ -131,7 +132,7 @@ class Link:
             opmeta: str = "", cmeta: str = "", explicit: str = "",
             keys: list[str] | None = None) -> Any:
         """Run one op of the script; marks the link down and raises ``NodeUnavailable``
-        when Redis does not answer within ``fleet_timeout``."""
+        when Redis does not answer within ``fleet_timeout`` or refuses (``refused``)."""
         args = {k: v for k, v in args.items() if v is not None}
         args["member"] = member
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
