@@ -1,6 +1,7 @@
-"""How a fleet recovers from what its Redis loses (API.md section 16): versions that go
-back, a circuit registered again, and a snapshot of many circuits. All on the real
-redis-server; faults that stop or reconfigure Redis are in test_fleet_faults.py.
+"""How a fleet recovers from what its Redis loses and from races with its own tail (API.md
+section 16): versions that go back, a circuit registered again, a snapshot of many
+circuits, a reply that overtakes a registration. All on the real redis-server; faults
+that stop or reconfigure Redis are in test_fleet_faults.py.
 """
 
 from __future__ import annotations
