@@ -166,13 +166,14 @@ def test_a_redis_unreachable_at_start_is_not_an_error(server: RedisServer,
         fleet_registered, _ = wait_for_event(
             sub, lambda e: e.event == "connection_registered" and "origin" not in e.data)
         assert fleet_registered.connection in ("db", "api")
-        with server.client() as admin:
-            assert admin.scard("{brama}:circuits") == 2
+        admin = server.client()
+        assert admin.scard("{brama}:circuits") == 2
         db = brama.status("db")
         assert db.state == "closed" and db.max_attempts == 2
         assert dict(db.metadata) == {"team": "core"}
         assert brama.status("api").max_attempts == 1
         held.register("other")
+        converge([brama, held], admin, "brama")
         assert held.status("db").max_attempts == 2  # the fleet has it now
     finally:
         brama.stop()
@@ -195,14 +196,15 @@ def test_a_redis_that_comes_back_empty_gets_its_circuits_back(
         # A system counts as restored once it has created again what it owes: b has
         # "db" then, from its snapshot or (if it loaded that first) from the stream.
         assert link_events.wait("restored", 2)
-        with server.client() as admin:
-            converge([a, b], admin, a.fleet_status().namespace)  # type: ignore[union-attr]
+        admin = server.client()
+        ns = a.fleet_status().namespace  # type: ignore[union-attr]
+        converge([a, b], admin, ns)
         for system in (a, b):
             status = system.status("db")
             assert status.max_attempts == 3 and dict(status.metadata) == {"team": "core"}
             assert status.failure_count == 0
         b.failure("db")
-        a.drain(WAIT)
+        converge([a, b], admin, ns)
         assert a.status("db").failure_count == 1  # shared again
 
 

@@ -15,6 +15,7 @@ know. Their state starts over (closed, no counts); local history is not replayed
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,13 +23,16 @@ from typing import TYPE_CHECKING, Any
 from brama_actors import _rules as rules
 from brama_actors._authority._fleet._replica import Entry
 from brama_actors._config import Settings
-from brama_actors._keys import Key, not_found, split_key
+from brama_actors._errors import NodeUnavailable
+from brama_actors._keys import Key, describe_key, not_found, split_key
 from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
     from brama_actors._authority._fleet._authority import FleetAuthority
 
 __all__ = ["Offline", "Owed"]
+
+logger = logging.getLogger("brama_actors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,5 +136,11 @@ class Offline:
         """
         owner = self._owner
         for key, owed in list(self.owed.items()):
-            owner.create(key, owed.kind, owed.explicit, owed.metadata)
+            try:
+                owner.create(key, owed.kind, owed.explicit, owed.metadata)
+            except NodeUnavailable:
+                raise
+            except Exception:  # never again on every resync: given up, and said so
+                logger.exception("connection %s could not be created in the fleet; it "
+                                 "is dropped from this system's debts", describe_key(key))
             self.owed.pop(key, None)
