@@ -442,5 +442,9 @@ def test_stop_leaves_no_thread_and_no_connection(redis_server: RedisServer,
         systems[0].register("db")
         assert len(client.client_list()) > clients_before
     assert {t.name for t in threading.enumerate()} <= before
+    # The server sees a closed socket on its next event loop turn: ask until it has.
+    deadline = time.monotonic() + WAIT
+    while len(client.client_list()) > clients_before and time.monotonic() < deadline:
+        pass
     assert len(client.client_list()) == clients_before
     assert brama_actors  # the module is what the systems came from

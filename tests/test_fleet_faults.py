@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from brama_actors import Brama, NodeUnavailable, telemetry
-from tests.fleet_helpers import WAIT, fleet, take, wait_for_event
+from tests.fleet_helpers import WAIT, converge, fleet, namespace, take, wait_for_event
 from tests.redis_server import RedisServer
 
 TIMEOUT_MS = 200
@@ -137,41 +138,122 @@ def test_hold_mode_refuses_writes_and_goes_stale(server: RedisServer,
 
 def test_a_redis_unreachable_at_start_is_not_an_error(server: RedisServer,
                                                       link_events: LinkEvents) -> None:
-    """A system starts unconnected (bounded), registering raises NodeUnavailable, and it
-    connects when Redis comes up."""
+    """A system starts unconnected (bounded); in "local" mode registering works at once
+    (a guard's first call too) and the circuits are created in Redis when it comes up;
+    "hold" refuses to register."""
     server.kill()
     elapsed, brama = _timed(lambda: Brama.start(fleet=server.url, fleet_timeout=TIMEOUT_MS))
     assert isinstance(brama, Brama)
+    held = Brama.start(fleet=server.url, fleet_timeout=TIMEOUT_MS, when_unreachable="hold")
     try:
         assert elapsed < 2 * TIMEOUT_MS / 1000 + 0.5 + SLACK_S
         status = brama.fleet_status()
         assert status is not None and not status.connected
         with pytest.raises(NodeUnavailable):
-            brama.register("db")
+            held.register("db")
+        sub = brama.subscribe(events=["connection_registered", "circuit_opened"])
+        brama.register("db", max_attempts=2, metadata={"team": "core"})
+        registered, _ = wait_for_event(sub, lambda e: e.event == "connection_registered")
+        assert registered.data["origin"] == "local"
+        with brama.guard("api", max_attempts=1):  # registered by its first call
+            pass
+        brama.failure("db")
+        brama.failure("db")
+        assert not brama.available("db")  # protected here, by this system's rules
         server.restart()
-        assert link_events.restored.wait(WAIT)
-        brama.register("db")
-        assert brama.available("db")
+        assert link_events.wait("restored", 2)
+        # Created in Redis from the options given; the local opening is not replayed.
+        fleet_registered, _ = wait_for_event(
+            sub, lambda e: e.event == "connection_registered" and "origin" not in e.data)
+        assert fleet_registered.connection in ("db", "api")
+        admin = server.client()
+        assert admin.scard("{brama}:circuits") == 2
+        db = brama.status("db")
+        assert db.state == "closed" and db.max_attempts == 2
+        assert dict(db.metadata) == {"team": "core"}
+        assert brama.status("api").max_attempts == 1
+        held.register("other")
+        converge([brama, held], admin, "brama")
+        assert held.status("db").max_attempts == 2  # the fleet has it now
     finally:
         brama.stop()
+        held.stop()
 
 
-def test_a_redis_that_comes_back_empty_is_the_fleets_state(server: RedisServer,
-                                                           link_events: LinkEvents) -> None:
-    """Killed and restarted empty: every system resyncs to the (empty) fleet; the
-    circuits are registered again and shared again."""
+def test_a_redis_that_comes_back_empty_gets_its_circuits_back(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """Killed and restarted empty: every system re-creates the circuits registered
+    through it (with their settings and metadata, state starting over); the others
+    adopt them."""
     with fleet(server, 2, fleet_timeout=TIMEOUT_MS) as [a, b]:
         sub = b.subscribe(events=["connection_registered"])
-        a.register("db")
+        a.register("db", max_attempts=3, metadata={"team": "core"})
+        a.failure("db")
         wait_for_event(sub, lambda e: e.connection == "db")
         server.kill()
         assert link_events.wait("unreachable", 2)
         server.restart()
+        # A system counts as restored once it has created again what it owes: b has
+        # "db" then, from its snapshot or (if it loaded that first) from the stream.
         assert link_events.wait("restored", 2)
-        assert not a.available("db") and not b.available("db")  # the fleet has none
-        a.register("db")
-        _event, _ = wait_for_event(sub, lambda e: e.connection == "db")
-        assert b.available("db")
+        admin = server.client()
+        ns = a.fleet_status().namespace  # type: ignore[union-attr]
+        converge([a, b], admin, ns)
+        for system in (a, b):
+            status = system.status("db")
+            assert status.max_attempts == 3 and dict(status.metadata) == {"team": "core"}
+            assert status.failure_count == 0
+        b.failure("db")
+        converge([a, b], admin, ns)
+        assert a.status("db").failure_count == 1  # shared again
+
+
+def _refuse_writes(admin: redis.Redis, fault: str) -> None:
+    if fault == "oom":
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", 1)
+    else:  # a primary turned replica (of a dead one), as after a failover
+        admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+
+
+def _take_writes_again(admin: redis.Redis, fault: str) -> None:
+    if fault == "oom":
+        admin.config_set("maxmemory", 0)
+    else:
+        admin.execute_command("REPLICAOF", "NO", "ONE")
+
+
+@pytest.mark.parametrize("fault", ["oom", "readonly"])
+def test_error_replies_are_handled_as_an_unreachable_redis(
+        server: RedisServer, link_events: LinkEvents, fault: str) -> None:
+    """OOM and READONLY replies reach no caller as a redis exception: "local" decides
+    here (and registers here), "hold" raises NodeUnavailable; once Redis takes writes
+    again the systems reconnect and the fleet's state wins."""
+    admin = server.client()
+    ns = namespace()
+    with fleet(server, 1, ns, fleet_timeout=TIMEOUT_MS) as [local], \
+            fleet(server, 1, ns, fleet_timeout=TIMEOUT_MS, when_unreachable="hold") as [held]:
+        local.register("db", max_attempts=2)
+        held.register("hdb")
+        _refuse_writes(admin, fault)
+        try:
+            local.failure("db")  # refused: decided here
+            local.failure("db")
+            assert not local.available("db")
+            status = local.fleet_status()
+            assert status is not None and not status.connected
+            local.register("api")  # registered here, owed to the fleet
+            assert local.available("api")
+            with pytest.raises(NodeUnavailable):
+                held.failure("hdb")
+            with pytest.raises(NodeUnavailable):
+                held.register("other")
+        finally:
+            _take_writes_again(admin, fault)
+        assert link_events.wait("restored", 2)
+        converge([local, held], admin, ns)
+        assert local.status("db").state == "closed"  # nothing was written: the fleet's
+        assert held.available("api")  # created when Redis took writes again
 
 
 def _documented_acl() -> list[str]:
@@ -203,6 +285,40 @@ def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
         a.configure("db", expiry=200)
         assert a.unregister("db")
     assert admin.execute_command("ACL", "LOG") == []
+
+
+def test_a_wake_stream_expires_when_stop_cannot_delete_it(server: RedisServer) -> None:
+    """stop() wakes the tail through a stream of its own and deletes it; when the
+    delete fails (here: a user without DEL), the stream still expires."""
+    admin = server.client()
+    rules = [rule for rule in _documented_acl() if rule != "+del"]
+    admin.execute_command("ACL", "SETUSER", "brama", *rules)
+    url = server.url.replace("unix://", "unix://brama:secret@")
+    brama = Brama.start(fleet=url, fleet_namespace="orders")
+    status = brama.fleet_status()
+    assert status is not None and status.connected
+    brama.stop()
+    wakes = list(admin.scan_iter("{orders}:wake:*"))
+    assert len(wakes) == 1
+    assert 0 < admin.pttl(wakes[0]) <= 60_000
+
+
+def test_noscript_costs_one_more_command_and_no_fault(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """After SCRIPT FLUSH (a restart or failover forgets scripts) a step runs by EVAL:
+    it succeeds, the link stays up, and no SCRIPT LOAD is sent."""
+    admin = server.client(decode_responses=True)
+    with fleet(server, 1) as [brama]:
+        brama.register("db", max_attempts=5)
+        admin.script_flush()
+        admin.config_resetstat()
+        brama.failure("db")
+        brama.failure("db")
+        stats: Any = admin.info("commandstats")
+        assert stats["cmdstat_eval"]["calls"] == 1
+        assert "cmdstat_script" not in stats
+        assert brama.status("db").failure_count == 2
+    assert link_events.names == []
 
 
 @contextmanager

@@ -9,15 +9,17 @@ Round trips: none for reads and for a success on a closed circuit with no failur
 (counted and delivered here only); one for ``failure()``, manual control and other
 successes; two for a guarded half_open call (acquire a permit, then its outcome).
 
-When Redis does not answer (``fleet_timeout``), ``when_unreachable="local"`` keeps
-protecting callers with this system's own rules from the last fleet state (events carry
-``data["origin"] == "local"``), until the tail reconnects and loads a snapshot: the
-fleet's state wins and local history is not replayed. ``"hold"`` keeps the last fleet
-state, and ``available()`` follows ``stale_after``/``when_stale``.
+When Redis does not answer (``fleet_timeout``) or refuses (an error reply, ``_link``),
+``when_unreachable="local"`` keeps protecting callers with this system's own rules from
+the last fleet state, registrations included (``_offline``), until the tail reconnects
+and loads a snapshot: the fleet's state wins and local history is not replayed.
+``"hold"`` keeps the last fleet state, and ``available()`` follows
+``stale_after``/``when_stale``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -31,7 +33,6 @@ from pykka import ActorRef
 from brama_actors import _rules as rules
 from brama_actors._authority import ALL_SCOPES, Admission, InProcess, Registration
 from brama_actors._authority._fleet._codec import (
-    decode_events,
     decode_status,
     dump_json,
     encode_status,
@@ -40,6 +41,7 @@ from brama_actors._authority._fleet._codec import (
     settings_args,
 )
 from brama_actors._authority._fleet._link import Link
+from brama_actors._authority._fleet._offline import Offline
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._authority._fleet._replica import Replica
 from brama_actors._authority._fleet._tail import Tail, stream_id
@@ -51,8 +53,7 @@ from brama_actors._authority._fleet._unreachable import (
     Verdict,
     refuse_rate_rules,
 )
-from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
-from brama_actors._delivery import _telemetry
+from brama_actors._config import CONNECTION_OPTIONS, Settings, check_global, resolve_settings
 from brama_actors._delivery._hub import Delivery
 from brama_actors._errors import (
     AlreadyRegistered,
@@ -72,6 +73,18 @@ logger = logging.getLogger("brama_actors")
 _HALF_OPEN = CircuitState.HALF_OPEN
 #: A trial permit's lease when the circuit has no ``half_open_timeout`` (ms).
 DEFAULT_LEASE_MS = 30_000
+
+
+#: A circuit's name in Redis, cached: it is on every step's path.
+_member = functools.lru_cache(maxsize=65_536)(member)
+
+
+def _plain_json(name: str, value: Any) -> Any:
+    """``value`` as plain JSON data (``TypeError`` if it is not JSON): the common
+    ``None`` and ``str`` reasons as they are, anything else through a JSON round."""
+    if value is None or type(value) is str:
+        return value
+    return json.loads(dump_json(name, value))
 
 
 class FleetAuthority(InProcess):
@@ -99,12 +112,12 @@ class FleetAuthority(InProcess):
         self.fixed_now: Callable[[], int] | None = None
         #: Test seam: the clock ``stale_after`` is measured on ("hold" mode).
         self.monotonic: Callable[[], float] = time.monotonic
-        self._mine: set[Key] = set()  # registered through this system
-        self._local: set[Key] = set()  # changed locally while Redis was unreachable
+        #: Keys registered through this system (re-created by it if Redis loses them).
+        self.mine: set[Key] = set()
+        self.offline = Offline(self)
         self._lock = threading.Lock()
         self._written = (0, 0)  # the newest stream entry this system's calls appended
         self._was_down = False  # "unreachable" was fired and no "restored" since
-        self._incarnation = ""  # the Redis data set the replica was loaded from
         self.link = Link(options, self._link_changed, context.clock.now)
         self.ticker = Ticker(self, self.link, context.name)
         self.tail = Tail(self, self.link, self.ticker, context.name)
@@ -161,7 +174,7 @@ class FleetAuthority(InProcess):
 
     def _run(self, op: str, key: Key, args: dict[str, Any], **extra: Any) -> Any:
         _nowait.check()
-        return self.link.run(op, member(key), args, now=self.fixed_now_ms(), **extra)
+        return self.link.run(op, _member(key), args, now=self.fixed_now_ms(), **extra)
 
     def _note(self, key: Key, reply: Any, explicit: Mapping[str, Any] | None = None,
               fresh: bool = False) -> ConnectionStatus | None:
@@ -182,126 +195,82 @@ class FleetAuthority(InProcess):
         return status
 
     # -- what the tail calls -------------------------------------------------------------
-    def load_snapshot(self, ver: int, circuits: list[Any], incarnation: str) -> None:
-        """Replace the replica by a snapshot (the fleet's state wins over local changes;
-        a Redis of another incarnation, one that lost its data, replaces it whole)."""
-        with self.replica.lock:
-            if incarnation != self._incarnation:
-                self._incarnation = incarnation
-                self.replica.floor.clear()
-            for key in self._local:
-                self.replica.floor.pop(key, None)
-            self._local.clear()
-        for key in self.replica.load(ver, circuits):
-            self._mine.discard(key)
-
-    def apply_entry(self, key: Key, fields: Mapping[str, str],
-                    ver: int) -> ConnectionStatus | None:
-        """Apply one stream entry's post-state; the status (None: removed)."""
-        raw = fields["s"]
-        if not raw:
-            if self.replica.apply(key, None, 0, ver):
-                self._mine.discard(key)
-            return None
-        fresh = "cm" in fields
-        if fresh:
-            metadata = load_metadata(fields["cm"])
-        else:
-            entry = self.replica.entries.get(key)
-            metadata = entry.status.metadata if entry is not None else load_metadata(None)
-        status = decode_status(raw, metadata)
-        explicit = json.loads(fields["x"]) if "x" in fields else None
-        self.replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
-        return status
-
-    def deliver(self, raw_id: str, fields: Mapping[str, str], key: Key,
-                status: ConnectionStatus | None) -> None:
-        """Hand one entry's events to this system's delivery."""
-        interest = self.delivery.interest
-
-        def wanted(kind: Any, identifier: str, scope: str | None) -> bool:
-            return bool(_telemetry.HANDLERS) or interest.wants(kind, identifier, scope)
-
-        events = decode_events(raw_id, fields, key, status, wanted)
-        if events:
-            self.delivery.publish(events)
-
     def local_expiries(self) -> None:
         """While unreachable (local mode): expire the openings decided here."""
-        if self.options.when_unreachable != "local":
-            return
-        now = self.context.clock.now()
-        for key, entry in list(self.replica.entries.items()):
-            due = rules.deadline(entry.status)
-            if due is not None and due <= now and entry.status.opened_at is not None:
-                self._apply_locally(key, rules.Expire(entry.status.opened_at))
-
-    def _apply_locally(self, key: Key, op: rules.Input) -> None:
-        """Decide ``op`` here with the shared rules (Redis unreachable)."""
-        with self.replica.lock:
-            entry = self.replica.entries.get(key)
-            if entry is None:
-                raise not_found(key)
-            now = self.context.clock.now()
-            transition = rules.apply(entry.status, entry.settings, op, now)
-            if transition.status is not entry.status:
-                self.replica.entries[key] = entry.with_status(transition.status, entry.gen,
-                                                              entry.ver)
-                self._local.add(key)
-        identifier, scope = split_key(key)
-        specs = [(kind, {**data, "origin": "local"}) for kind, data in transition.events]
-        if specs:
-            self.delivery.emit(identifier, scope, specs, now)
+        if self.options.when_unreachable == "local":
+            self.offline.expire_due()
 
     # -- connections ---------------------------------------------------------------------
     def register(self, key: Key, kind: str, options: Mapping[str, Any],
                  metadata: Mapping[str, Any] | None) -> ConnectionStatus:
         """Register in the fleet, or adopt the fleet's circuit (warning on differences).
 
+        Redis unreachable, ``"local"`` mode: registered here from the options given and
+        created in Redis when it answers again (``_offline``).
+
         Raises:
             AlreadyRegistered: registered through this system already.
             InvalidConfiguration: bad options, or a rate rule (not on a fleet yet).
             TypeError: metadata that is not JSON.
-            NodeUnavailable: Redis unreachable.
+            NodeUnavailable: Redis unreachable, ``"hold"`` mode.
         """
-        identifier, scope = split_key(key)
         with self._lock:
             explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
         explicit.update(options)
         settings = resolve_settings(explicit)
         refuse_rate_rules(settings)
-        raw_meta = dump_json("metadata", dict(metadata or {}))
-        raw_explicit = dump_json("options", explicit)
+        dump_json("metadata", dict(metadata or {}))
+        dump_json("options", explicit)
         self._check_running()
-        if key in self._mine and key in self.replica.entries:
+        if key in self.mine and key in self.replica.entries:
             raise AlreadyRegistered(f"connection {describe_key(key)} is already registered")
-        if not self.link.connected:
-            raise NodeUnavailable("cannot register while the fleet's Redis is unreachable")
+        if not self._local_mode():
+            try:
+                return self.create(key, kind, explicit, metadata, settings)
+            except NodeUnavailable:
+                if self.options.when_unreachable != "local":
+                    raise
+        return self.offline.register(key, kind, explicit, settings, metadata)
+
+    def create(self, key: Key, kind: str, explicit: Mapping[str, Any],
+               metadata: Mapping[str, Any] | None,
+               settings: Settings | None = None) -> ConnectionStatus:
+        """Create the circuit in Redis, or adopt the fleet's; its status here.
+
+        Raises:
+            NodeUnavailable: Redis did not answer (or refused).
+        """
+        identifier, scope = split_key(key)
+        settings = settings or resolve_settings(dict(explicit))
+        raw_meta = dump_json("metadata", dict(metadata or {}))
         fresh = rules.initial_status(identifier, scope, kind, settings, metadata, 0)
         reply = self._run("register", key, {"status": encode_status(fresh, settings)},
-                          cmeta=raw_meta, explicit=raw_explicit)
+                          cmeta=raw_meta, explicit=dump_json("options", explicit))
         if reply[0] == "exists":
             _, raw, ver, their_meta, their_explicit, gen = reply
             theirs = json.loads(their_explicit or "{}")
             status = decode_status(raw, load_metadata(their_meta))
             self.replica.apply(key, status, int(gen), int(ver), theirs)
-            if resolve_settings(theirs) != settings or status.type != kind:
-                logger.warning(
-                    "connection %s is already in the fleet with other settings; adopting "
-                    "the fleet's (type %r, %r) over ours (type %r, %r)", describe_key(key),
-                    status.type, theirs, kind, dict(options))
-            self._mine.add(key)
-            adopted = self.replica.status(key)
-            return status if adopted is None else adopted
-        self.replica.apply(key, decode_status(str(reply[1]), load_metadata(raw_meta)),
-                           int(reply[4]), int(reply[2]), explicit, fresh=True)
-        self._mine.add(key)
-        sid = str(reply[3])
-        with self._lock:
-            self._written = max(self._written, stream_id(sid))
+            self.warn_if_different(key, theirs, status.type, settings, kind, explicit)
+        else:
+            self.replica.apply(key, decode_status(str(reply[1]), load_metadata(raw_meta)),
+                               int(reply[4]), int(reply[2]), dict(explicit), fresh=True)
+            with self._lock:
+                self._written = max(self._written, stream_id(str(reply[3])))
+        self.mine.add(key)
         current = self.replica.status(key)
         assert current is not None
         return current
+
+    @staticmethod
+    def warn_if_different(key: Key, theirs: Mapping[str, Any], their_kind: str,
+                          settings: Settings, kind: str, ours: Mapping[str, Any]) -> None:
+        """Log at WARNING when the fleet's circuit differs from what we registered."""
+        if resolve_settings(dict(theirs)) != settings or their_kind != kind:
+            logger.warning(
+                "connection %s is already in the fleet with other settings; adopting "
+                "the fleet's (type %r, %r) over ours (type %r, %r)", describe_key(key),
+                their_kind, dict(theirs), kind, dict(ours))
 
     def unregister(self, key: Key) -> bool:
         self._check_running()
@@ -310,12 +279,12 @@ class FleetAuthority(InProcess):
         reply = self._run("unregister", key, {})
         if reply[0] == "missing":
             self.replica.apply(key, None, 0, int(reply[2]))
-            self._mine.discard(key)
+            self.mine.discard(key)
             return False
         with self._lock:
             self._written = max(self._written, stream_id(str(reply[3])))
         self.replica.apply(key, None, 0, int(reply[2]))
-        self._mine.discard(key)
+        self.mine.discard(key)
         return True
 
     def available(self, key: Key) -> bool:
@@ -331,13 +300,12 @@ class FleetAuthority(InProcess):
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
                  trial: tuple[str, int] | None) -> None:
-        raw_reason = dump_json("reason", reason)
+        args: dict[str, Any] = {"reason": _plain_json("reason", reason)}
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
-            self._apply_locally(key, rules.Failure(reason, metadata))
+            self.offline.apply(key, rules.Failure(reason, metadata))
             return
-        args: dict[str, Any] = {"reason": json.loads(raw_reason)}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "failure", args, opmeta=raw_meta)
@@ -348,11 +316,11 @@ class FleetAuthority(InProcess):
         except NodeUnavailable:
             if self.options.when_unreachable != "local" or op not in LOCAL_OPS:
                 raise
-            self._apply_locally(key, LOCAL_OPS[op](args))
+            self.offline.apply(key, LOCAL_OPS[op](args))
             return
         if reply[0] == "missing":
             self.replica.apply(key, None, 0, int(reply[2]))
-            self._mine.discard(key)
+            self.mine.discard(key)
             raise not_found(key)
         self._note(key, reply)
 
@@ -365,7 +333,7 @@ class FleetAuthority(InProcess):
             self._quiet_success(key, metadata)
             return
         if self._local_mode():
-            self._apply_locally(key, rules.Success(metadata))
+            self.offline.apply(key, rules.Success(metadata))
             return
         args: dict[str, Any] = {}
         if trial is not None:
@@ -397,13 +365,13 @@ class FleetAuthority(InProcess):
         self._success(key, None)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
-        raw_reason = dump_json("reason", op.reason)
+        reason = _plain_json("reason", op.reason)
         self._check_running()
         name = {rules.Open: "open", rules.Close: "close", rules.Reset: "reset"}[type(op)]
         if self._local_mode():
-            self._apply_locally(key, op)
+            self.offline.apply(key, op)
             return
-        args: dict[str, Any] = {"reason": json.loads(raw_reason)}
+        args: dict[str, Any] = {"reason": reason}
         if type(op) is rules.Open:
             args["expiry"] = op.expiry
         self._step(key, name, args)

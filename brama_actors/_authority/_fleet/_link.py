@@ -10,8 +10,10 @@ it opened.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._errors import NodeUnavailable
 
-__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable"]
+__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable", "refusal"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -37,6 +39,34 @@ STREAM_MAXLEN = 10_000
 
 #: What a dead, paused or unreachable Redis raises.
 Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+#: Error replies that mean "not now" rather than "never": a replica after a failover
+#: (READONLY; UNBLOCKED for a blocked read when the primary becomes a replica), a
+#: restart loading its data (LOADING, raised by redis-py as a connection error), out of
+#: memory (OOM), a long script (BUSY), and their cluster cousins.
+TRANSIENT = frozenset({"READONLY", "UNBLOCKED", "LOADING", "OOM", "BUSY", "MASTERDOWN",
+                       "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
+#: Error replies of a Redis Cluster node that does not hold the namespace's slot.
+CLUSTER = frozenset({"MOVED", "ASK"})
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (redis.exceptions.ReadOnlyError, "READONLY"), (redis.exceptions.OutOfMemoryError, "OOM"),
+    (redis.exceptions.MovedError, "MOVED"), (redis.exceptions.AskError, "ASK"),
+    (redis.exceptions.TryAgainError, "TRYAGAIN"),
+    (redis.exceptions.MasterDownError, "MASTERDOWN"),
+    (redis.exceptions.ClusterDownError, "CLUSTERDOWN"),
+)
+# The code of an error reply, also inside a script's error (Redis 6.2 wraps it:
+# "Error running script (...): @user_script:1: ... -OOM command not allowed ...").
+_CODE = re.compile(r"(?:^|\s-)([A-Z]{2,})\b")
+
+
+def refusal(exc: redis.ResponseError) -> str:
+    """The error code of an error reply ("OOM", "READONLY", ..., "" if none)."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    match = _CODE.search(str(exc))
+    return match.group(1) if match else ""
 
 _OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_timeout",
                "decode_responses", "encoding", "encoding_errors")
@@ -82,11 +112,13 @@ class Link:
         self.wake = f"{tag}:wake:"  # + a system's own id
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
-        self._script = self.cmd.register_script(SCRIPT)
+        # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
+        self._sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
         self._on_change = on_change
         self._now = now
         self._lock = threading.Lock()
         self.connected = False
+        self._refusal = ""  # the last error reply logged at ERROR in this outage
         self._known = False  # the first state (up or down) is a change too
         self.since = now()
 
@@ -100,19 +132,53 @@ class Link:
             opmeta: str = "", cmeta: str = "", explicit: str = "",
             keys: list[str] | None = None) -> Any:
         """Run one op of the script; marks the link down and raises ``NodeUnavailable``
-        when Redis does not answer within ``fleet_timeout``."""
+        when Redis does not answer within ``fleet_timeout`` or refuses (``refused``)."""
         args = {k: v for k, v in args.items() if v is not None}
         args["member"] = member
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
                 str(STREAM_MAXLEN)]
         try:
-            reply = self._script(keys=keys or self.keys(member), args=argv, client=self.cmd)
+            reply = self._call(keys or self.keys(member), argv)
         except Unreachable as exc:
             self.set_connected(False)
             raise NodeUnavailable(
                 f"the fleet's Redis did not answer within {self.options.timeout} ms: "
                 f"{exc}") from None
+        except redis.ResponseError as exc:
+            raise self.refused(exc) from None
         return reply
+
+    def _call(self, keys: list[str], argv: list[str]) -> Any:
+        try:
+            return self.cmd.evalsha(self._sha, len(keys), *keys, *argv)
+        except redis.exceptions.NoScriptError:
+            # A restarted or failed-over Redis: EVAL runs the script and caches it, one
+            # command where SCRIPT LOAD and EVALSHA again would be two.
+            return self.cmd.eval(SCRIPT, len(keys), *keys, *argv)
+
+    def refused(self, exc: redis.ResponseError) -> NodeUnavailable:
+        """An error reply as ``NodeUnavailable``, the link marked down.
+
+        A transient refusal (``TRANSIENT``) is handled as an unreachable Redis: the
+        tail's snapshot, which writes, succeeds again only once Redis takes writes. Any
+        other reply (a cluster's MOVED, a missing ACL permission, a script error) is a
+        misconfiguration or a bug: logged at ERROR (once per outage: the tail retries
+        every 100 ms), then handled the same way, so no ``redis`` exception reaches a
+        caller.
+        """
+        code = refusal(exc)
+        if code in CLUSTER:
+            message = (f"the fleet's Redis is a Redis Cluster node that does not hold the "
+                       f"namespace's slot ({exc}): fleet= needs a standalone Redis (or "
+                       "its primary)")
+        else:
+            message = f"the fleet's Redis refused the step: {exc}"
+        if code not in TRANSIENT:
+            logger.log(logging.DEBUG if message == self._refusal else logging.ERROR, "%s",
+                       message)
+            self._refusal = message
+        self.set_connected(False)
+        return NodeUnavailable(message)
 
     def set_connected(self, up: bool) -> None:
         """Record the link's state; tell ``on_change`` when it changed."""
@@ -122,6 +188,8 @@ class Link:
             self._known = True
             self.connected = up
             self.since = self._now()
+            if up:
+                self._refusal = ""
         if not up:
             logger.warning("the fleet's Redis (namespace %r) is unreachable",
                            self.options.namespace)

@@ -220,7 +220,7 @@ local function bump_ver()
   return redis.call('HINCRBY', META, 'ver', 1)
 end
 
--- Write st, move its deadline, append its events; returns (ver, stream id).
+-- Write st, move its deadline, append its events; returns (ver, stream id, st as JSON).
 local function commit(ckey, member, st, gen, evs, fields)
   local ver = bump_ver()
   local sj = cjson.encode(st)
@@ -234,7 +234,7 @@ local function commit(ckey, member, st, gen, evs, fields)
   local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
   if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
   local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
-  return ver, id
+  return ver, id, sj
 end
 
 local function load(ckey)
@@ -267,8 +267,9 @@ local function step(ckey, member, o, a, fields)
     return {'void', cjson.encode(st), ver, id, gen}
   end
   if st.state ~= prev_state or st.opened_at ~= prev_open then gen = gen + 1 end
-  ver, id = commit(ckey, member, st, gen, evs, fields)
-  return {'ok', cjson.encode(st), ver, id, gen}
+  local sj
+  ver, id, sj = commit(ckey, member, st, gen, evs, fields)
+  return {'ok', sj, ver, id, gen}
 end
 
 local member = args.member
@@ -288,8 +289,12 @@ if op == 'register' then
   local evs = {}
   ev(evs, 'registration', st, nil)
   ev(evs, 'connection_registered', st, nil)
-  local ver, id = commit(CKEY, member, st, 1, evs, {'cm', ARGV[5], 'x', ARGV[6]})
-  return {'ok', cjson.encode(st), ver, id, 1}
+  -- The generation starts at the ver this registration gets (commit bumps it once):
+  -- every gen of an earlier registration of the key was at most its last ver, so a
+  -- trial fenced by an earlier registration's gen never matches this one.
+  local gen = tonumber(redis.call('HGET', META, 'ver') or '0') + 1
+  local ver, id, sj = commit(CKEY, member, st, gen, evs, {'cm', ARGV[5], 'x', ARGV[6]})
+  return {'ok', sj, ver, id, gen}
 elseif op == 'unregister' then
   local st, gen = load(CKEY)
   if st == nil then return missing() end
@@ -352,8 +357,25 @@ elseif op == 'lease' then
   end
   return {0}
 elseif op == 'snapshot' then
+  -- The head of a paged snapshot: the stream position and the fleet's ver, read
+  -- together, so the entries after that position are exactly the steps the pages may
+  -- or may not show (the replica's ver floors sort them out). HSETNX is a write on
+  -- purpose: a read-only replica or a Redis out of memory refuses it, so a system does
+  -- not count as connected to a Redis that cannot apply its steps.
+  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
+  -- incarnation: a system's replica then starts over instead of keeping what it had.
+  redis.call('HSETNX', META, 'inc', args.inc)
+  local top = redis.call('XREVRANGE', STREAM, '+', '-', 'COUNT', 1)
+  local last = '0-0'
+  if top[1] then last = top[1][1] end
+  local ver = redis.call('HGET', META, 'ver') or '0'
+  return {now, tonumber(ver), last, redis.call('HGET', META, 'inc')}
+elseif op == 'page' then
+  -- One page of the snapshot: a short script, so no call outlasts fleet_timeout
+  -- whatever the number of circuits.
+  local scan = redis.call('SSCAN', INDEX, args.cursor, 'COUNT', args.count)
   local out = {}
-  for _, m in ipairs(redis.call('SMEMBERS', INDEX)) do
+  for _, m in ipairs(scan[2]) do
     local raw = redis.call('HMGET', args.prefix .. m, 'status', 'meta', 'explicit', 'gen',
                            'ver')
     if raw[1] then
@@ -361,18 +383,7 @@ elseif op == 'snapshot' then
       out[#out + 1] = raw[3]; out[#out + 1] = raw[4]; out[#out + 1] = raw[5]
     end
   end
-  local top = redis.call('XREVRANGE', STREAM, '+', '-', 'COUNT', 1)
-  local last = '0-0'
-  if top[1] then last = top[1][1] end
-  local ver = redis.call('HGET', META, 'ver') or '0'
-  -- A Redis that lost its data (restart, failover to an empty replica) gets a new
-  -- incarnation: a system's replica then starts over instead of keeping what it had.
-  local inc = redis.call('HGET', META, 'inc')
-  if not inc then
-    inc = args.inc
-    redis.call('HSET', META, 'inc', inc)
-  end
-  return {now, tonumber(ver), last, out, inc}
+  return {scan[1], out}
 else
   local fields = nil
   if op == 'configure' then

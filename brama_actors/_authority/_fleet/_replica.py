@@ -6,6 +6,11 @@ Each circuit's entries carry ``ver`` (one per stream entry, fleet-wide): a state
 applied only if it is newer than the newest this system has seen for that circuit
 (``floor``), so a late tail entry never rolls back a reply, and a removal is not undone
 by an older entry.
+
+The floors start over at every snapshot: versions can go back without a new Redis
+(its ``meta`` hash lost, a failover that lost writes), and a floor from before would
+keep a state the fleet no longer has. Only the replies applied while the snapshot was
+being read keep theirs (they are newer than what the snapshot may show).
 """
 
 from __future__ import annotations
@@ -32,15 +37,18 @@ class Entry:
     """
 
     __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
-                 "status", "ver")
+                 "status", "ver", "xver")
 
     def __init__(self, status: ConnectionStatus, explicit: Mapping[str, Any],
-                 settings: Settings, gen: int, ver: int) -> None:
+                 settings: Settings, gen: int, ver: int, xver: int = 0) -> None:
         self.status = status
         self.explicit = explicit
         self.settings = settings
         self.gen = gen
         self.ver = ver
+        #: The ver of the entry ``explicit`` (and the metadata) came from; 0: unknown
+        #: (a step's reply that overtook the registration).
+        self.xver = xver
         self.state = status.state
         self.available = status.state is not _OPEN
         self.quiet = status.state is _CLOSED and status.failure_count == 0
@@ -51,7 +59,7 @@ class Entry:
 
     def with_status(self, status: ConnectionStatus, gen: int, ver: int) -> Entry:
         """The same circuit in a later state (settings unchanged)."""
-        return Entry(status, self.explicit, self.settings, gen, ver)
+        return Entry(status, self.explicit, self.settings, gen, ver, self.xver)
 
 
 class Replica:
@@ -71,6 +79,8 @@ class Replica:
         self.quiet: dict[Key, list[int]] = {}
         #: Refused guarded calls and ignored outcomes counted here: key -> [rej, ign].
         self.tallies: dict[Key, list[int]] = {}
+        #: While a snapshot is read: the keys whose state was applied meanwhile.
+        self._recent: set[Key] | None = None
 
     def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
               explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
@@ -82,8 +92,12 @@ class Replica:
         """
         with self.lock:
             if ver <= self.floor.get(key, 0):
+                if explicit is not None and status is not None:
+                    self._complete(key, status, explicit, ver, fresh)
                 return False
             self.floor[key] = ver
+            if self._recent is not None:
+                self._recent.add(key)
             if status is None:
                 self.entries.pop(key, None)
                 self.quiet.pop(key, None)
@@ -95,10 +109,24 @@ class Replica:
                 self.tallies.pop(key, None)
             if explicit is not None or old is None:
                 given = dict(explicit or {})
-                self.entries[key] = Entry(status, given, resolve_settings(given), gen, ver)
+                self.entries[key] = Entry(status, given, resolve_settings(given), gen, ver,
+                                          0 if explicit is None else ver)
             else:
                 self.entries[key] = old.with_status(status, gen, ver)
             return True
+
+    def _complete(self, key: Key, status: ConnectionStatus, explicit: Mapping[str, Any],
+                  ver: int, fresh: bool) -> None:
+        """A registration or configure older than the circuit's state here (a reply
+        overtook it): its options (and a registration's metadata) are still newer than
+        what the state here came with, and only such entries carry them (holding
+        ``lock``)."""
+        old = self.entries.get(key)
+        if old is not None and ver > old.xver:
+            given = dict(explicit)
+            current = evolve(old.status, metadata=status.metadata) if fresh else old.status
+            self.entries[key] = Entry(current, given, resolve_settings(given), old.gen,
+                                      old.ver, ver)
 
     def count_quiet(self, key: Key, now: int) -> None:
         """Count a success that changed nothing in the fleet."""
@@ -129,24 +157,33 @@ class Replica:
                 status = evolve(status, total_rejections=tallies[0], total_ignored=tallies[1])
         return status
 
-    def load(self, ver: int, circuits: list[tuple[Key, ConnectionStatus, Mapping[str, Any],
-                                                  int, int]]) -> list[Key]:
-        """Replace the replica by a snapshot taken at ``ver``; the keys it removed.
+    def begin_snapshot(self) -> None:
+        """A snapshot is about to be read: note what is applied until :meth:`load`."""
+        with self.lock:
+            self._recent = set()
 
-        A circuit newer here than in the snapshot (a reply that arrived after it was
-        taken) is kept.
+    def load(self, ver: int, circuits: list[tuple[Key, ConnectionStatus, Mapping[str, Any],
+                                                  int, int]],
+             keep: set[Key]) -> list[Key]:
+        """Replace the replica by a snapshot whose head was read at ``ver``; the keys it
+        removed.
+
+        The floors start over, except for circuits applied since :meth:`begin_snapshot`
+        (a reply newer than the snapshot may be). ``keep``: circuits this system owes
+        the fleet (registered here while Redis was unreachable), kept though absent.
         """
+        with self.lock:
+            recent = self._recent or set()
+            self._recent = None
+            self.floor = {k: v for k, v in self.floor.items() if k in recent}
         seen = set()
-        with self.lock:  # a key gone from the floor (another incarnation) goes too
-            for key in [k for k in self.entries if k not in self.floor]:
-                self.floor[key] = 0
         for key, status, explicit, gen, circuit_ver in circuits:
             seen.add(key)
             self.apply(key, status, gen, circuit_ver, explicit)
         gone = []
         with self.lock:
             for key in list(self.entries):
-                if key not in seen and self.floor.get(key, 0) <= ver:
+                if key not in seen and key not in keep and self.floor.get(key, 0) <= ver:
                     self.entries.pop(key)
                     self.floor[key] = ver
                     gone.append(key)

@@ -5,7 +5,14 @@ Every entry of the stream is one step applied in Redis. The tail applies its pos
 to the replica and hands its events to this system's delivery, in the stream's order,
 exactly once: it is the only reader, and it moves its position past an entry only after
 handing it over. Entries are numbered (``ver``): a gap (entries trimmed before this
-system read them, or a Redis that restarted empty) makes it load a snapshot instead.
+system read them, or a Redis that restarted empty) makes it load a snapshot instead, and
+so does a ``ver`` that goes back (Redis lost its ``meta`` hash or, in a failover, writes).
+
+The snapshot is paged, so no call outlasts ``fleet_timeout`` whatever the number of
+circuits: one short script reads the stream position and the fleet's ``ver`` together,
+then each page of circuits is a script of its own (``SSCAN`` over the circuit index).
+Steps applied while the pages are read come after that position, so the tail replays
+them; the replica's ver floors keep a page from rolling back what a reply applied.
 """
 
 from __future__ import annotations
@@ -16,12 +23,21 @@ import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from brama_actors import _rules as rules
-from brama_actors._authority._fleet._codec import decode_status, load_metadata, member_key
+from brama_actors._authority._fleet._codec import (
+    decode_events,
+    decode_status,
+    load_metadata,
+    member_key,
+)
 from brama_actors._authority._fleet._link import MAX_BLOCK_MS, Link, Unreachable
 from brama_actors._authority._fleet._ticker import Ticker
+from brama_actors._delivery import _telemetry
 from brama_actors._errors import NodeUnavailable
 from brama_actors._keys import Key
+from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
     from brama_actors._authority._fleet._authority import FleetAuthority
@@ -32,6 +48,10 @@ logger = logging.getLogger("brama_actors")
 
 #: How often an unreachable link is probed (ms).
 PROBE_MS = 100
+#: Circuits per snapshot page (``SSCAN COUNT``): a page takes a few ms in Redis.
+PAGE = 500
+#: How long a system's wake stream outlives a stop that could not delete it (ms).
+WAKE_TTL_MS = 60_000
 
 
 def stream_id(raw: str) -> tuple[int, int]:
@@ -55,6 +75,8 @@ class Tail:
         self._last_id = "0-0"
         self._wake_id = "0-0"
         self._ver = 0
+        self._went_back = False  # an entry's ver went back: Redis lost writes
+        self._incarnation = ""  # the Redis data set the replica was loaded from
         self._synced = False
         self.synced_once = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-fleet", daemon=True)
@@ -91,6 +113,8 @@ class Tail:
                 self._down(exc)
             except NodeUnavailable as exc:
                 self._down(exc)
+            except redis.ResponseError as exc:  # the read's error reply (e.g. LOADING)
+                self._down(link.refused(exc))
             except Exception:
                 if self._stopping:
                     break
@@ -118,27 +142,89 @@ class Tail:
                 self._cond.wait(ms / 1000)
 
     def _resync(self) -> None:
-        """Load a snapshot and continue from the stream position it was taken at."""
+        """Load a snapshot, page by page, and continue from the stream position its
+        head was read at; then create in Redis what this system owes the fleet."""
         owner = self._owner
         link = self._link
-        reply = link.run("snapshot", "", {"prefix": link.prefix, "inc": uuid.uuid4().hex},
-                         now=owner.fixed_now_ms(),
-                         keys=[link.ticker, link.stream, link.meta, link.deadlines,
-                               link.ticker, link.index])
-        now, ver, last, flat = int(reply[0]), int(reply[1]), str(reply[2]), reply[3]
+        keys = [link.ticker, link.stream, link.meta, link.deadlines, link.ticker, link.index]
+        owner.replica.begin_snapshot()
+        head = link.run("snapshot", "", {"inc": uuid.uuid4().hex}, now=owner.fixed_now_ms(),
+                        keys=keys)
+        now, ver, last, incarnation = int(head[0]), int(head[1]), str(head[2]), str(head[3])
         self._ticker.learn_now(now)
         circuits = []
-        for i in range(0, len(flat), 6):
-            name, raw, meta, explicit, gen, cver = flat[i:i + 6]
-            status = decode_status(raw, load_metadata(meta))
-            circuits.append((member_key(name), status, json.loads(explicit or "{}"),
-                             int(gen), int(cver or 0)))
-        owner.load_snapshot(ver, circuits, str(reply[4]))
+        cursor = "0"
+        while True:
+            page = link.run("page", "", {"prefix": link.prefix, "cursor": cursor,
+                                         "count": PAGE}, now=owner.fixed_now_ms(), keys=keys)
+            cursor, flat = str(page[0]), page[1]
+            for i in range(0, len(flat), 6):
+                name, raw, meta, explicit, gen, cver = flat[i:i + 6]
+                status = decode_status(raw, load_metadata(meta))
+                circuits.append((member_key(name), status, json.loads(explicit or "{}"),
+                                 int(gen), int(cver or 0)))
+            if cursor == "0":
+                break
+        self._load(ver, circuits, incarnation, self._went_back or ver < self._ver)
+        self._went_back = False
         self._ver = ver
         for _, status, _, _, _ in circuits:
             self._ticker.consider(rules.deadline(status))
         self._synced = True
         self._advance(last)
+        owner.offline.settle()
+
+    def _load(self, ver: int, circuits: list[Any], incarnation: str, lost: bool) -> None:
+        """Replace the replica by a snapshot: the fleet's state wins over local changes.
+
+        ``lost``: versions went back (Redis lost writes); a new ``incarnation`` (Redis
+        lost its data) counts too. Either way the circuits registered here that the
+        snapshot lacks are owed to the fleet (created again by ``offline.settle``).
+        """
+        owner = self._owner
+        lost = lost or (bool(self._incarnation) and incarnation != self._incarnation)
+        self._incarnation = incarnation
+        keep = owner.offline.keep({key for key, *_ in circuits}, lost)
+        for key in owner.replica.load(ver, circuits, keep):
+            owner.mine.discard(key)
+
+    def _apply(self, key: Key, fields: dict[str, str], ver: int) -> ConnectionStatus | None:
+        """Apply one entry's post-state to the replica; the status (None: removed)."""
+        replica = self._owner.replica
+        raw = fields["s"]
+        if not raw:
+            if replica.apply(key, None, 0, ver):
+                self._owner.mine.discard(key)
+            return None
+        fresh = "cm" in fields
+        if fresh:
+            metadata = load_metadata(fields["cm"])
+        else:
+            entry = replica.entries.get(key)
+            if ver <= replica.floor.get(key, 0) and "x" not in fields:
+                # This system's own reply applied it already (the usual case for its
+                # own steps): skip decoding it again on the caller's cores. Only a
+                # registration's events need the entry's own status, and only entries
+                # with options (register, configure) can still complete the replica.
+                return None if entry is None else entry.status
+            metadata = entry.status.metadata if entry is not None else load_metadata(None)
+        status = decode_status(raw, metadata)
+        explicit = json.loads(fields["x"]) if "x" in fields else None
+        replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
+        return status
+
+    def _deliver(self, raw_id: str, fields: dict[str, str], key: Key,
+                 status: ConnectionStatus | None) -> None:
+        """Hand one entry's events to this system's delivery."""
+        delivery = self._owner.delivery
+        interest = delivery.interest
+
+        def wanted(kind: Any, identifier: str, scope: str | None) -> bool:
+            return bool(_telemetry.HANDLERS) or interest.wants(kind, identifier, scope)
+
+        events = decode_events(raw_id, fields, key, status, wanted)
+        if events:
+            delivery.publish(events)
 
     def _read(self) -> None:
         link = self._link
@@ -157,19 +243,19 @@ class Tail:
         """Apply one entry; False if it showed a gap (a resync follows)."""
         ver = int(fields["v"])
         if ver != self._ver + 1:
-            if ver <= self._ver:
-                self._advance(raw_id)  # already in the snapshot
-                return True
-            logger.warning("fleet stream gap (entry %d after %d); loading a snapshot", ver,
-                           self._ver)
+            # Entries after the snapshot's position always have a greater ver: one that
+            # does not is from a Redis that lost its meta hash or (failover) writes.
+            self._went_back = ver <= self._ver
+            logger.warning("fleet stream %s (entry %d after %d); loading a snapshot",
+                           "went back" if self._went_back else "gap", ver, self._ver)
             self._synced = False
             return False
         self._ver = ver
         key: Key = member_key(fields["k"])
-        status = self._owner.apply_entry(key, fields, ver)
+        status = self._apply(key, fields, ver)
         if status is not None:
             self._ticker.consider(rules.deadline(status))
-        self._owner.deliver(raw_id, fields, key, status)
+        self._deliver(raw_id, fields, key, status)
         self._advance(raw_id)
         return True
 
@@ -180,8 +266,11 @@ class Tail:
             self._stopping = True
             self._cond.notify_all()
         link = self._link
-        try:
-            link.cmd.xadd(self._wake_key, {"stop": "1"}, maxlen=1)
+        try:  # with a TTL, in the same round trip: the delete below may not happen
+            pipe = link.cmd.pipeline(transaction=False)
+            pipe.xadd(self._wake_key, {"stop": "1"}, maxlen=1)
+            pipe.pexpire(self._wake_key, WAKE_TTL_MS)
+            pipe.execute()
         except Exception:  # unreachable or an error reply: the read times out anyway
             pass  # (within MAX_BLOCK_MS + fleet_timeout)
         if self._thread.is_alive():

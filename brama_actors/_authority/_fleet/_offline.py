@@ -1,0 +1,146 @@
+"""What a fleet system decides on its own while its Redis is unreachable
+(``when_unreachable="local"``), and what it owes the fleet when Redis answers again.
+
+Ops are decided here with the shared rules (``brama_actors._rules``) from the last fleet
+state; their events carry ``data["origin"] == "local"``, and the fleet's state wins when
+Redis is back (the next snapshot replaces them; nothing is replayed).
+
+A circuit registered here meanwhile exists here at once, from the options given, and is
+*owed*: created in Redis when the link is back, after the snapshot, unless the fleet
+has it by then (its state wins). A Redis that came back without its data (a new
+incarnation, or versions that went back) is owed every circuit registered through this
+system that it no longer has: the fleet re-creates its circuits from what its systems
+know. Their state starts over (closed, no counts); local history is not replayed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from brama_actors import _rules as rules
+from brama_actors._authority._fleet._replica import Entry
+from brama_actors._config import Settings
+from brama_actors._errors import NodeUnavailable
+from brama_actors._keys import Key, describe_key, not_found, split_key
+from brama_actors._status import ConnectionStatus
+
+if TYPE_CHECKING:
+    from brama_actors._authority._fleet._authority import FleetAuthority
+
+__all__ = ["Offline", "Owed"]
+
+logger = logging.getLogger("brama_actors")
+
+
+@dataclass(frozen=True, slots=True)
+class Owed:
+    """A circuit to create in Redis: what its registration said.
+
+    Attributes:
+        kind: the connection's type.
+        explicit: its explicit options (the system's defaults and ``register``'s).
+        metadata: its metadata.
+    """
+
+    kind: str
+    explicit: Mapping[str, Any]
+    metadata: Mapping[str, Any] | None
+
+
+class Offline:
+    """Local decisions of one fleet system, and the circuits it owes the fleet.
+
+    Args:
+        owner: the fleet authority (its replica, delivery, clock and ``create``).
+    """
+
+    def __init__(self, owner: FleetAuthority) -> None:
+        self._owner = owner
+        #: Circuits to create in Redis once it answers (key -> what to create).
+        self.owed: dict[Key, Owed] = {}
+
+    def register(self, key: Key, kind: str, explicit: Mapping[str, Any], settings: Settings,
+                 metadata: Mapping[str, Any] | None) -> ConnectionStatus:
+        """Register here (Redis unreachable): adopt the fleet's last known circuit, or
+        create one locally and owe it to the fleet."""
+        owner = self._owner
+        replica = owner.replica
+        known = replica.entries.get(key)
+        if known is not None:
+            owner.warn_if_different(key, known.explicit, known.status.type, settings, kind,
+                                    explicit)
+            owner.mine.add(key)
+            status = replica.status(key)
+            return known.status if status is None else status
+        identifier, scope = split_key(key)
+        now = owner.context.clock.now()
+        status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
+        with replica.lock:
+            replica.entries[key] = Entry(status, dict(explicit), settings, 0, 0)
+            self.owed[key] = Owed(kind, dict(explicit), metadata)
+        owner.mine.add(key)
+        specs = [(k, {**data, "origin": "local"})
+                 for k, data in rules.registration_events(status, settings)]
+        owner.delivery.emit(identifier, scope, specs, now)
+        return status
+
+    def apply(self, key: Key, op: rules.Input) -> None:
+        """Decide ``op`` here with the shared rules."""
+        owner = self._owner
+        replica = owner.replica
+        with replica.lock:
+            entry = replica.entries.get(key)
+            if entry is None:
+                raise not_found(key)
+            now = owner.context.clock.now()
+            transition = rules.apply(entry.status, entry.settings, op, now)
+            if transition.status is not entry.status:
+                replica.entries[key] = entry.with_status(transition.status, entry.gen,
+                                                         entry.ver)
+        identifier, scope = split_key(key)
+        specs = [(kind, {**data, "origin": "local"}) for kind, data in transition.events]
+        if specs:
+            owner.delivery.emit(identifier, scope, specs, now)
+
+    def expire_due(self) -> None:
+        """Expire the openings decided here that are due (by this system's clock)."""
+        now = self._owner.context.clock.now()
+        for key, entry in list(self._owner.replica.entries.items()):
+            due = rules.deadline(entry.status)
+            if due is not None and due <= now and entry.status.opened_at is not None:
+                self.apply(key, rules.Expire(entry.status.opened_at))
+
+    def keep(self, present: set[Key], lost: bool) -> set[Key]:
+        """Before a snapshot is loaded: the circuits this system owes the fleet, kept in
+        the replica though the snapshot lacks them. ``present``: the snapshot's keys;
+        ``lost``: Redis lost its data (then it is owed every circuit registered here)."""
+        owner = self._owner
+        for key in present:
+            self.owed.pop(key, None)  # the fleet has it: its state wins
+        if lost:
+            for key in owner.mine - present:
+                entry = owner.replica.entries.get(key)
+                if entry is not None and key not in self.owed:
+                    self.owed[key] = Owed(entry.status.type, entry.explicit,
+                                          entry.status.metadata)
+        return set(self.owed)
+
+    def settle(self) -> None:
+        """Create in Redis every circuit owed (the tail, after loading a snapshot).
+
+        Raises:
+            NodeUnavailable: Redis stopped answering; what is left stays owed.
+        """
+        owner = self._owner
+        for key, owed in list(self.owed.items()):
+            try:
+                owner.create(key, owed.kind, owed.explicit, owed.metadata)
+            except NodeUnavailable:
+                raise
+            except Exception:  # never again on every resync: given up, and said so
+                logger.exception("connection %s could not be created in the fleet; it "
+                                 "is dropped from this system's debts", describe_key(key))
+            self.owed.pop(key, None)
