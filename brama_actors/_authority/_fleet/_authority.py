@@ -31,6 +31,7 @@ from pykka import ActorRef
 from brama_actors import _rules as rules
 from brama_actors._authority import ALL_SCOPES, Admission, InProcess, Registration
 from brama_actors._authority._fleet._codec import (
+    WindowedStatus,
     decode_events,
     decode_status,
     dump_json,
@@ -41,6 +42,7 @@ from brama_actors._authority._fleet._codec import (
 )
 from brama_actors._authority._fleet._link import Link
 from brama_actors._authority._fleet._options import FleetOptions
+from brama_actors._authority._fleet._pending import Pending
 from brama_actors._authority._fleet._replica import Replica
 from brama_actors._authority._fleet._tail import Tail, stream_id
 from brama_actors._authority._fleet._ticker import Ticker
@@ -49,7 +51,6 @@ from brama_actors._authority._fleet._unreachable import (
     HoldViews,
     StoppedViews,
     Verdict,
-    refuse_rate_rules,
 )
 from brama_actors._config import CONNECTION_OPTIONS, check_global, resolve_settings
 from brama_actors._delivery import _telemetry
@@ -65,7 +66,7 @@ from brama_actors._runtime import _nowait
 from brama_actors._runtime._context import Context
 from brama_actors._status import CircuitState, ConnectionStatus
 
-__all__ = ["DEFAULT_LEASE_MS", "FleetAuthority", "refuse_rate_rules"]
+__all__ = ["DEFAULT_LEASE_MS", "FleetAuthority"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -108,8 +109,12 @@ class FleetAuthority(InProcess):
         self.link = Link(options, self._link_changed, context.clock.now)
         self.ticker = Ticker(self, self.link, context.name)
         self.tail = Tail(self, self.link, self.ticker, context.name)
+        #: Quiet successes of windowed circuits, sent in batches (``_pending``).
+        self.pending = Pending(self)
+        self.replica.overlay = self.pending.overlay
         self.tail.start()
         self.ticker.start()
+        self.pending.start()
         # A Redis that cannot be reached at start is not an error: wait a bounded time.
         self.tail.synced_once.wait(2 * options.timeout / 1000 + 0.5)
 
@@ -211,7 +216,11 @@ class FleetAuthority(InProcess):
             metadata = entry.status.metadata if entry is not None else load_metadata(None)
         status = decode_status(raw, metadata)
         explicit = json.loads(fields["x"]) if "x" in fields else None
-        self.replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
+        if "q" in fields:  # it folded a batch in: maybe this system's, in flight
+            self.pending.landed(fields["q"], lambda: self.replica.apply(
+                key, status, int(fields["g"]), ver, explicit, fresh))
+        else:
+            self.replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
         return status
 
     def deliver(self, raw_id: str, fields: Mapping[str, str], key: Key,
@@ -269,7 +278,6 @@ class FleetAuthority(InProcess):
             explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
         explicit.update(options)
         settings = resolve_settings(explicit)
-        refuse_rate_rules(settings)
         raw_meta = dump_json("metadata", dict(metadata or {}))
         raw_explicit = dump_json("options", explicit)
         self._check_running()
@@ -324,27 +332,27 @@ class FleetAuthority(InProcess):
 
     def report(self, key: Key, outcome: rules.Success | rules.Failure) -> None:
         if type(outcome) is rules.Success:
-            self._success(key, outcome.metadata)
+            self._success(key, outcome.metadata, None, outcome.duration)
             return
         assert type(outcome) is rules.Failure
-        self._failure(key, outcome.reason, outcome.metadata, None)
+        self._failure(key, outcome.reason, outcome.metadata, None, outcome.duration)
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
-                 trial: tuple[str, int] | None) -> None:
+                 trial: tuple[str, int] | None, duration: float | None = None) -> None:
         raw_reason = dump_json("reason", reason)
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
             self._apply_locally(key, rules.Failure(reason, metadata))
             return
-        args: dict[str, Any] = {"reason": json.loads(raw_reason)}
+        args: dict[str, Any] = {"reason": json.loads(raw_reason), "duration": duration}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "failure", args, opmeta=raw_meta)
 
     def _step(self, key: Key, op: str, args: dict[str, Any], **extra: Any) -> None:
         try:
-            reply = self._run(op, key, args, **extra)
+            reply = self.pending.run(key, op, args, extra)  # with a batch, if windowed
         except NodeUnavailable:
             if self.options.when_unreachable != "local" or op not in LOCAL_OPS:
                 raise
@@ -357,30 +365,37 @@ class FleetAuthority(InProcess):
         self._note(key, reply)
 
     def _success(self, key: Key, metadata: Mapping[str, Any] | None,
-                 trial: tuple[str, int] | None = None) -> None:
+                 trial: tuple[str, int] | None = None, duration: float | None = None) -> None:
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         entry = self.replica.entries.get(key)
         if trial is None and entry is not None and entry.quiet:
-            self._quiet_success(key, metadata)
-            return
+            if type(entry.status) is not WindowedStatus:
+                self._quiet_success(key, metadata, self.now(), True)
+                return
+            now = self.now()  # a rate window's: batched unless it could open it
+            if self.pending.quiet(key, entry, duration, now):
+                self._quiet_success(key, metadata, now, False)
+                return
         if self._local_mode():
             self._apply_locally(key, rules.Success(metadata))
             return
-        args: dict[str, Any] = {}
+        args: dict[str, Any] = {"duration": duration}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "success", args, opmeta=raw_meta)
 
-    def _quiet_success(self, key: Key, metadata: Mapping[str, Any] | None) -> None:
-        """A success that changes nothing in the fleet: counted and delivered here only.
+    def _quiet_success(self, key: Key, metadata: Mapping[str, Any] | None, now: int,
+                       count: bool) -> None:
+        """A success that changes nothing in the fleet now: delivered here only, and
+        counted here only (``count``) or in a batch sent later (``_pending``).
 
         Race (documented in docs/fleet.md): a failure elsewhere that this replica has
         not seen yet is not reset by it; the next success after the replica shows the
         failure is sent and resets it.
         """
-        now = self.now()
-        self.replica.count_quiet(key, now)
+        if count:
+            self.replica.count_quiet(key, now)
         identifier, scope = split_key(key)
         if self.delivery.wants_success(identifier, scope):
             # After every fleet event this system's own calls caused, never before them.
@@ -394,7 +409,7 @@ class FleetAuthority(InProcess):
             self.delivery.emit(identifier, scope, [(EventType.SUCCESS, data)], now)
 
     def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
-        self._success(key, None)
+        self._success(key, None, None, duration)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         raw_reason = dump_json("reason", op.reason)
@@ -414,8 +429,6 @@ class FleetAuthority(InProcess):
             with self._lock:
                 merged = {**self._explicit, **options}
                 check_global(merged)
-                refuse_rate_rules(resolve_settings(
-                    {k: v for k, v in merged.items() if k in CONNECTION_OPTIONS}))
                 self._explicit.clear()
                 self._explicit.update(merged)
                 self.context.config.update(options)
@@ -427,12 +440,11 @@ class FleetAuthority(InProcess):
             raise not_found(key)
         explicit = {**entry.explicit, **options}
         settings = resolve_settings(explicit)
-        refuse_rate_rules(settings)
         self._check_running()
         if self._local_mode():
             raise NodeUnavailable("cannot configure while the fleet's Redis is unreachable")
-        reply = self._run("configure", key, settings_args(settings),
-                          explicit=dump_json("options", explicit))
+        reply = self.pending.run(key, "configure", settings_args(settings),
+                                 {"explicit": dump_json("options", explicit)}, explicit)
         if reply[0] == "missing":
             raise not_found(key)
         self._note(key, reply, explicit)
@@ -510,9 +522,9 @@ class FleetAuthority(InProcess):
         trial = admission.token if admission.trial else None
         admission.trial = False  # given back once, whatever happens next
         if kind == "success":
-            self._success(key, None, trial)
+            self._success(key, None, trial, duration)
         elif kind == "failure":
-            self._failure(key, reason, None, trial)
+            self._failure(key, reason, None, trial, duration)
         else:  # "ignore" counts; "none" (not an outcome) only gives the permit back
             if kind == "ignore":
                 self.replica.tally(key, "ignored")
@@ -561,6 +573,7 @@ class FleetAuthority(InProcess):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the tail, give the ticker lease back, close this system's clients."""
+        self.pending.stop(timeout)
         self.ticker.stop(timeout)
         self.tail.stop(timeout)
         self.link.close()

@@ -11,7 +11,7 @@ by an older entry.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from brama_actors._config import Settings, resolve_settings
@@ -28,7 +28,8 @@ class Entry:
     """One circuit as this system last knew it; replaced whole, never changed in place.
 
     It is also the circuit's *view* (the authority protocol's ``View``): ``available``
-    and ``quiet`` for the hot path; ``slow`` None (no rate windows on a fleet yet).
+    and ``quiet`` for the hot path; ``slow`` the ms from which a success is slow when a
+    rate window records it (the guard then times its calls), else None.
     """
 
     __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
@@ -44,7 +45,7 @@ class Entry:
         self.state = status.state
         self.available = status.state is not _OPEN
         self.quiet = status.state is _CLOSED and status.failure_count == 0
-        self.slow: int | None = None
+        self.slow: int | None = settings.slow_call_duration if settings.windowed else None
 
     def __repr__(self) -> str:
         return f"<fleet Entry {self.state} ver={self.ver}>"
@@ -71,6 +72,10 @@ class Replica:
         self.quiet: dict[Key, list[int]] = {}
         #: Refused guarded calls and ignored outcomes counted here: key -> [rej, ign].
         self.tallies: dict[Key, list[int]] = {}
+        #: What ``status()`` starts from (key, entry) -> status: the entry's status
+        #: unless set (the fleet authority adds its batches of quiet successes, and
+        #: a rate window's figures as of the read: ``_pending.Pending.overlay``).
+        self.overlay: Callable[[Key, Entry], ConnectionStatus] | None = None
 
     def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
               explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
@@ -118,7 +123,8 @@ class Replica:
         entry = self.entries.get(key)
         if entry is None:
             return None
-        status = entry.status
+        overlay = self.overlay
+        status = entry.status if overlay is None else overlay(key, entry)
         with self.lock:
             quiet = self.quiet.get(key)
             tallies = self.tallies.get(key)
