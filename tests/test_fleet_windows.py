@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from brama_actors import Brama
+from brama_actors import Brama, circuit_breaker
 from brama_actors._authority._fleet import _pending
 from tests.fleet_helpers import WAIT, converge, fleet, take
 from tests.redis_server import RedisServer
@@ -252,3 +252,51 @@ def test_configure_adds_and_removes_a_window_fleet_wide(
         status = b.status("db")
         assert (status.window_calls, status.failure_rate) == (0, None)
         assert "wo" not in stored(client, a, "db")
+
+
+def test_guarded_calls_on_a_windowed_circuit(redis_server: RedisServer,
+                                             client: redis.Redis) -> None:
+    """A guard's fast path keeps timed successes local (view.slow makes it time them)
+    and its failures carry them: the rate rule opens on the third failure of six."""
+    with fleet(redis_server, 1) as [brama]:
+        FlushClock(brama)
+        guard = circuit_breaker("api", brama=brama, failure_rate_threshold=0.5,
+                                minimum_calls=4, max_attempts=0, slow_call_duration=60_000)
+
+        @guard
+        def call(fail: bool) -> str:
+            if fail:
+                raise ValueError("down")
+            return "ok"
+
+        for _ in range(3):
+            assert call(False) == "ok"
+        assert brama._authority.views["api"].slow == 60_000  # type: ignore[union-attr]
+        assert stored(client, brama, "api")["total_successes"] == 0
+        for _ in range(2):
+            with pytest.raises(ValueError):
+                call(True)
+        assert brama.status("api").state == "closed"  # 2 of 5
+        with pytest.raises(ValueError):
+            call(True)
+        status = brama.status("api")
+        assert (status.state, status.total_successes, status.total_failures) == ("open", 3, 3)
+
+
+def test_batches_of_an_unregistered_circuit_do_not_reach_a_new_one(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """Quiet successes kept for a circuit that is then unregistered are dropped: the
+    circuit registered again under that name starts with an empty window."""
+    with fleet(redis_server, 1) as [brama]:
+        clock = FlushClock(brama)
+        brama.register("db", failure_rate_threshold=0.5)
+        for _ in range(3):
+            brama.success("db")
+        brama.unregister("db")
+        brama.register("db", failure_rate_threshold=0.5)
+        brama.success("db")
+        clock.expire()
+        assert clock.pending.wait_flushes(1, WAIT)
+        status = brama.status("db")
+        assert (status.total_successes, status.window_calls) == (1, 1)
+        assert stored(client, brama, "db")["wo"] == "0"

@@ -207,6 +207,7 @@ class FleetAuthority(InProcess):
         if not raw:
             if self.replica.apply(key, None, 0, ver):
                 self._mine.discard(key)
+                self.pending.forget(key)
             return None
         fresh = "cm" in fields
         if fresh:
@@ -324,6 +325,7 @@ class FleetAuthority(InProcess):
             self._written = max(self._written, stream_id(str(reply[3])))
         self.replica.apply(key, None, 0, int(reply[2]))
         self._mine.discard(key)
+        self.pending.forget(key)
         return True
 
     def available(self, key: Key) -> bool:

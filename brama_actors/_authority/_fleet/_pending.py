@@ -263,6 +263,11 @@ class Pending:
                     del self.slots[key]
         return reply
 
+    def forget(self, key: Key) -> None:
+        """The circuit was removed: its batches will not count in a later registration."""
+        with self.lock:
+            self.slots.pop(key, None)
+
     def landed(self, name: str, apply: Callable[[], Any]) -> Any:
         """Apply a stream entry that folded batch ``name`` in: if it is this system's
         batch in flight, it stops counting here in the same step."""
@@ -278,6 +283,8 @@ class Pending:
     def overlay(self, key: Key, entry: Entry) -> ConnectionStatus:
         """The status ``status()`` shows: the replica's with this system's batches and
         the window's figures as of now (a plain ``ConnectionStatus``)."""
+        if type(entry.status) is not WindowedStatus and key not in self.slots:
+            return entry.status  # no window, no batch: nothing to add, no lock
         with self.lock:
             entry = self._authority.replica.entries.get(key) or entry
             status = entry.status
