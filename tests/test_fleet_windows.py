@@ -300,3 +300,45 @@ def test_batches_of_an_unregistered_circuit_do_not_reach_a_new_one(
         status = brama.status("db")
         assert (status.total_successes, status.window_calls) == (1, 1)
         assert stored(client, brama, "db")["wo"] == "0"
+
+
+def test_a_decision_misses_another_systems_unsent_successes(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """The documented bound: a failure decided in Redis does not see successes another
+    system still keeps (here 3 on a, held), so b's one failure is a rate of 1/1."""
+    with fleet(redis_server, 2) as [a, b]:
+        FlushClock(a)
+        a.register("db", failure_rate_threshold=0.5, minimum_calls=1, max_attempts=0)
+        b.register("db")
+        converge([a, b], client, ns_of(a))
+        for _ in range(3):
+            a.success("db")
+        b.failure("db")
+        assert b.status("db").state == "open"
+
+
+def test_a_flushed_batch_can_trip_a_rate_rule(redis_server: RedisServer,
+                                              client: redis.Redis) -> None:
+    """Successes kept on a before b's failures reached it bring the window to
+    minimum_calls when they arrive: the flush opens the circuit (circuit_opened with
+    the rates, no success event in the stream: those were delivered on a)."""
+    with fleet(redis_server, 2) as [a, b]:
+        clock = FlushClock(a)
+        a.register("db", failure_rate_threshold=0.5, minimum_calls=4, max_attempts=0)
+        b.register("db")
+        converge([a, b], client, ns_of(a))
+        sub = b.subscribe(connection="db")
+        a.success("db")
+        a.success("db")
+        b.failure("db")
+        b.failure("db")  # 2 calls in Redis: below minimum_calls
+        assert b.status("db").state == "closed"
+        clock.expire()
+        assert clock.pending.wait_flushes(1, WAIT)
+        converge([a, b], client, ns_of(a))
+        assert b.status("db").state == "open"
+        events = take(sub)
+        assert [e.event.value for e in events][-2:] == ["circuit_opened", "state_change"]
+        assert (events[-2].data["failure_rate"], events[-2].data["reason"]) == \
+            (0.5, "Failure rate exceeded")
+        assert b.status("db").total_successes == 2
