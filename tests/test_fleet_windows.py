@@ -342,3 +342,37 @@ def test_a_flushed_batch_can_trip_a_rate_rule(redis_server: RedisServer,
         assert (events[-2].data["failure_rate"], events[-2].data["reason"]) == \
             (0.5, "Failure rate exceeded")
         assert b.status("db").total_successes == 2
+
+
+def test_local_mode_decides_with_the_fleets_last_window() -> None:
+    """Redis paused, "local" mode: this system keeps deciding the rate rule with a window
+    seeded from the fleet's last one (and its own unsent successes), so a circuit with
+    only a rate rule (max_attempts=0) still opens."""
+    with RedisServer.local() as server, fleet(server, 1, fleet_timeout=200) as [brama]:
+        FlushClock(brama)
+        sub = brama.subscribe(events=["circuit_opened"])
+        brama.register("db", failure_rate_threshold=0.5, minimum_calls=5, max_attempts=0)
+        brama.success("db")  # kept here
+        brama.failure("db")  # carries it: "01" in Redis
+        brama.success("db")  # sent (it resets failure_count): "010"
+        brama.success("db")  # kept here: 4 calls, 1 failed
+        server.pause()
+        try:
+            brama.failure("db")  # times out: decided here, 5 calls, 2 failed
+            assert brama.status("db").state == "closed"
+            brama.failure("db")  # 6 calls, 3 failed: 0.5
+            status = brama.status("db")
+            assert status.state == "open"
+            opened, _ = wait_for_event_local(sub)
+            assert (opened.data["reason"], opened.data["origin"]) == \
+                ("Failure rate exceeded", "local")
+            assert opened.data["failure_rate"] == 0.5
+        finally:
+            server.resume()
+
+
+def wait_for_event_local(sub: Any) -> tuple[Any, list[Any]]:
+    """The first event of ``sub`` decided locally."""
+    from tests.fleet_helpers import wait_for_event
+
+    return wait_for_event(sub, lambda e: e.data.get("origin") == "local")

@@ -197,6 +197,7 @@ class FleetAuthority(InProcess):
             for key in self._local:
                 self.replica.floor.pop(key, None)
             self._local.clear()
+        self.pending.drop_local()
         for key in self.replica.load(ver, circuits):
             self._mine.discard(key)
 
@@ -253,7 +254,8 @@ class FleetAuthority(InProcess):
             if entry is None:
                 raise not_found(key)
             now = self.context.clock.now()
-            transition = rules.apply(entry.status, entry.settings, op, now)
+            window = self.pending.local_window(key, entry, now)
+            transition = rules.apply(entry.status, entry.settings, op, now, window)
             if transition.status is not entry.status:
                 self.replica.entries[key] = entry.with_status(transition.status, entry.gen,
                                                               entry.ver)
@@ -345,7 +347,7 @@ class FleetAuthority(InProcess):
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
-            self._apply_locally(key, rules.Failure(reason, metadata))
+            self._apply_locally(key, rules.Failure(reason, metadata, duration=duration))
             return
         args: dict[str, Any] = {"reason": json.loads(raw_reason), "duration": duration}
         if trial is not None:
@@ -372,15 +374,16 @@ class FleetAuthority(InProcess):
         self._check_running()
         entry = self.replica.entries.get(key)
         if trial is None and entry is not None and entry.quiet:
-            if type(entry.status) is not WindowedStatus:
+            if not entry.settings.windowed:
                 self._quiet_success(key, metadata, self.now(), True)
                 return
             now = self.now()  # a rate window's: batched unless it could open it
-            if self.pending.quiet(key, entry, duration, now):
+            if (self.link.connected and type(entry.status) is WindowedStatus
+                    and self.pending.quiet(key, entry, duration, now)):
                 self._quiet_success(key, metadata, now, False)
                 return
-        if self._local_mode():
-            self._apply_locally(key, rules.Success(metadata))
+        if self._local_mode():  # with a rate window, every success is recorded here
+            self._apply_locally(key, rules.Success(metadata, duration=duration))
             return
         args: dict[str, Any] = {"duration": duration}
         if trial is not None:

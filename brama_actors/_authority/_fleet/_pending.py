@@ -41,7 +41,7 @@ from brama_actors._authority._fleet._codec import WindowedStatus
 from brama_actors._keys import Key
 from brama_actors._runtime import _nowait
 from brama_actors._status import ConnectionStatus, evolve
-from brama_actors._window import BUCKETS
+from brama_actors._window import BUCKETS, TimeWindow, Window, window_for
 
 if TYPE_CHECKING:
     from brama_actors._authority._fleet._authority import FleetAuthority
@@ -100,13 +100,16 @@ class Batch:
 
 
 class _Slot:
-    """One circuit's batches: the one filling, the one in flight, and the send lock."""
+    """One circuit's batches: the one filling, the one in flight, and the send lock;
+    ``lost``, the last batch whose round trip failed (never sent again, but a local
+    window, decided here while Redis is unreachable, counts it)."""
 
-    __slots__ = ("flight", "open", "send")
+    __slots__ = ("flight", "lost", "open", "send")
 
     def __init__(self) -> None:
         self.open: Batch | None = None
         self.flight: Batch | None = None
+        self.lost: Batch | None = None
         self.send = threading.Lock()
 
 
@@ -168,6 +171,8 @@ class Pending:
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self.slots: dict[Key, _Slot] = {}
+        #: The windows this system decides with while Redis is unreachable ("local").
+        self.local: dict[Key, Window] = {}
         self._me = uuid.uuid4().hex[:8]
         self._seq = 0
         self._stopped = False
@@ -254,6 +259,7 @@ class Pending:
             except BaseException:
                 with self.lock:
                     slot.flight = None
+                    slot.lost = batch
                 raise
             with self.lock:
                 if batch is not None and reply[0] != "missing":
@@ -262,6 +268,33 @@ class Pending:
                 if slot.open is None and self.slots.get(key) is slot:
                     del self.slots[key]
         return reply
+
+    def local_window(self, key: Key, entry: Entry, now: int) -> Window | None:
+        """The window to decide with here while Redis is unreachable: the fleet's last
+        window with this system's batches, then what this system records into it, until
+        a snapshot replaces the replica (``drop_local``)."""
+        if not entry.settings.windowed:
+            return None
+        with self.lock:
+            old = self.local.get(key)
+            window = window_for(entry.settings, old)
+            if window is not None and old is None:
+                status = entry.status
+                slot = self.slots.get(key)
+                batches = [] if slot is None else [
+                    b for b in (slot.lost, slot.flight, slot.open) if b is not None]
+                if isinstance(status, WindowedStatus):
+                    _seed(window, status, batches, now)
+            if window is not None:
+                self.local[key] = window
+            return window
+
+    def drop_local(self) -> None:
+        """The fleet's state is back (a snapshot): forget the local windows."""
+        with self.lock:
+            self.local.clear()
+            for slot in self.slots.values():
+                slot.lost = None
 
     def forget(self, key: Key) -> None:
         """The circuit was removed: its batches will not count in a later registration."""
@@ -348,6 +381,21 @@ class Pending:
             elif wait is None or left < wait:
                 wait = left
         return due, wait
+
+
+def _seed(window: Window, status: WindowedStatus, batches: list[Batch], now: int) -> None:
+    """Fill a local window with the fleet's window and this system's batches."""
+    fleet = status.window
+    batches = [b for b in batches if b.epoch == fleet.epoch]
+    if isinstance(window, TimeWindow):
+        window.buckets = fleet.buckets  # the same (index, calls, failures, slow)
+        for batch in batches:
+            for index, count in sorted(batch.buckets.items()):
+                window.add_successes(count, index * window.width)
+        return
+    for code in fleet.outcomes:
+        window.record(int(code), now)
+    window.add_successes(sum(b.window for b in batches), now)
 
 
 def _with_totals(status: ConnectionStatus, batches: list[Batch]) -> ConnectionStatus:

@@ -66,11 +66,11 @@ class Verdict:
 
 
 def _failure_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Failure(args.get("reason"))
+    return rules.Failure(args.get("reason"), duration=args.get("duration"))
 
 
 def _success_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Success()
+    return rules.Success(duration=args.get("duration"))
 
 
 def _open_op(args: dict[str, Any]) -> rules.Input:
