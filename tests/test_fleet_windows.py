@@ -376,3 +376,32 @@ def wait_for_event_local(sub: Any) -> tuple[Any, list[Any]]:
     from tests.fleet_helpers import wait_for_event
 
     return wait_for_event(sub, lambda e: e.data.get("origin") == "local")
+
+
+def test_a_batch_counts_once_while_it_is_sent(redis_server: RedisServer) -> None:
+    """status() read in a loop while batches are sent never shows a batch twice (the
+    reply and the stream entry both carry it) nor not at all."""
+    with fleet(redis_server, 1) as [brama]:
+        clock = FlushClock(brama)
+        brama.register("db", failure_rate_threshold=0.5)
+        expected = 0
+        for round_ in range(20):
+            for _ in range(5):
+                brama.success("db")
+            expected += 5
+            seen: set[tuple[int, int]] = set()
+            stop = threading.Event()
+
+            def read(stop: threading.Event, seen: set[tuple[int, int]]) -> None:
+                while not stop.is_set():
+                    status = brama.status("db")
+                    seen.add((status.total_successes, status.window_calls))
+
+            reader = threading.Thread(target=read, args=(stop, seen))
+            reader.start()
+            clock.expire()
+            assert clock.pending.wait_flushes(round_ + 1, WAIT)
+            brama.drain(WAIT)  # the tail applied the flush's entry too
+            stop.set()
+            reader.join(WAIT)
+            assert seen <= {(expected, min(expected, 100))}, seen
