@@ -15,7 +15,7 @@ import redis
 
 from brama_actors import Brama, circuit_breaker
 from brama_actors._authority._fleet import _pending
-from tests.fleet_helpers import WAIT, converge, fleet, take
+from tests.fleet_helpers import WAIT, converge, fleet, take, wait_for_event
 from tests.redis_server import RedisServer
 
 
@@ -363,19 +363,12 @@ def test_local_mode_decides_with_the_fleets_last_window() -> None:
             brama.failure("db")  # 6 calls, 3 failed: 0.5
             status = brama.status("db")
             assert status.state == "open"
-            opened, _ = wait_for_event_local(sub)
+            opened, _ = wait_for_event(sub, lambda e: e.data.get("origin") == "local")
             assert (opened.data["reason"], opened.data["origin"]) == \
                 ("Failure rate exceeded", "local")
             assert opened.data["failure_rate"] == 0.5
         finally:
             server.resume()
-
-
-def wait_for_event_local(sub: Any) -> tuple[Any, list[Any]]:
-    """The first event of ``sub`` decided locally."""
-    from tests.fleet_helpers import wait_for_event
-
-    return wait_for_event(sub, lambda e: e.data.get("origin") == "local")
 
 
 def test_a_batch_counts_once_while_it_is_sent(redis_server: RedisServer) -> None:
