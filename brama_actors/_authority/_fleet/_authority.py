@@ -7,8 +7,9 @@ keeps current and from which it delivers the fleet's events.
 
 Round trips: none for reads and for a success on a closed circuit with no failures
 (counted and delivered here only; with a rate window, sent later in batches by
-``_pending``, unless it could open the circuit); one for ``failure()``, manual control and other
-successes; two for a guarded half_open call (acquire a permit, then its outcome).
+``_pending``, unless it could open the circuit); one for ``failure()``, manual control
+and other successes; two for a guarded half_open call (acquire a permit, then its
+outcome).
 
 When Redis does not answer (``fleet_timeout``) or refuses (an error reply, ``_link``),
 ``when_unreachable="local"`` keeps protecting callers with this system's own rules from
