@@ -52,14 +52,13 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     ("redis://localhost:6379/0", {"stale_after": 100}),  # only with "hold"
     ("redis://localhost:6379/0", {"when_unreachable": "hold", "when_stale": "maybe"}),
     ("redis://localhost:6379/0", {"when_unreachable": "hold", "stale_after": 0}),
-    ("redis://localhost:6379/0", {"failure_rate_threshold": 0.5}),
-    ("redis://localhost:6379/0", {"slow_call_rate_threshold": 0.5,
-                                  "slow_call_duration": 10}),
+    ("redis://localhost:6379/0", {"failure_rate_threshold": 1.5}),
+    ("redis://localhost:6379/0", {"slow_call_rate_threshold": 0.5}),  # no duration
 ])
 def test_bad_fleet_options_raise_invalid_configuration(fleet_arg: Any,
                                                        options: dict[str, Any]) -> None:
-    """A bad URL, client or fleet option, or a rate rule (not on a fleet yet), is refused
-    before anything starts."""
+    """A bad URL, client or fleet option, or a bad rate rule, is refused before anything
+    starts."""
     before = set(threading.enumerate())
     with pytest.raises(InvalidConfiguration):
         Brama.start(fleet=fleet_arg, **options)
@@ -105,21 +104,6 @@ def test_fleet_status_and_a_given_client_left_open(redis_server: RedisServer) ->
     assert given.ping()
     assert given.exists("{" + ns + "}:c:" + '["db",null]') == 1
     given.close()
-
-
-def test_rate_rules_are_refused_on_a_fleet_and_nothing_is_recorded(
-        redis_server: RedisServer) -> None:
-    """Registering or configuring a rate rule raises InvalidConfiguration (phase 2)."""
-    with fleet(redis_server, 1) as [brama]:
-        with pytest.raises(InvalidConfiguration, match="not supported on a fleet"):
-            brama.register("db", failure_rate_threshold=0.5)
-        assert not brama.available("db")
-        brama.register("db")
-        with pytest.raises(InvalidConfiguration, match="not supported on a fleet"):
-            brama.configure("db", failure_rate_threshold=0.5)
-        with pytest.raises(InvalidConfiguration, match="not supported on a fleet"):
-            brama.configure(slow_call_rate_threshold=0.5, slow_call_duration=5)
-        assert brama.status("db").failure_rate_threshold is None
 
 
 def test_json_only_metadata_and_reason(redis_server: RedisServer,

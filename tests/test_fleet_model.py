@@ -6,15 +6,14 @@ connection actors are. A fleet's time is the Redis server's; the authority's tes
 ``fixed_now`` makes every script use the model's time instead, and ``advance`` runs
 the fleet's ``tick`` at the new time (what the ticker does at deadlines).
 
-Restricted to what phase 1 of the fleet supports, and only there:
-
-* rate rules (``failure_rate_threshold``, ``slow_call_rate_threshold``) are refused:
-  every rule that would set one expects ``InvalidConfiguration`` instead;
-* no inactive cleanup on a fleet yet: ``cleanup_interval`` and ``inactive_threshold``
-  are left out of the system's options (and stay too large to fire).
-
-Every other rule (register, unregister, success incl. half_open and metadata, failure,
-failures, mixed, open/close/reset, configure, advance, subscriptions) runs unchanged.
+Rate rules run as on a local system: one system's window in Redis, with its quiet
+successes carried by its next step or sent by the flusher at any moment in between, must
+be exactly the model's after every step (status, rates in ``circuit_opened``). The one
+restriction: no inactive cleanup on a fleet yet, so ``cleanup_interval`` and
+``inactive_threshold`` are left out of the system's options (and stay too large to
+fire). Every other rule (register, register_rated, unregister, success incl. half_open,
+durations and metadata, failure, failures, mixed, open/close/reset, configure, advance,
+subscriptions) runs unchanged.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from typing import Any
 import hypothesis.strategies as st
 import pytest
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import initialize, multiple, rule
+from hypothesis.stateful import initialize, rule
 
 from brama_actors import Brama, InvalidConfiguration
 from tests import test_model as m
@@ -69,16 +68,6 @@ class _FleetSystem:
         return getattr(self._system, name)
 
 
-def _refused(explicit: dict[str, Any]) -> bool:
-    """True if the fleet refuses these options for their rate rule (phase 1)."""
-    try:
-        resolved = m.resolve(explicit)
-    except m.Invalid:
-        return False  # InvalidConfiguration anyway: the base rule expects it
-    return (resolved["failure_rate_threshold"] is not None
-            or resolved["slow_call_rate_threshold"] is not None)
-
-
 class FleetMachine(m.BramaMachine):
     """``BramaMachine`` on a fleet system, its time the model's."""
 
@@ -92,15 +81,11 @@ class FleetMachine(m.BramaMachine):
         config.setdefault("expiry", 100)
         config.setdefault("max_attempts", 2)
         config.update(NO_SWEEP)
+        namespace = f"model{uuid.uuid4().hex[:12]}"
         try:
             explicit = m.predict(config, m.GLOBAL_KEYS)
-            connection = {k: v for k, v in explicit.items() if k in m.CONNECTION_KEYS}
-            m.resolve(connection)
-            refused = _refused(connection)
+            m.resolve({k: v for k, v in explicit.items() if k in m.CONNECTION_KEYS})
         except m.Invalid:
-            refused = True  # refused as invalid, or for its rate rule
-        namespace = f"model{uuid.uuid4().hex[:12]}"
-        if refused:
             self.expect_error((InvalidConfiguration,), lambda: Brama.start(
                 fleet=REDIS["url"], fleet_namespace=namespace, **config).stop())
             config = {"expiry": 100, "max_attempts": 2, **NO_SWEEP}
@@ -121,53 +106,9 @@ class FleetMachine(m.BramaMachine):
         self.model.subs.append(m.MSub(holder[0], None if events is None else frozenset(events),
                                       None, None, "none", mine=False))
 
-    @rule(target=m.BramaMachine.registered, key=m.keys,
-          kind=st.sampled_from(["general", "db"]), metadata=m.metadatas,
-          options=m.option_sets(m.CONNECTION_KEYS))
-    def register(self, key: m.Key, kind: str, metadata: dict[str, Any] | None,
-                 options: dict[str, Any]) -> Any:
-        try:
-            given = m.predict(options, m.CONNECTION_KEYS, skip_none=True)
-            explicit = {k: v for k, v in self.model.explicit.items()
-                        if k in m.CONNECTION_KEYS}
-            refused = _refused({**explicit, **given})
-        except m.Invalid:
-            refused = False
-        if refused:
-            assert self.brama is not None
-            brama = self.brama
-            self.expect_error((InvalidConfiguration,), lambda: brama.register(
-                key[0], scope=key[1], type=kind, metadata=metadata, **options))
-            return multiple()
-        return super().register(key, kind, metadata, options)
-
-    @rule(key=m.keys, options=m.rate_options())
-    def register_rated(self, key: m.Key, options: dict[str, Any]) -> None:
-        """Rate rules: refused on a fleet (phase 1), whether registering or configuring."""
-        assert self.brama is not None
-        brama = self.brama
-        if self.exists(key):
-            self.expect_error((InvalidConfiguration,),
-                              lambda: brama.configure(key[0], scope=key[1], **options))
-        else:
-            self.expect_error((InvalidConfiguration,),
-                              lambda: brama.register(key[0], scope=key[1], **options))
-
     @rule(key=m.BramaMachine.known,
           options=m.option_sets(m.CONNECTION_KEYS, ("cleanup_interval", "inactive_threshold")))
     def configure_connection(self, key: m.Key, options: dict[str, Any]) -> None:
-        if self.exists(key):
-            try:
-                accepted = m.predict(options, m.CONNECTION_KEYS)
-                refused = _refused({**self.model.conns[key].explicit, **accepted})
-            except m.Invalid:
-                refused = False
-            if refused:
-                assert self.brama is not None
-                brama = self.brama
-                self.expect_error((InvalidConfiguration,), lambda: brama.configure(
-                    key[0], scope=key[1], **options))
-                return
         super().configure_connection(key, options)
         if self.exists(key):
             # A new half_open_timeout may already be over: the model fires it at the next
@@ -176,17 +117,6 @@ class FleetMachine(m.BramaMachine):
 
     @rule(options=m.option_sets(FLEET_GLOBAL_KEYS))
     def configure_global(self, options: dict[str, Any]) -> None:
-        try:
-            accepted = m.predict(options, m.GLOBAL_KEYS)
-            merged = {**self.model.explicit, **accepted}
-            refused = _refused({k: v for k, v in merged.items() if k in m.CONNECTION_KEYS})
-        except m.Invalid:
-            refused = False
-        if refused:
-            assert self.brama is not None
-            brama = self.brama
-            self.expect_error((InvalidConfiguration,), lambda: brama.configure(**options))
-            return
         super().configure_global(options)
 
     @rule(dt=st.sampled_from([0, 1, 19, 30, 50, 100, 250, 600, 1500, 4000]))

@@ -84,17 +84,11 @@ class Brama(Facade):
 
         Raises:
             InvalidConfiguration: an unknown option or bad value; ``clock=`` with
-                ``fleet=``; a rate rule with ``fleet=`` (not supported yet).
+                ``fleet=``.
         """
         fleet_options = cls._fleet_options(fleet, clock, config)
         explicit = validate_options(config, GLOBAL_OPTIONS)
         check_global(explicit)
-        if fleet_options is not None:
-            from brama_actors._authority._fleet._unreachable import refuse_rate_rules
-            from brama_actors._config import CONNECTION_OPTIONS, resolve_settings
-
-            refuse_rate_rules(resolve_settings(
-                {k: v for k, v in explicit.items() if k in CONNECTION_OPTIONS}))
         if clock is None:
             clock = SystemClock()
         elif not isinstance(clock, Clock):

@@ -6,8 +6,10 @@ fast path) answer from the replica (``_replica``), which the stream tail (``_tai
 keeps current and from which it delivers the fleet's events.
 
 Round trips: none for reads and for a success on a closed circuit with no failures
-(counted and delivered here only); one for ``failure()``, manual control and other
-successes; two for a guarded half_open call (acquire a permit, then its outcome).
+(counted and delivered here only; with a rate window, sent later in batches by
+``_pending``, unless it could open the circuit); one for ``failure()``, manual control
+and other successes; two for a guarded half_open call (acquire a permit, then its
+outcome).
 
 When Redis does not answer (``fleet_timeout``) or refuses (an error reply, ``_link``),
 ``when_unreachable="local"`` keeps protecting callers with this system's own rules from
@@ -33,6 +35,7 @@ from pykka import ActorRef
 from brama_actors import _rules as rules
 from brama_actors._authority import ALL_SCOPES, Admission, InProcess, Registration
 from brama_actors._authority._fleet._codec import (
+    WindowedStatus,
     decode_status,
     dump_json,
     encode_status,
@@ -43,6 +46,7 @@ from brama_actors._authority._fleet._codec import (
 from brama_actors._authority._fleet._link import Link
 from brama_actors._authority._fleet._offline import Offline
 from brama_actors._authority._fleet._options import FleetOptions
+from brama_actors._authority._fleet._pending import Pending
 from brama_actors._authority._fleet._replica import Replica
 from brama_actors._authority._fleet._tail import Tail, stream_id
 from brama_actors._authority._fleet._ticker import Ticker
@@ -51,7 +55,6 @@ from brama_actors._authority._fleet._unreachable import (
     HoldViews,
     StoppedViews,
     Verdict,
-    refuse_rate_rules,
 )
 from brama_actors._config import CONNECTION_OPTIONS, Settings, check_global, resolve_settings
 from brama_actors._delivery._hub import Delivery
@@ -66,7 +69,7 @@ from brama_actors._runtime import _nowait
 from brama_actors._runtime._context import Context
 from brama_actors._status import CircuitState, ConnectionStatus
 
-__all__ = ["DEFAULT_LEASE_MS", "FleetAuthority", "refuse_rate_rules"]
+__all__ = ["DEFAULT_LEASE_MS", "FleetAuthority"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -121,8 +124,12 @@ class FleetAuthority(InProcess):
         self.link = Link(options, self._link_changed, context.clock.now)
         self.ticker = Ticker(self, self.link, context.name)
         self.tail = Tail(self, self.link, self.ticker, context.name)
+        #: Quiet successes of windowed circuits, sent in batches (``_pending``).
+        self.pending = Pending(self)
+        self.replica.overlay = self.pending.overlay
         self.tail.start()
         self.ticker.start()
+        self.pending.start()
         # A Redis that cannot be reached at start is not an error: wait a bounded time.
         self.tail.synced_once.wait(2 * options.timeout / 1000 + 0.5)
 
@@ -210,7 +217,7 @@ class FleetAuthority(InProcess):
 
         Raises:
             AlreadyRegistered: registered through this system already.
-            InvalidConfiguration: bad options, or a rate rule (not on a fleet yet).
+            InvalidConfiguration: bad options.
             TypeError: metadata that is not JSON.
             NodeUnavailable: Redis unreachable, ``"hold"`` mode.
         """
@@ -218,7 +225,6 @@ class FleetAuthority(InProcess):
             explicit = {k: v for k, v in self._explicit.items() if k in CONNECTION_OPTIONS}
         explicit.update(options)
         settings = resolve_settings(explicit)
-        refuse_rate_rules(settings)
         dump_json("metadata", dict(metadata or {}))
         dump_json("options", explicit)
         self._check_running()
@@ -285,6 +291,7 @@ class FleetAuthority(InProcess):
             self._written = max(self._written, stream_id(str(reply[3])))
         self.replica.apply(key, None, 0, int(reply[2]))
         self.mine.discard(key)
+        self.pending.forget(key)
         return True
 
     def available(self, key: Key) -> bool:
@@ -293,18 +300,18 @@ class FleetAuthority(InProcess):
 
     def report(self, key: Key, outcome: rules.Success | rules.Failure) -> None:
         if type(outcome) is rules.Success:
-            self._success(key, outcome.metadata)
+            self._success(key, outcome.metadata, None, outcome.duration)
             return
         assert type(outcome) is rules.Failure
-        self._failure(key, outcome.reason, outcome.metadata, None)
+        self._failure(key, outcome.reason, outcome.metadata, None, outcome.duration)
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
-                 trial: tuple[str, int] | None) -> None:
-        args: dict[str, Any] = {"reason": _plain_json("reason", reason)}
+                 trial: tuple[str, int] | None, duration: float | None = None) -> None:
+        args: dict[str, Any] = {"reason": _plain_json("reason", reason), "duration": duration}
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
-            self.offline.apply(key, rules.Failure(reason, metadata))
+            self.offline.apply(key, rules.Failure(reason, metadata, duration=duration))
             return
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
@@ -312,7 +319,7 @@ class FleetAuthority(InProcess):
 
     def _step(self, key: Key, op: str, args: dict[str, Any], **extra: Any) -> None:
         try:
-            reply = self._run(op, key, args, **extra)
+            reply = self.pending.run(key, op, args, extra)  # with a batch, if windowed
         except NodeUnavailable:
             if self.options.when_unreachable != "local" or op not in LOCAL_OPS:
                 raise
@@ -325,30 +332,38 @@ class FleetAuthority(InProcess):
         self._note(key, reply)
 
     def _success(self, key: Key, metadata: Mapping[str, Any] | None,
-                 trial: tuple[str, int] | None = None) -> None:
+                 trial: tuple[str, int] | None = None, duration: float | None = None) -> None:
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         entry = self.replica.entries.get(key)
         if trial is None and entry is not None and entry.quiet:
-            self._quiet_success(key, metadata)
+            if not entry.settings.windowed:
+                self._quiet_success(key, metadata, self.now(), True)
+                return
+            now = self.now()  # a rate window's: batched unless it could open it
+            if (self.link.connected and type(entry.status) is WindowedStatus
+                    and self.pending.quiet(key, entry, duration, now)):
+                self._quiet_success(key, metadata, now, False)
+                return
+        if self._local_mode():  # with a rate window, every success is recorded here
+            self.offline.apply(key, rules.Success(metadata, duration=duration))
             return
-        if self._local_mode():
-            self.offline.apply(key, rules.Success(metadata))
-            return
-        args: dict[str, Any] = {}
+        args: dict[str, Any] = {"duration": duration}
         if trial is not None:
             args.update(token=trial[0], trial=trial[1])
         self._step(key, "success", args, opmeta=raw_meta)
 
-    def _quiet_success(self, key: Key, metadata: Mapping[str, Any] | None) -> None:
-        """A success that changes nothing in the fleet: counted and delivered here only.
+    def _quiet_success(self, key: Key, metadata: Mapping[str, Any] | None, now: int,
+                       count: bool) -> None:
+        """A success that changes nothing in the fleet now: delivered here only, and
+        counted here only (``count``) or in a batch sent later (``_pending``).
 
         Race (documented in docs/fleet.md): a failure elsewhere that this replica has
         not seen yet is not reset by it; the next success after the replica shows the
         failure is sent and resets it.
         """
-        now = self.now()
-        self.replica.count_quiet(key, now)
+        if count:
+            self.replica.count_quiet(key, now)
         identifier, scope = split_key(key)
         if self.delivery.wants_success(identifier, scope):
             # After every fleet event this system's own calls caused, never before them.
@@ -362,7 +377,7 @@ class FleetAuthority(InProcess):
             self.delivery.emit(identifier, scope, [(EventType.SUCCESS, data)], now)
 
     def record_success(self, key: Key, view: Any, duration: float | None = None) -> None:
-        self._success(key, None)
+        self._success(key, None, None, duration)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         reason = _plain_json("reason", op.reason)
@@ -382,8 +397,6 @@ class FleetAuthority(InProcess):
             with self._lock:
                 merged = {**self._explicit, **options}
                 check_global(merged)
-                refuse_rate_rules(resolve_settings(
-                    {k: v for k, v in merged.items() if k in CONNECTION_OPTIONS}))
                 self._explicit.clear()
                 self._explicit.update(merged)
                 self.context.config.update(options)
@@ -395,12 +408,11 @@ class FleetAuthority(InProcess):
             raise not_found(key)
         explicit = {**entry.explicit, **options}
         settings = resolve_settings(explicit)
-        refuse_rate_rules(settings)
         self._check_running()
         if self._local_mode():
             raise NodeUnavailable("cannot configure while the fleet's Redis is unreachable")
-        reply = self._run("configure", key, settings_args(settings),
-                          explicit=dump_json("options", explicit))
+        reply = self.pending.run(key, "configure", settings_args(settings),
+                                 {"explicit": dump_json("options", explicit)}, explicit)
         if reply[0] == "missing":
             raise not_found(key)
         self._note(key, reply, explicit)
@@ -478,9 +490,9 @@ class FleetAuthority(InProcess):
         trial = admission.token if admission.trial else None
         admission.trial = False  # given back once, whatever happens next
         if kind == "success":
-            self._success(key, None, trial)
+            self._success(key, None, trial, duration)
         elif kind == "failure":
-            self._failure(key, reason, None, trial)
+            self._failure(key, reason, None, trial, duration)
         else:  # "ignore" counts; "none" (not an outcome) only gives the permit back
             if kind == "ignore":
                 self.replica.tally(key, "ignored")
@@ -529,6 +541,7 @@ class FleetAuthority(InProcess):
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the tail, give the ticker lease back, close this system's clients."""
+        self.pending.stop(timeout)
         self.ticker.stop(timeout)
         self.tail.stop(timeout)
         self.link.close()

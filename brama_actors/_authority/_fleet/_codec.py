@@ -4,13 +4,16 @@ Only JSON goes into Redis, never pickle (API.md section 16). Metadata and explic
 options travel as raw JSON strings the Lua script stores and forwards without decoding
 them, so they come back exactly as sent; statuses and event data pass through the
 script's cjson, which writes no null (a missing key reads as ``None`` here) and writes
-a whole float such as ``2.0`` as ``2`` (floats are restored by field name here).
+a whole float such as ``2.0`` as ``2`` (floats are restored by field name here), and
+numbers with 14 digits only: rate thresholds therefore travel as strings and rates as
+integer counts (see ``_lua_window``).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -19,23 +22,59 @@ from brama_actors._events import Event, EventType
 from brama_actors._keys import Key, make_key, split_key
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy, freeze_mapping
 
-__all__ = ["decode_events", "decode_status", "dump_json", "encode_status", "member",
-           "member_key", "settings_args"]
+__all__ = ["FleetWindow", "WindowedStatus", "decode_events", "decode_status", "dump_json",
+           "encode_status", "member", "member_key", "settings_args"]
 
-#: Status fields the script reads and writes (window fields stay at their defaults:
-#: rate rules are refused on a fleet in phase 1).
+#: Status fields the script reads and writes (``failure_rate``, ``slow_call_rate`` and
+#: ``window_calls`` are not among them: they are read from the window when asked).
 _FIELDS = ("identifier", "scope", "type", "state", "failure_count", "max_attempts", "expiry",
            "expiry_strategy", "initial_expiry", "max_expiry", "backoff_factor",
            "half_open_max_calls", "opened_at", "last_success_time", "last_failure_time",
            "state_changed_at", "registered_at", "total_successes", "total_failures",
            "success_threshold", "half_open_timeout", "half_open_successes",
-           "slow_call_duration", "window_type", "window_size", "minimum_calls")
+           "slow_call_duration", "window_type", "window_size", "minimum_calls",
+           "failure_rate_threshold", "slow_call_rate_threshold")
+#: Fields sent as ``repr(float)`` strings: exact through cjson.
+_THRESHOLDS = ("failure_rate_threshold", "slow_call_rate_threshold")
 
 #: The settings the script applies (``configure``); None ones are sent as ``unset``.
 _SETTINGS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
              "backoff_factor", "half_open_max_calls", "success_threshold",
              "half_open_timeout", "slow_call_duration", "window_type", "window_size",
-             "minimum_calls")
+             "minimum_calls", "failure_rate_threshold", "slow_call_rate_threshold")
+
+
+@dataclass(frozen=True, slots=True)
+class FleetWindow:
+    """A circuit's rate window as the script last wrote it (see ``_lua_window``).
+
+    Attributes:
+        epoch: bumped each time the window was cleared.
+        outcomes: a count window's codes, oldest first ("0" a success, "1" failed,
+            "2" slow, "3" both); "" for a time window.
+        failures: failed outcomes in ``outcomes``.
+        slow: slow outcomes in ``outcomes``.
+        buckets: a time window's ``(index, calls, failures, slow)``, oldest first.
+    """
+
+    epoch: int = 0
+    outcomes: str = ""
+    failures: int = 0
+    slow: int = 0
+    buckets: tuple[tuple[int, int, int, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WindowedStatus(ConnectionStatus):
+    """A status with the window it was written with: what the replica keeps for a
+    circuit with a rate rule. It never leaves the replica (``Pending.overlay`` turns it
+    into a plain ``ConnectionStatus`` with the window's figures as of the read)."""
+
+    window: FleetWindow = field(default_factory=FleetWindow, compare=False, repr=False)
+
+
+def _threshold(value: Any) -> str | None:
+    return None if value is None else repr(float(value))
 
 
 def _plain(value: Any) -> Any:
@@ -75,6 +114,9 @@ def encode_status(status: ConnectionStatus, settings: Settings) -> dict[str, Any
     data = {name: getattr(status, name) for name in _FIELDS}
     data = {k: (v.value if isinstance(v, ExpiryStrategy | CircuitState) else v)
             for k, v in data.items() if v is not None}
+    for name in _THRESHOLDS:
+        if name in data:
+            data[name] = _threshold(data[name])
     data["transitions"] = [list(t) for t in status.transitions]
     data["setting_expiry"] = settings.expiry
     return data
@@ -83,6 +125,8 @@ def encode_status(status: ConnectionStatus, settings: Settings) -> dict[str, Any
 def settings_args(settings: Settings) -> dict[str, Any]:
     """The ``configure`` op's arguments: the settings to set and those to unset."""
     values = {name: getattr(settings, name) for name in _SETTINGS}
+    for name in _THRESHOLDS:
+        values[name] = _threshold(values[name])
     return {
         "settings": {k: (v.value if isinstance(v, ExpiryStrategy) else v)
                      for k, v in values.items() if v is not None},
@@ -100,7 +144,20 @@ def decode_status(raw: str, metadata: Mapping[str, Any]) -> ConnectionStatus:
     transitions = data.get("transitions")
     fields["transitions"] = tuple(
         (str(a), str(b), int(n)) for a, b, n in transitions) if transitions else ()
-    return ConnectionStatus(metadata=metadata, **fields)
+    windowed = False
+    for name in _THRESHOLDS:
+        if fields[name] is not None:
+            fields[name] = float(fields[name])
+            windowed = True
+    if not windowed:
+        return ConnectionStatus(metadata=metadata, **fields)
+    buckets = data.get("wb") or ()  # cjson writes an empty list as {}
+    flat = [int(x) for x in buckets]
+    window = FleetWindow(
+        int(data.get("we", 0)), str(data.get("wo", "")), int(data.get("wf", 0)),
+        int(data.get("ws", 0)),
+        tuple((flat[i], flat[i + 1], flat[i + 2], flat[i + 3]) for i in range(0, len(flat), 4)))
+    return WindowedStatus(metadata=metadata, window=window, **fields)
 
 
 def load_metadata(raw: str | None) -> Mapping[str, Any]:
@@ -134,6 +191,10 @@ def decode_events(stream_id: str, fields: Mapping[str, str], key: Key,
                         metadata=status.metadata)
         if data.pop("_m", None):
             data["metadata"] = load_metadata(fields.get("m"))
+        rates = data.pop("_r", None)
+        if rates:  # {failures, slow, calls}: divided here, as _rules does
+            data["failure_rate"] = rates[0] / rates[2]
+            data["slow_call_rate"] = rates[1] / rates[2]
         if "reason" not in data and event_type in (EventType.FAILURE,
                                                     EventType.STATE_CHANGE,
                                                     EventType.CIRCUIT_OPENED):
@@ -154,7 +215,8 @@ def _registration_settings(status: ConnectionStatus) -> dict[str, Any]:
         "half_open_max_calls": status.half_open_max_calls,
         "success_threshold": status.success_threshold,
         "half_open_timeout": status.half_open_timeout,
-        "failure_rate_threshold": None, "slow_call_rate_threshold": None,
+        "failure_rate_threshold": status.failure_rate_threshold,
+        "slow_call_rate_threshold": status.slow_call_rate_threshold,
         "slow_call_duration": status.slow_call_duration, "window_type": status.window_type,
         "window_size": status.window_size, "minimum_calls": status.minimum_calls,
     }

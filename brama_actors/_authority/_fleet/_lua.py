@@ -1,5 +1,6 @@
 """The fleet's one Lua script: the circuit rules of API.md sections 3, 4 and 12
-(``success_threshold``, ``half_open_timeout``) applied atomically in Redis.
+(``success_threshold``, ``half_open_timeout``, rate windows: ``_lua_window``) applied
+atomically in Redis.
 
 It mirrors ``brama_actors._rules`` (the pure rules every other authority applies) and
 is checked against the same reference model (``tests/test_model.py``, fleet machine).
@@ -20,13 +21,20 @@ register/configure only), stream MAXLEN.
 Status JSON holds no null: a missing key is ``None`` (cjson's null is awkward in Lua).
 Event data flags ``_m = 1`` where the op's metadata goes (added by the reader, so
 metadata never passes through cjson and comes back exactly as sent).
+
+A success, failure, manual op or configure may carry ``args.q``, a batch of its
+system's quiet successes (``_pending``): folded into the circuit (totals, window)
+before the op is decided; the stream entry names it (field ``q``). ``flush`` is a step
+that only carries a batch.
 """
 
 from __future__ import annotations
 
+from brama_actors._authority._fleet._lua_window import WINDOW
+
 __all__ = ["SCRIPT"]
 
-SCRIPT = r"""
+_HEAD = r"""
 local op = ARGV[1]
 local args = cjson.decode(ARGV[3])
 local opmeta = ARGV[4]
@@ -86,14 +94,21 @@ local function state_change(evs, st, prev, reason)
   ev(evs, 'state_change', st, {previous_state = prev, new_state = st.state, reason = reason})
 end
 
+"""
+
+_RULES = r"""
+-- Every opening clears the rate window.
 local function open(st, expiry)
   st.opened_at = now
   st.expiry = expiry or opening_expiry(st, st.failure_count)
   st.half_open_successes = 0
+  wclear(st)
 end
 
-local function opened(evs, st, reason)
-  ev(evs, 'circuit_opened', st, {reason = reason, opened_at = st.opened_at, expiry = st.expiry})
+-- rates: {failures, slow, calls} when a rate rule opened it (the reader divides).
+local function opened(evs, st, reason, rates)
+  ev(evs, 'circuit_opened', st, {reason = reason, opened_at = st.opened_at, expiry = st.expiry,
+                                  _r = rates})
 end
 
 -- A trial admitted in an earlier half_open period (another gen): its outcome is void.
@@ -120,7 +135,21 @@ local function decide(st, gen, o, a)
       ev(evs, 'circuit_closed', st, {reason = 'Success in half_open'})
       state_change(evs, st, prev, 'Success in half_open')
     else
+      -- Closed: the window records it, and a success can trip a rate rule too.
+      local why, rates = nil, nil
+      if st.state == 'closed' and windowed(st) then
+        wrecord(st, 0, a.duration)
+        why, rates = wtrip(st)
+      end
+      if why == nil then
+        ev(evs, 'success', st, extra)
+        return evs, true
+      end
+      local prev = change(st, 'open')
+      open(st, nil)
       ev(evs, 'success', st, extra)
+      opened(evs, st, why, rates)
+      state_change(evs, st, prev, why)
     end
     return evs, true
   elseif o == 'failure' then
@@ -130,13 +159,17 @@ local function decide(st, gen, o, a)
     st.total_failures = st.total_failures + 1
     local extra = {reason = a.reason}
     if opmeta ~= '' then extra._m = 1 end
-    local why = nil
+    local why, rates = nil, nil
     if st.state == 'half_open' then
       why = a.reason
       if why == nil then why = 'Failure in half_open' end
-    elseif st.state == 'closed' and st.max_attempts > 0
-        and st.failure_count >= st.max_attempts then
-      why = 'Threshold exceeded'
+    elseif st.state == 'closed' then
+      if windowed(st) then wrecord(st, 1, a.duration) end
+      if st.max_attempts > 0 and st.failure_count >= st.max_attempts then
+        why = 'Threshold exceeded'
+      elseif windowed(st) then
+        why, rates = wtrip(st)
+      end
     end
     if why == nil then
       ev(evs, 'failure', st, extra)
@@ -145,7 +178,7 @@ local function decide(st, gen, o, a)
     local prev = change(st, 'open')
     open(st, nil)
     ev(evs, 'failure', st, extra)
-    opened(evs, st, why)
+    opened(evs, st, why, rates)
     state_change(evs, st, prev, why)
     return evs, true
   elseif o == 'expire' then
@@ -189,6 +222,7 @@ local function decide(st, gen, o, a)
     local why = a.reason
     if why == nil then why = 'Manually reset' end
     st.failure_count = 0
+    wclear(st)
     if st.state == 'closed' then
       ev(evs, 'circuit_reset', st, {reason = why})
       return evs, true
@@ -200,11 +234,27 @@ local function decide(st, gen, o, a)
   elseif o == 'configure' then
     -- New settings apply from the next transition on; status.expiry shows the
     -- configured expiry until the first opening, then the last opening's length.
-    local keep = st.expiry
+    -- A window of another kind or size starts empty (as _window.window_for).
+    local keep, was, kind, size = st.expiry, windowed(st), st.window_type, st.window_size
     for _, k in ipairs(a.unset) do st[k] = nil end
     for k, v in pairs(a.settings) do st[k] = v end
     st.setting_expiry = a.settings.expiry
     if st.opened_at ~= nil then st.expiry = keep end
+    if not windowed(st) or not was or kind ~= st.window_type or size ~= st.window_size then
+      wclear(st)
+    end
+    return evs, true
+  elseif o == 'flush' then
+    -- Only the batch it carried (folded by step); its successes can trip a rate rule
+    -- (their success events were delivered on their own system already).
+    if st.state ~= 'closed' or not windowed(st) then return evs, true end
+    local why, rates = wtrip(st)
+    if why ~= nil then
+      local prev = change(st, 'open')
+      open(st, nil)
+      opened(evs, st, why, rates)
+      state_change(evs, st, prev, why)
+    end
     return evs, true
   end
   return redis.error_reply('unknown op ' .. tostring(o))
@@ -261,9 +311,10 @@ local function step(ckey, member, o, a, fields)
   if o == 'expire' then
     return {'ok', cjson.encode(st), ver, id, gen}
   end
+  if a.q ~= nil then wfold(st, a.q) end
   local prev_state, prev_open = st.state, st.opened_at
   local evs, changed = decide(st, gen, o, a)
-  if not changed then
+  if not changed and a.q == nil then
     return {'void', cjson.encode(st), ver, id, gen}
   end
   if st.state ~= prev_state or st.opened_at ~= prev_open then gen = gen + 1 end
@@ -394,6 +445,15 @@ else
     if args.token then redis.call('ZREM', PERMITS, args.token) end
     if opmeta ~= '' then fields = {'m', opmeta} end
   end
+  if args.q ~= nil then
+    -- The entry names the batch it folded in: its sender's replica counts it once.
+    fields = fields or {}
+    fields[#fields + 1] = 'q'
+    fields[#fields + 1] = args.q.id
+  end
   return step(CKEY, member, op, args, fields)
 end
 """
+
+#: The whole script: the head, the window (``_lua_window``), the rules and the ops.
+SCRIPT = _HEAD + WINDOW + _RULES

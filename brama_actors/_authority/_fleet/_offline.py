@@ -88,18 +88,29 @@ class Offline:
         return status
 
     def apply(self, key: Key, op: rules.Input) -> None:
-        """Decide ``op`` here with the shared rules."""
+        """Decide ``op`` here with the shared rules (and the circuit's local rate
+        window, ``Pending.local_window``)."""
         owner = self._owner
         replica = owner.replica
-        with replica.lock:
+        while True:
             entry = replica.entries.get(key)
             if entry is None:
                 raise not_found(key)
             now = owner.context.clock.now()
-            transition = rules.apply(entry.status, entry.settings, op, now)
-            if transition.status is not entry.status:
-                replica.entries[key] = entry.with_status(transition.status, entry.gen,
-                                                         entry.ver)
+            # Taken before the replica's lock, never under it: Pending's lock comes
+            # first where both are held (a reply or a stream entry landing a batch).
+            window = owner.pending.local_window(key, entry, now)
+            with replica.lock:
+                current = replica.entries.get(key)
+                if current is None:
+                    raise not_found(key)
+                if current.settings != entry.settings:
+                    continue  # replaced meanwhile by other settings: their window
+                transition = rules.apply(current.status, current.settings, op, now, window)
+                if transition.status is not current.status:
+                    replica.entries[key] = current.with_status(transition.status,
+                                                               current.gen, current.ver)
+            break
         identifier, scope = split_key(key)
         specs = [(kind, {**data, "origin": "local"}) for kind, data in transition.events]
         if specs:

@@ -16,7 +16,8 @@ being read keep theirs (they are newer than what the snapshot may show).
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from brama_actors._config import Settings, resolve_settings
@@ -33,7 +34,8 @@ class Entry:
     """One circuit as this system last knew it; replaced whole, never changed in place.
 
     It is also the circuit's *view* (the authority protocol's ``View``): ``available``
-    and ``quiet`` for the hot path; ``slow`` None (no rate windows on a fleet yet).
+    and ``quiet`` for the hot path; ``slow`` the ms from which a success is slow when a
+    rate window records it (the guard then times its calls), else None.
     """
 
     __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
@@ -52,7 +54,7 @@ class Entry:
         self.state = status.state
         self.available = status.state is not _OPEN
         self.quiet = status.state is _CLOSED and status.failure_count == 0
-        self.slow: int | None = None
+        self.slow: int | None = settings.slow_call_duration if settings.windowed else None
 
     def __repr__(self) -> str:
         return f"<fleet Entry {self.state} ver={self.ver}>"
@@ -81,6 +83,10 @@ class Replica:
         self.tallies: dict[Key, list[int]] = {}
         #: While a snapshot is read: the keys whose state was applied meanwhile.
         self._recent: set[Key] | None = None
+        #: What ``status()`` starts from (key, entry) -> status: the entry's status
+        #: unless set (the fleet authority adds its batches of quiet successes, and
+        #: a rate window's figures as of the read: ``_pending.Pending.overlay``).
+        self.overlay: Callable[[Key, Entry], ConnectionStatus] | None = None
 
     def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
               explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
@@ -124,7 +130,9 @@ class Replica:
         old = self.entries.get(key)
         if old is not None and ver > old.xver:
             given = dict(explicit)
-            current = evolve(old.status, metadata=status.metadata) if fresh else old.status
+            # dataclasses.replace, not evolve: it keeps the status's own type (a
+            # WindowedStatus keeps its window; evolve builds a plain ConnectionStatus).
+            current = replace(old.status, metadata=status.metadata) if fresh else old.status
             self.entries[key] = Entry(current, given, resolve_settings(given), old.gen,
                                       old.ver, ver)
 
@@ -146,7 +154,8 @@ class Replica:
         entry = self.entries.get(key)
         if entry is None:
             return None
-        status = entry.status
+        overlay = self.overlay
+        status = entry.status if overlay is None else overlay(key, entry)
         with self.lock:
             quiet = self.quiet.get(key)
             tallies = self.tallies.get(key)

@@ -179,22 +179,28 @@ class Tail:
 
         ``lost``: versions went back (Redis lost writes); a new ``incarnation`` (Redis
         lost its data) counts too. Either way the circuits registered here that the
-        snapshot lacks are owed to the fleet (created again by ``offline.settle``).
+        snapshot lacks are owed to the fleet (created again by ``offline.settle``), and
+        the batches of quiet successes not sent yet are dropped (``_pending``).
         """
         owner = self._owner
         lost = lost or (bool(self._incarnation) and incarnation != self._incarnation)
         self._incarnation = incarnation
         keep = owner.offline.keep({key for key, *_ in circuits}, lost)
+        owner.pending.drop_local()  # the windows decided with while unreachable
+        if lost:  # and batches of quiet successes made against the lost state
+            owner.pending.drop_all()
         for key in owner.replica.load(ver, circuits, keep):
             owner.mine.discard(key)
 
     def _apply(self, key: Key, fields: dict[str, str], ver: int) -> ConnectionStatus | None:
         """Apply one entry's post-state to the replica; the status (None: removed)."""
-        replica = self._owner.replica
+        owner = self._owner
+        replica = owner.replica
         raw = fields["s"]
         if not raw:
             if replica.apply(key, None, 0, ver):
-                self._owner.mine.discard(key)
+                owner.mine.discard(key)
+                owner.pending.forget(key)
             return None
         fresh = "cm" in fields
         if fresh:
@@ -206,11 +212,18 @@ class Tail:
                 # own steps): skip decoding it again on the caller's cores. Only a
                 # registration's events need the entry's own status, and only entries
                 # with options (register, configure) can still complete the replica.
+                # A batch it folded in is in the replica's state: it counts no more.
+                if "q" in fields:
+                    owner.pending.landed(fields["q"], lambda: None)
                 return None if entry is None else entry.status
             metadata = entry.status.metadata if entry is not None else load_metadata(None)
         status = decode_status(raw, metadata)
         explicit = json.loads(fields["x"]) if "x" in fields else None
-        replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
+        if "q" in fields:  # it folded a batch in: maybe this system's, in flight
+            owner.pending.landed(fields["q"], lambda: replica.apply(
+                key, status, int(fields["g"]), ver, explicit, fresh))
+        else:
+            replica.apply(key, status, int(fields["g"]), ver, explicit, fresh)
         return status
 
     def _deliver(self, raw_id: str, fields: dict[str, str], key: Key,

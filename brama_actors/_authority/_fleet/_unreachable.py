@@ -2,7 +2,7 @@
 
 ``when_unreachable="local"`` decides the ops of ``LOCAL_OPS`` here, with the shared
 rules, from the last fleet state; ``"hold"`` answers reads from ``HoldViews`` (the last
-fleet state, then ``when_stale``). Rate windows are refused on a fleet until phase 2.
+fleet state, then ``when_stale``).
 """
 
 from __future__ import annotations
@@ -12,25 +12,10 @@ from typing import Any
 
 from brama_actors import _rules as rules
 from brama_actors._authority._fleet._replica import Entry
-from brama_actors._config import Settings
-from brama_actors._errors import InvalidConfiguration, SystemStopped
+from brama_actors._errors import SystemStopped
 from brama_actors._keys import Key
 
-__all__ = ["LOCAL_OPS", "HoldViews", "StoppedViews", "Verdict", "refuse_rate_rules"]
-
-
-def refuse_rate_rules(settings: Settings) -> None:
-    """Rate windows are not on a fleet yet (phase 2): refuse them, honestly.
-
-    Raises:
-        InvalidConfiguration: a failure-rate or slow-call-rate rule.
-    """
-    if settings.windowed:
-        raise InvalidConfiguration(
-            "failure_rate_threshold and slow_call_rate_threshold are not supported on a "
-            "fleet yet (fleet=): rate windows in Redis are planned, got "
-            f"failure_rate_threshold={settings.failure_rate_threshold!r}, "
-            f"slow_call_rate_threshold={settings.slow_call_rate_threshold!r}")
+__all__ = ["LOCAL_OPS", "HoldViews", "StoppedViews", "Verdict"]
 
 
 class HoldViews(Mapping[Key, Any]):
@@ -81,11 +66,11 @@ class Verdict:
 
 
 def _failure_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Failure(args.get("reason"))
+    return rules.Failure(args.get("reason"), duration=args.get("duration"))
 
 
 def _success_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Success()
+    return rules.Success(duration=args.get("duration"))
 
 
 def _open_op(args: dict[str, Any]) -> rules.Input:
