@@ -263,15 +263,7 @@ class _PooledInbox:
                         envelope = self._items.popleft()
                 _process(actor, envelope)
             _yield(actor)
-            if actor.actor_stopped.is_set():
-                self._teardown(actor)
-                return
-            with self._lock:
-                if not self._items:
-                    self._scheduled = False
-                    return
-            assert self._pool is not None
-            self._pool.submit(self)
+            self.release(actor)  # a batch done: back to the pool if more is queued
         finally:
             _local.actor = None
 
