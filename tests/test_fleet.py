@@ -349,6 +349,39 @@ def test_half_open_permits_are_fleet_wide(redis_server: RedisServer,
         assert systems[2].status("db").total_rejections == 1
 
 
+def test_a_caller_told_closed_by_redis_sees_closed_before_its_tail_does(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """A system whose replica still shows half_open asks Redis for a permit, hears the
+    circuit is closed (another system's trial closed it) and admits a normal call: its
+    replica takes that answer at once, not only when its tail reads the entry; the
+    closing's events still arrive once, from the stream."""
+    now = [1_900_000_000_000]
+    with fleet(redis_server, 2) as systems:
+        ns = systems[0].fleet_status().namespace  # type: ignore[union-attr]
+        a, b = systems
+        _half_open(systems, client, ns, now)
+        sub = b.subscribe(events=["circuit_closed"], connection="db")
+        tail = b._authority.tail  # type: ignore[union-attr]
+        original = tail._entry
+        gate = threading.Event()
+
+        def held(raw_id: str, fields: dict[str, str]) -> bool:
+            assert gate.wait(WAIT)
+            return bool(original(raw_id, fields))
+
+        tail._entry = held  # b's replica now lags until the gate opens
+        try:
+            with a.guard("db"):
+                pass  # a's trial succeeds: closed in Redis
+            assert b.status("db").state == "half_open"
+            with b.guard("db"):
+                assert b.status("db").state == "closed"
+        finally:
+            gate.set()
+        converge(systems, client, ns)
+        assert [e.event for e in take(sub)] == ["circuit_closed"]
+
+
 def test_a_trial_from_before_a_reopening_cannot_close_the_circuit(
         redis_server: RedisServer, client: redis.Redis) -> None:
     """Trials are fenced by the circuit's generation: a stale trial's success changes

@@ -77,7 +77,8 @@ class _Worker:
                 with service.lock:
                     service.calls += 1
                 # The replica shows half_open inside the guard only when the fleet gave
-                # this call a trial permit (the acquire's reply updated the replica).
+                # this call a trial permit: the acquire's reply updates the replica, also
+                # when it says the circuit is no longer half_open.
                 status = self.brama.status(service.name)
                 if status.state is CircuitState.HALF_OPEN:
                     send(trial=service.name, period=status.state_changed_at)

@@ -287,16 +287,17 @@ local function commit(ckey, member, st, gen, evs, fields)
   return ver, id, sj
 end
 
+-- The circuit's status, gen and ver (the ver of the entry that wrote that status).
 local function load(ckey)
-  local raw = redis.call('HMGET', ckey, 'status', 'gen')
-  if not raw[1] then return nil, nil end
-  return cjson.decode(raw[1]), tonumber(raw[2])
+  local raw = redis.call('HMGET', ckey, 'status', 'gen', 'ver')
+  if not raw[1] then return nil, nil, 0 end
+  return cjson.decode(raw[1]), tonumber(raw[2]), tonumber(raw[3] or '0')
 end
 
 -- Apply one op to the circuit at ckey: its overdue expiry first (own entry), then op.
 -- Returns {code, status json, ver, stream id, gen}.
 local function step(ckey, member, o, a, fields)
-  local st, gen = load(ckey)
+  local st, gen, held = load(ckey)
   if st == nil then return missing() end
   local ver, id = 0, ''
   local due = deadline(st)
@@ -308,14 +309,16 @@ local function step(ckey, member, o, a, fields)
       ver, id = commit(ckey, member, st, gen, evs, nil)
     end
   end
+  -- A reply that changed nothing still carries the ver of the status it shows, so the
+  -- caller's replica can take it (a caller told "closed" must not keep half_open).
   if o == 'expire' then
-    return {'ok', cjson.encode(st), ver, id, gen}
+    return {'ok', cjson.encode(st), ver ~= 0 and ver or held, id, gen}
   end
   if a.q ~= nil then wfold(st, a.q) end
   local prev_state, prev_open = st.state, st.opened_at
   local evs, changed = decide(st, gen, o, a)
   if not changed and a.q == nil then
-    return {'void', cjson.encode(st), ver, id, gen}
+    return {'void', cjson.encode(st), ver ~= 0 and ver or held, id, gen}
   end
   if st.state ~= prev_state or st.opened_at ~= prev_open then gen = gen + 1 end
   local sj
