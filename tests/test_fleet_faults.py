@@ -329,3 +329,59 @@ def _acl_fleet(url: str) -> Iterator[list[Brama]]:
     finally:
         for system in systems:
             system.stop()
+
+
+def test_concurrent_steps_of_a_windowed_circuit_on_a_paused_redis_wait_one_timeout(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """A windowed circuit's steps take its send lock. Redis paused: of N concurrent
+    failure() calls that all found the link up, the first waits fleet_timeout; the
+    others, queued on the lock, must not each send and wait a timeout of their own in
+    turn (they were 0.2, 0.4, ... 1.2 s): each returns within a bound, decided here
+    ("local"), and the local window opens the circuit on its rate rule."""
+    threads = 6
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        sub = brama.subscribe(events=["failure", "circuit_opened"])
+        brama.register("db", failure_rate_threshold=0.5, minimum_calls=threads,
+                       max_attempts=0)
+        brama.drain(WAIT)
+        take(sub, timeout=0)
+        barrier = threading.Barrier(threads)
+        results: list[tuple[float, Any]] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            barrier.wait(WAIT)
+            start = time.perf_counter()
+            try:
+                result: Any = brama.failure("db", reason="paused")
+            except Exception as exc:
+                result = exc
+            with lock:
+                results.append((time.perf_counter() - start, result))
+
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        server.pause()
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(WAIT)
+            assert len(results) == threads
+            assert [r for _, r in results] == [None] * threads  # none lost or raised
+            slowest = max(elapsed for elapsed, _ in results)
+            assert slowest < 3 * TIMEOUT_MS / 1000, sorted(e for e, _ in results)
+            assert link_events.unreachable.wait(WAIT)
+            # Every failure was decided here: the local window opened on the rate rule.
+            status = brama.status("db")
+            assert (status.state, status.total_failures) == ("open", threads)
+            seen = [wait_for_event(sub, lambda e: e.event == "failure")[0]
+                    for _ in range(threads)]
+            assert {e.data["origin"] for e in seen} == {"local"}
+            opened, _ = wait_for_event(sub, lambda e: e.event == "circuit_opened")
+            assert (opened.data["origin"], opened.data["reason"]) == \
+                ("local", "Failure rate exceeded")
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        # The fleet's state wins when Redis is back: nothing local is replayed.
+        assert brama.status("db").total_failures <= 1
