@@ -385,3 +385,45 @@ def test_concurrent_steps_of_a_windowed_circuit_on_a_paused_redis_wait_one_timeo
         assert link_events.restored.wait(WAIT)
         # The fleet's state wins when Redis is back: nothing local is replayed.
         assert brama.status("db").total_failures <= 1
+
+
+def test_stop_with_due_batches_on_a_paused_redis_leaves_no_flusher(
+        server: RedisServer) -> None:
+    """Many windowed circuits with due batches, Redis paused while the link is still
+    believed up: stop() returns within a bound, and the flusher has ended (it used to
+    send one flush per circuit, each waiting fleet_timeout, outlive stop()'s join and
+    open a connection again after close())."""
+    circuits = 30
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        authority: Any = brama._authority
+        pending = authority.pending
+        held = [0.0]
+        pending._monotonic = lambda: held[0]  # batches age only when the test says
+        for i in range(circuits):
+            brama.register(f"db{i}", failure_rate_threshold=0.5)
+            brama.success(f"db{i}")  # kept here, in a batch
+        assert len(pending.slots) == circuits
+        in_flight = threading.Event()
+        run = authority._run
+
+        def seen_run(op: str, *args: Any, **kwargs: Any) -> Any:
+            if op == "flush":
+                in_flight.set()
+            return run(op, *args, **kwargs)
+
+        authority._run = seen_run
+        server.pause()
+        try:
+            held[0] += 10.0  # every batch due: wake the flusher
+            with pending._wake:
+                pending._wake.notify_all()
+            assert in_flight.wait(WAIT)  # the first flush waits on the paused Redis
+            start = time.perf_counter()
+            brama.stop()
+            elapsed = time.perf_counter() - start
+            assert not pending._thread.is_alive()
+            assert not [t.name for t in threading.enumerate()
+                        if t.name.startswith("brama-fleet-flush") and t.is_alive()]
+            assert elapsed < 3.0, elapsed  # the tail's blocked read is most of it
+        finally:
+            server.resume()

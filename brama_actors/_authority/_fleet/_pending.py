@@ -187,13 +187,15 @@ class Pending:
         """Start the flusher."""
         self._thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Stop the flusher (batches not sent by then stay counted here only)."""
+    def stop(self, timeout: float) -> bool:
+        """Stop the flusher (batches not sent by then stay counted here only); False if
+        it did not end within ``timeout`` s (a flush still in its round trip)."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
 
     # -- the caller's side ---------------------------------------------------------------
     def quiet(self, key: Key, entry: Entry, duration: float | None, now: int) -> bool:
@@ -251,8 +253,8 @@ class Pending:
         timeout = authority.options.timeout / 1000
         deadline = time.monotonic() + timeout
         link = authority.link
-        if op == "flush" and not link.connected:
-            return None  # kept until Redis answers again
+        if op == "flush" and (self._stopped or not link.connected):
+            return None  # kept until Redis answers again (or never: stopped)
         with self.lock:
             slot = self.slots.get(key)
             if slot is None:
@@ -386,6 +388,10 @@ class Pending:
                     self._wake.wait(FLUSH_MS / 1000)
                 continue
             for key in due:
+                # Stopped, or the link went down (a flush timed out): not one more
+                # round trip. After stop() none may reopen a connection close() closed.
+                if self._stopped or not self._authority.link.connected:
+                    break
                 try:
                     self.run(key, "flush", {}, {})
                 except Exception:  # the link reported an unreachable Redis already
