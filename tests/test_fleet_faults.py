@@ -427,3 +427,62 @@ def test_stop_with_due_batches_on_a_paused_redis_leaves_no_flusher(
             assert elapsed < 3.0, elapsed  # the tail's blocked read is most of it
         finally:
             server.resume()
+
+
+def test_a_circuit_registered_while_the_tail_settles_its_debts_reaches_the_fleet(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """Redis back: the tail creates the circuits registered here meanwhile, then marks
+    the link up. One registered by a caller still in local mode while it does so must
+    reach Redis too (it used to stay owed forever: its first failure() found it
+    missing in Redis, and the caller got ConnectionNotFound for a circuit it
+    registered)."""
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        authority: Any = brama._authority
+        brama.register("db")
+        server.pause()
+        try:
+            brama.failure("db")  # times out: the link is down
+            assert link_events.unreachable.wait(WAIT)
+            brama.register("owed")  # local: owed to the fleet
+            registered = threading.Event()
+            create = authority.create
+
+            def register_meanwhile(key: Any, *args: Any, **kwargs: Any) -> Any:
+                # settle's first create: another caller, still in local mode (the link
+                # is marked up only after settle), registers "late" and returns.
+                if not registered.is_set():
+                    registered.set()
+                    late = threading.Thread(target=brama.register, args=("late",))
+                    late.start()
+                    late.join(WAIT)
+                    assert not late.is_alive()
+                return create(key, *args, **kwargs)
+
+            authority.create = register_meanwhile
+            link = authority.link
+            set_connected = link.set_connected
+            settled = threading.Event()
+
+            def register_before_up(up: bool) -> None:
+                # Every debt settled, the link not marked up yet: a caller still in
+                # local mode registers "last" (created in Redis by that caller).
+                if up and not settled.is_set():
+                    settled.set()
+                    last = threading.Thread(target=brama.register, args=("last",))
+                    last.start()
+                    last.join(WAIT)
+                    assert not last.is_alive()
+                set_connected(up)
+
+            link.set_connected = register_before_up
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        assert registered.is_set() and settled.is_set()
+        for name in ("late", "last", "owed"):
+            brama.failure(name)  # "late" and "last" raised ConnectionNotFound
+            assert brama.status(name).failure_count == 1
+        assert not authority.offline.owed
+        plain = server.client(decode_responses=True)
+        members = plain.smembers("{" + authority.options.namespace + "}:circuits")
+        assert {'["late",null]', '["last",null]', '["owed",null]'} <= set(members)

@@ -145,6 +145,8 @@ class FleetAuthority(InProcess):
         return fixed() if fixed is not None else self.ticker.server_now()
 
     def _link_changed(self, up: bool) -> None:
+        if not up:  # before the caller that saw it down can register a circuit here
+            self.offline.link_down()
         if self.context.stopping:
             return
         name = "restored" if up else "unreachable"
