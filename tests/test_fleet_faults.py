@@ -438,6 +438,7 @@ def test_a_circuit_registered_while_the_tail_settles_its_debts_reaches_the_fleet
     registered)."""
     with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
         authority: Any = brama._authority
+        sub = brama.subscribe(events=["connection_registered"])
         brama.register("db")
         server.pause()
         try:
@@ -486,3 +487,9 @@ def test_a_circuit_registered_while_the_tail_settles_its_debts_reaches_the_fleet
         plain = server.client(decode_responses=True)
         members = plain.smembers("{" + authority.options.namespace + "}:circuits")
         assert {'["late",null]', '["last",null]', '["owed",null]'} <= set(members)
+        # Registered while unreachable: connection_registered twice, local then fleet.
+        origins = []
+        while len(origins) < 2:
+            event, _ = wait_for_event(sub, lambda e: e.connection == "owed")
+            origins.append(event.data.get("origin"))
+        assert origins == ["local", None]
