@@ -329,3 +329,167 @@ def _acl_fleet(url: str) -> Iterator[list[Brama]]:
     finally:
         for system in systems:
             system.stop()
+
+
+def test_concurrent_steps_of_a_windowed_circuit_on_a_paused_redis_wait_one_timeout(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """A windowed circuit's steps take its send lock. Redis paused: of N concurrent
+    failure() calls that all found the link up, the first waits fleet_timeout; the
+    others, queued on the lock, must not each send and wait a timeout of their own in
+    turn (they were 0.2, 0.4, ... 1.2 s): each returns within a bound, decided here
+    ("local"), and the local window opens the circuit on its rate rule."""
+    threads = 6
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        sub = brama.subscribe(events=["failure", "circuit_opened"])
+        brama.register("db", failure_rate_threshold=0.5, minimum_calls=threads,
+                       max_attempts=0)
+        brama.drain(WAIT)
+        take(sub, timeout=0)
+        barrier = threading.Barrier(threads)
+        results: list[tuple[float, Any]] = []
+        lock = threading.Lock()
+
+        def call() -> None:
+            barrier.wait(WAIT)
+            start = time.perf_counter()
+            try:
+                result: Any = brama.failure("db", reason="paused")
+            except Exception as exc:
+                result = exc
+            with lock:
+                results.append((time.perf_counter() - start, result))
+
+        workers = [threading.Thread(target=call) for _ in range(threads)]
+        server.pause()
+        try:
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(WAIT)
+            assert len(results) == threads
+            assert [r for _, r in results] == [None] * threads  # none lost or raised
+            slowest = max(elapsed for elapsed, _ in results)
+            assert slowest < 3 * TIMEOUT_MS / 1000, sorted(e for e, _ in results)
+            assert link_events.unreachable.wait(WAIT)
+            # Every failure was decided here: the local window opened on the rate rule.
+            status = brama.status("db")
+            assert (status.state, status.total_failures) == ("open", threads)
+            seen = [wait_for_event(sub, lambda e: e.event == "failure")[0]
+                    for _ in range(threads)]
+            assert {e.data["origin"] for e in seen} == {"local"}
+            opened, _ = wait_for_event(sub, lambda e: e.event == "circuit_opened")
+            assert (opened.data["origin"], opened.data["reason"]) == \
+                ("local", "Failure rate exceeded")
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        # The fleet's state wins when Redis is back: nothing local is replayed.
+        assert brama.status("db").total_failures <= 1
+
+
+def test_stop_with_due_batches_on_a_paused_redis_leaves_no_flusher(
+        server: RedisServer) -> None:
+    """Many windowed circuits with due batches, Redis paused while the link is still
+    believed up: stop() returns within a bound, and the flusher has ended (it used to
+    send one flush per circuit, each waiting fleet_timeout, outlive stop()'s join and
+    open a connection again after close())."""
+    circuits = 30
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        authority: Any = brama._authority
+        pending = authority.pending
+        held = [0.0]
+        pending._monotonic = lambda: held[0]  # batches age only when the test says
+        for i in range(circuits):
+            brama.register(f"db{i}", failure_rate_threshold=0.5)
+            brama.success(f"db{i}")  # kept here, in a batch
+        assert len(pending.slots) == circuits
+        in_flight = threading.Event()
+        run = authority._run
+
+        def seen_run(op: str, *args: Any, **kwargs: Any) -> Any:
+            if op == "flush":
+                in_flight.set()
+            return run(op, *args, **kwargs)
+
+        authority._run = seen_run
+        server.pause()
+        try:
+            held[0] += 10.0  # every batch due: wake the flusher
+            with pending._wake:
+                pending._wake.notify_all()
+            assert in_flight.wait(WAIT)  # the first flush waits on the paused Redis
+            start = time.perf_counter()
+            brama.stop()
+            elapsed = time.perf_counter() - start
+            assert not pending._thread.is_alive()
+            assert not [t.name for t in threading.enumerate()
+                        if t.name.startswith("brama-fleet-flush") and t.is_alive()]
+            assert elapsed < 3.0, elapsed  # the tail's blocked read is most of it
+        finally:
+            server.resume()
+
+
+def test_a_circuit_registered_while_the_tail_settles_its_debts_reaches_the_fleet(
+        server: RedisServer, link_events: LinkEvents) -> None:
+    """Redis back: the tail creates the circuits registered here meanwhile, then marks
+    the link up. One registered by a caller still in local mode while it does so must
+    reach Redis too (it used to stay owed forever: its first failure() found it
+    missing in Redis, and the caller got ConnectionNotFound for a circuit it
+    registered)."""
+    with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
+        authority: Any = brama._authority
+        sub = brama.subscribe(events=["connection_registered"])
+        brama.register("db")
+        server.pause()
+        try:
+            brama.failure("db")  # times out: the link is down
+            assert link_events.unreachable.wait(WAIT)
+            brama.register("owed")  # local: owed to the fleet
+            registered = threading.Event()
+            create = authority.create
+
+            def register_meanwhile(key: Any, *args: Any, **kwargs: Any) -> Any:
+                # settle's first create: another caller, still in local mode (the link
+                # is marked up only after settle), registers "late" and returns.
+                if not registered.is_set():
+                    registered.set()
+                    late = threading.Thread(target=brama.register, args=("late",))
+                    late.start()
+                    late.join(WAIT)
+                    assert not late.is_alive()
+                return create(key, *args, **kwargs)
+
+            authority.create = register_meanwhile
+            link = authority.link
+            set_connected = link.set_connected
+            settled = threading.Event()
+
+            def register_before_up(up: bool) -> None:
+                # Every debt settled, the link not marked up yet: a caller still in
+                # local mode registers "last" (created in Redis by that caller).
+                if up and not settled.is_set():
+                    settled.set()
+                    last = threading.Thread(target=brama.register, args=("last",))
+                    last.start()
+                    last.join(WAIT)
+                    assert not last.is_alive()
+                set_connected(up)
+
+            link.set_connected = register_before_up
+        finally:
+            server.resume()
+        assert link_events.restored.wait(WAIT)
+        assert registered.is_set() and settled.is_set()
+        for name in ("late", "last", "owed"):
+            brama.failure(name)  # "late" and "last" raised ConnectionNotFound
+            assert brama.status(name).failure_count == 1
+        assert not authority.offline.owed
+        plain = server.client(decode_responses=True)
+        members = plain.smembers("{" + authority.options.namespace + "}:circuits")
+        assert {'["late",null]', '["last",null]', '["owed",null]'} <= set(members)
+        # Registered while unreachable: connection_registered twice, local then fleet.
+        origins = []
+        while len(origins) < 2:
+            event, _ = wait_for_event(sub, lambda e: e.connection == "owed")
+            origins.append(event.data.get("origin"))
+        assert origins == ["local", None]

@@ -398,3 +398,35 @@ def test_a_batch_counts_once_while_it_is_sent(redis_server: RedisServer) -> None
             stop.set()
             reader.join(WAIT)
             assert seen <= {(expected, min(expected, 100))}, seen
+
+
+def test_the_flusher_sends_nothing_once_stop_was_asked(redis_server: RedisServer,
+                                                       client: redis.Redis) -> None:
+    """stop() while the flusher is in its loop over due batches: it sends no batch
+    after that (it used to send every due one, after stop()'s join could give up and
+    close() had closed the link)."""
+    circuits = 10
+    with fleet(redis_server, 1) as [brama]:
+        clock = FlushClock(brama)
+        pending = clock.pending
+        for i in range(circuits):
+            brama.register(f"db{i}", failure_rate_threshold=0.5)
+            brama.success(f"db{i}")  # kept here, in a batch
+        stopper = threading.Thread(target=brama.stop)
+        run = pending.run
+
+        def stop_first(key: Any, op: str, *args: Any) -> Any:
+            if op == "flush" and not stopper.is_alive() and not pending._stopped:
+                stopper.start()  # stop() joins this thread: wait until it asked
+                with pending._wake:
+                    assert pending._wake.wait_for(lambda: pending._stopped, WAIT)
+            return run(key, op, *args)
+
+        pending.run = stop_first
+        clock.expire()  # every batch due: the flusher's first one starts stop()
+        assert pending.wait_flushes(1, WAIT)
+        pending._thread.join(WAIT)
+        stopper.join(WAIT)
+        assert not pending._thread.is_alive() and not stopper.is_alive()
+        assert [stored(client, brama, f"db{i}")["total_successes"]
+                for i in range(circuits)] == [0] * circuits

@@ -145,6 +145,8 @@ class FleetAuthority(InProcess):
         return fixed() if fixed is not None else self.ticker.server_now()
 
     def _link_changed(self, up: bool) -> None:
+        if not up:  # before the caller that saw it down can register a circuit here
+            self.offline.link_down()
         if self.context.stopping:
             return
         name = "restored" if up else "unreachable"
@@ -540,8 +542,20 @@ class FleetAuthority(InProcess):
         self.views = StoppedViews()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the tail, give the ticker lease back, close this system's clients."""
-        self.pending.stop(timeout)
-        self.ticker.stop(timeout)
-        self.tail.stop(timeout)
+        """Stop the flusher, the ticker (giving its lease back) and the tail within one
+        ``timeout`` in all, then close this system's clients, unless the flusher is still
+        in a round trip (closing under it would let it open a connection again)."""
+        deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.0, deadline - time.monotonic())
+
+        flusher_ended = self.pending.stop(timeout)
+        self.ticker.stop(left())
+        self.tail.stop(left())
+        if not flusher_ended and not self.pending.stop(left()):
+            logger.warning("the fleet's flusher (namespace %r) did not end within %s s; "
+                           "its Redis connections are left to close with it",
+                           self.options.namespace, timeout)
+            return
         self.link.close()

@@ -16,6 +16,7 @@ know. Their state starts over (closed, no counts); local history is not replayed
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -61,11 +62,23 @@ class Offline:
         self._owner = owner
         #: Circuits to create in Redis once it answers (key -> what to create).
         self.owed: dict[Key, Owed] = {}
+        #: True from the moment ``settle`` found nothing left to create (the link is
+        #: up, or about to be) until the link goes down (``link_down``): a circuit
+        #: registered here then is created in Redis by its caller, never owed, since
+        #: no resync would come to create it. Both under ``_lock``.
+        self.settled = False
+        self._lock = threading.Lock()
+
+    def link_down(self) -> None:
+        """The link went down: circuits registered here from now on are owed."""
+        with self._lock:
+            self.settled = False
 
     def register(self, key: Key, kind: str, explicit: Mapping[str, Any], settings: Settings,
                  metadata: Mapping[str, Any] | None) -> ConnectionStatus:
         """Register here (Redis unreachable): adopt the fleet's last known circuit, or
-        create one locally and owe it to the fleet."""
+        create one locally and owe it to the fleet (created in Redis by the caller
+        instead if the tail settled every debt meanwhile)."""
         owner = self._owner
         replica = owner.replica
         known = replica.entries.get(key)
@@ -76,11 +89,19 @@ class Offline:
             status = replica.status(key)
             return known.status if status is None else status
         identifier, scope = split_key(key)
-        now = owner.context.clock.now()
-        status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
-        with replica.lock:
-            replica.entries[key] = Entry(status, dict(explicit), settings, 0, 0)
-            self.owed[key] = Owed(kind, dict(explicit), metadata)
+        while True:
+            now = owner.context.clock.now()
+            status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
+            with self._lock:
+                if not self.settled:  # a resync to come will create it
+                    with replica.lock:
+                        replica.entries[key] = Entry(status, dict(explicit), settings, 0, 0)
+                        self.owed[key] = Owed(kind, dict(explicit), metadata)
+                    break
+            try:  # settled: Redis answered a moment ago, and nothing will settle this one
+                return owner.create(key, kind, explicit, metadata, settings)
+            except NodeUnavailable:  # Redis stopped answering: owe it after all
+                self.link_down()  # (a no-op if the link's change ran it already)
         owner.mine.add(key)
         specs = [(k, {**data, "origin": "local"})
                  for k, data in rules.registration_events(status, settings)]
@@ -129,24 +150,33 @@ class Offline:
         the replica though the snapshot lacks them. ``present``: the snapshot's keys;
         ``lost``: Redis lost its data (then it is owed every circuit registered here)."""
         owner = self._owner
-        for key in present:
-            self.owed.pop(key, None)  # the fleet has it: its state wins
-        if lost:
-            for key in owner.mine - present:
-                entry = owner.replica.entries.get(key)
-                if entry is not None and key not in self.owed:
-                    self.owed[key] = Owed(entry.status.type, entry.explicit,
-                                          entry.status.metadata)
-        return set(self.owed)
+        with self._lock:
+            for key in present:
+                self.owed.pop(key, None)  # the fleet has it: its state wins
+            if lost:
+                for key in owner.mine - present:
+                    entry = owner.replica.entries.get(key)
+                    if entry is not None and key not in self.owed:
+                        self.owed[key] = Owed(entry.status.type, entry.explicit,
+                                              entry.status.metadata)
+            return set(self.owed)
 
     def settle(self) -> None:
-        """Create in Redis every circuit owed (the tail, after loading a snapshot).
+        """Create in Redis every circuit owed (the tail, after loading a snapshot,
+        before it marks the link up), those registered here while it runs too: it
+        ends only when nothing is owed, and from then on ``register`` creates in Redis
+        itself (``settled``), so no registration falls between the two.
 
         Raises:
             NodeUnavailable: Redis stopped answering; what is left stays owed.
         """
         owner = self._owner
-        for key, owed in list(self.owed.items()):
+        while True:
+            with self._lock:
+                if not self.owed:
+                    self.settled = True
+                    return
+                key, owed = next(iter(self.owed.items()))
             try:
                 owner.create(key, owed.kind, owed.explicit, owed.metadata)
             except NodeUnavailable:
@@ -154,4 +184,6 @@ class Offline:
             except Exception:  # never again on every resync: given up, and said so
                 logger.exception("connection %s could not be created in the fleet; it "
                                  "is dropped from this system's debts", describe_key(key))
-            self.owed.pop(key, None)
+            with self._lock:
+                if self.owed.get(key) is owed:
+                    del self.owed[key]

@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from brama_actors._authority._fleet._codec import WindowedStatus
+from brama_actors._errors import NodeUnavailable
 from brama_actors._keys import Key
 from brama_actors._runtime import _nowait
 from brama_actors._status import ConnectionStatus, evolve
@@ -186,13 +187,15 @@ class Pending:
         """Start the flusher."""
         self._thread.start()
 
-    def stop(self, timeout: float) -> None:
-        """Stop the flusher (batches not sent by then stay counted here only)."""
+    def stop(self, timeout: float) -> bool:
+        """Stop the flusher (batches not sent by then stay counted here only); False if
+        it did not end within ``timeout`` s (a flush still in its round trip)."""
         with self._wake:
             self._stopped = True
             self._wake.notify_all()
         if self._thread.is_alive():
-            self._thread.join(timeout)
+            self._thread.join(max(0.0, timeout))
+        return not self._thread.is_alive()
 
     # -- the caller's side ---------------------------------------------------------------
     def quiet(self, key: Key, entry: Entry, duration: float | None, now: int) -> bool:
@@ -231,8 +234,15 @@ class Pending:
         """Run one step of ``key``, carrying its batch (windowed circuits only);
         ``explicit``: the circuit's explicit options after it (``configure``).
 
+        A step waits for the one in flight on the same circuit at most until
+        ``fleet_timeout`` after it began, and is not sent if the link went down
+        meanwhile (the step before it found Redis unreachable): so concurrent steps of
+        one circuit do not each wait a full ``fleet_timeout`` in turn on a dead Redis;
+        the caller decides them here (``"local"``) as any call while unreachable.
+
         Raises:
-            NodeUnavailable: Redis did not answer (the batch is dropped).
+            NodeUnavailable: Redis did not answer (the batch is dropped), the step in
+                flight did not end in time, or the link is down (the batch is kept).
         """
         authority = self._authority
         entry = authority.replica.entries.get(key)
@@ -240,33 +250,53 @@ class Pending:
                                       or type(entry.status) is not WindowedStatus):
             return authority._run(op, key, args, **extra)
         _nowait.check()  # before taking anything: the caller may retry in a thread
+        timeout = authority.options.timeout / 1000
+        deadline = time.monotonic() + timeout
+        link = authority.link
+        if op == "flush" and (self._stopped or not link.connected):
+            return None  # kept until Redis answers again (or never: stopped)
         with self.lock:
             slot = self.slots.get(key)
             if slot is None:
                 slot = self.slots[key] = _Slot()
-        with slot.send:
-            with self.lock:
-                batch, slot.open = slot.open, None
-                slot.flight = batch
-                if batch is None and op == "flush":  # a step took it meanwhile
-                    if self.slots.get(key) is slot and slot.open is None:
-                        del self.slots[key]
-                    return None
-            if batch is not None:
-                args = {**args, "q": batch.wire()}
-            try:
-                reply = authority._run(op, key, args, **extra)
-            except BaseException:
-                with self.lock:
-                    slot.flight = None
-                    slot.lost = batch
-                raise
-            with self.lock:
-                if batch is not None and reply[0] != "missing":
-                    authority._note(key, reply, explicit)  # the batch gone: counted once
-                slot.flight = None
-                if slot.open is None and self.slots.get(key) is slot:
+        if not slot.send.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise NodeUnavailable(
+                f"the fleet's Redis did not answer this circuit's step in flight within "
+                f"{authority.options.timeout} ms")
+        try:
+            if not link.connected:
+                raise NodeUnavailable("the fleet's Redis is unreachable (the step before "
+                                      "this one on the circuit found it so)")
+            return self._send(key, slot, op, args, extra, explicit)
+        finally:
+            slot.send.release()
+
+    def _send(self, key: Key, slot: _Slot, op: str, args: dict[str, Any],
+              extra: dict[str, Any], explicit: Mapping[str, Any] | None) -> Any:
+        """``run``'s round trip, under the circuit's send lock."""
+        authority = self._authority
+        with self.lock:
+            batch, slot.open = slot.open, None
+            slot.flight = batch
+            if batch is None and op == "flush":  # a step took it meanwhile
+                if self.slots.get(key) is slot and slot.open is None:
                     del self.slots[key]
+                return None
+        if batch is not None:
+            args = {**args, "q": batch.wire()}
+        try:
+            reply = authority._run(op, key, args, **extra)
+        except BaseException:
+            with self.lock:
+                slot.flight = None
+                slot.lost = batch
+            raise
+        with self.lock:
+            if batch is not None and reply[0] != "missing":
+                authority._note(key, reply, explicit)  # the batch gone: counted once
+            slot.flight = None
+            if slot.open is None and self.slots.get(key) is slot:
+                del self.slots[key]
         return reply
 
     def local_window(self, key: Key, entry: Entry, now: int) -> Window | None:
@@ -358,6 +388,10 @@ class Pending:
                     self._wake.wait(FLUSH_MS / 1000)
                 continue
             for key in due:
+                # Stopped, or the link went down (a flush timed out): not one more
+                # round trip. After stop() none may reopen a connection close() closed.
+                if self._stopped or not self._authority.link.connected:
+                    break
                 try:
                     self.run(key, "flush", {}, {})
                 except Exception:  # the link reported an unreachable Redis already

@@ -107,6 +107,8 @@ class Tail:
                 if not self._synced:
                     self._resync()
                     link.set_connected(True)
+                    if self._owner.offline.owed:  # a register whose create failed
+                        self._owner.offline.settle()  # between the two: rare
                     self.synced_once.set()
                 self._read()
             except Unreachable as exc:
