@@ -37,8 +37,10 @@ __all__ = [
     "counts_only",
     "deadline",
     "failure_event",
+    "figures_fields",
     "initial_status",
     "opening_expiry",
+    "rate_trip",
     "registration_events",
     "retry_after",
     "with_failures",
@@ -335,8 +337,14 @@ def window_fields(settings: Settings, window: Window | None, now: int) -> dict[s
     (rates None below ``minimum_calls``; all empty without a window)."""
     if window is None:
         return {"failure_rate": None, "slow_call_rate": None, "window_calls": 0}
-    calls, failures, slow = window.figures(now)
-    if calls < settings.minimum_calls or not calls:
+    return figures_fields(settings.minimum_calls, *window.figures(now))
+
+
+def figures_fields(minimum_calls: int, calls: int, failures: int,
+                   slow: int) -> dict[str, Any]:
+    """The status fields of a window holding these figures (rates None below
+    ``minimum_calls``): also for windows kept elsewhere (a fleet's, in Redis)."""
+    if calls < minimum_calls or not calls:
         return {"failure_rate": None, "slow_call_rate": None, "window_calls": calls}
     return {"failure_rate": failures / calls, "slow_call_rate": slow / calls,
             "window_calls": calls}
@@ -353,14 +361,20 @@ def _code(settings: Settings, failed: int, duration: float | None) -> int:
 def _rate_trip(settings: Settings, window: Window,
                now: int) -> tuple[str, tuple[float, float]] | None:
     """The rate rule the window trips at ``now`` (reason, (failure rate, slow rate))."""
-    calls, failures, slow = window.figures(now)
-    if calls < settings.minimum_calls or not calls:
+    return rate_trip(settings, *window.figures(now))
+
+
+def rate_trip(rule: Settings | ConnectionStatus, calls: int, failures: int,
+              slow: int) -> tuple[str, tuple[float, float]] | None:
+    """The rate rule of ``rule`` (a connection's settings, or a status showing them)
+    that a window holding these figures trips: (reason, (failure rate, slow rate))."""
+    if calls < rule.minimum_calls or not calls:
         return None
     rates = (failures / calls, slow / calls)
-    threshold = settings.failure_rate_threshold
+    threshold = rule.failure_rate_threshold
     if threshold is not None and rates[0] >= threshold:
         return FAILURE_RATE_EXCEEDED, rates
-    threshold = settings.slow_call_rate_threshold
+    threshold = rule.slow_call_rate_threshold
     if threshold is not None and rates[1] >= threshold:
         return SLOW_CALL_RATE_EXCEEDED, rates
     return None

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from brama_actors import _rules as rules
 from brama_actors._authority._fleet._codec import WindowedStatus
 from brama_actors._errors import NodeUnavailable
 from brama_actors._keys import Key
@@ -147,14 +148,8 @@ def figures(status: WindowedStatus, batches: list[Batch], now: int,
 
 
 def trips(status: ConnectionStatus, calls: int, failures: int, slow: int) -> bool:
-    """True if these figures trip a rate rule of ``status`` (as ``_rules`` decides)."""
-    if not calls or calls < status.minimum_calls:
-        return False
-    threshold = status.failure_rate_threshold
-    if threshold is not None and failures / calls >= threshold:
-        return True
-    threshold = status.slow_call_rate_threshold
-    return threshold is not None and slow / calls >= threshold
+    """True if these figures trip a rate rule of ``status`` (``rules.rate_trip``)."""
+    return rules.rate_trip(status, calls, failures, slow) is not None
 
 
 class Pending:
@@ -366,11 +361,8 @@ class Pending:
             return _with_totals(status, batches)
         now = self._authority.now()
         window = batches if status.state == "closed" else []
-        calls, failures, slow = figures(status, window, now)
-        rated = bool(calls) and calls >= status.minimum_calls
-        status = evolve(status, window_calls=calls,
-                        failure_rate=failures / calls if rated else None,
-                        slow_call_rate=slow / calls if rated else None)
+        status = evolve(status, **rules.figures_fields(
+            status.minimum_calls, *figures(status, window, now)))
         return _with_totals(status, batches) if batches else status
 
     # -- the flusher ---------------------------------------------------------------------

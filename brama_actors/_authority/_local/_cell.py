@@ -256,12 +256,7 @@ class Cell:
             calls += sum(1 for r in marks if (clock.from_raw(r) // width) * width > cutoff)
         else:  # marks wait only while the window is clean (no failure, no slow call)
             calls, failures, slow = min(window.size, status.window_calls + count), 0, 0
-        fields = rules.window_fields(self.settings, None, now)
-        fields["window_calls"] = calls
-        if calls and calls >= self.settings.minimum_calls:
-            fields["failure_rate"] = failures / calls
-            fields["slow_call_rate"] = slow / calls
-        return fields
+        return rules.figures_fields(self.settings.minimum_calls, calls, failures, slow)
 
 
 def _with_successes(status: ConnectionStatus, count: int, last: int) -> ConnectionStatus:
