@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from brama_actors._cli._screen import show
 from brama_actors._errors import InvalidConfiguration
 from brama_actors._events import Event, EventType
 from brama_actors._status import CircuitState, ConnectionStatus
@@ -186,12 +187,5 @@ def _loop(args: argparse.Namespace, view: FleetView, url: str, out: TextIO,
                 _PAUSE.wait(min(remaining, MAX_BLOCK_MS) / 1000)
         screen = render_fleet(url, args.namespace, view.statuses(), view.health(),
                               [event_line(e) for e in recent])
-        if tty and not args.once:
-            out.write("\x1b[H\x1b[2J")
-        elif not args.once:
-            out.write("\n")
-        out.write(screen + "\n")
-        out.flush()
-        if args.once or (stop is not None and stop.is_set()) or \
-                (ends is not None and time.monotonic() >= ends):
+        if show(out, screen, args, tty=tty, stop=stop, ends=ends):
             return 0

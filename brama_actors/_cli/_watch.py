@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from brama_actors._cli._fleet_watch import ENV_FLEET_URL, watch_fleet
+from brama_actors._cli._screen import show
 from brama_actors._errors import BramaError
 from brama_actors._events import Event, EventType
 from brama_actors._remote._client import Client, connect
@@ -204,14 +205,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None,
                 recent.extend(item if isinstance(item, tuple) else (item,))
             screen = render(client.connections(), list(recent), int(time.time() * 1000),
                             address)
-            if tty and not args.once:
-                out.write("\x1b[H\x1b[2J")
-            elif not args.once:
-                out.write("\n")
-            out.write(screen + "\n")
-            out.flush()
-            if args.once or (stop is not None and stop.is_set()) or \
-                    (ends is not None and time.monotonic() >= ends):
+            if show(out, screen, args, tty=tty, stop=stop, ends=ends):
                 return 0
     except KeyboardInterrupt:
         return 0
