@@ -22,6 +22,7 @@ from brama_actors import (
     ConnectionNotFound,
     FleetStatus,
     InvalidConfiguration,
+    telemetry,
 )
 from brama_actors._authority._fleet import _authority as fleet_authority
 from tests.fleet_helpers import WAIT, converge, fleet, namespace, take, wait_for_event
@@ -432,22 +433,35 @@ def test_a_dead_holders_permit_comes_back_when_its_lease_ends(
 
 def test_a_gap_in_the_stream_makes_a_system_load_a_snapshot(
         redis_server: RedisServer, client: redis.Redis) -> None:
-    """Entries a system missed (trimmed, or a Redis that came back empty) show as a gap
-    in ver: it loads a snapshot and converges, without delivering anything twice."""
-    with fleet(redis_server, 2) as systems:
-        ns = systems[0].fleet_status().namespace  # type: ignore[union-attr]
-        a, b = systems
-        sub = b.subscribe(events=["circuit_opened"])
-        a.register("db", max_attempts=1)
-        converge(systems, client, ns)
-        client.hincrby("{" + ns + "}:meta", "ver", 5)  # as if 5 entries were trimmed
-        a.failure("db")
-        converge(systems, client, ns)
-        assert b.status("db").state == "open"
-        assert take(sub) == []  # that entry was in the gap: its events are lost here
-        a.close_circuit("db")
-        converge(systems, client, ns)
-        assert b.status("db").state == "closed"
+    """Entries a system missed that the stream no longer has show as a gap in ver: the
+    catch-up from the stream cannot continue the sequence, so it loads a snapshot and
+    converges, without delivering anything twice, and says how many it missed
+    (telemetry ("brama", "fleet", "gap"); test_fleet_gap.py covers the catch-up)."""
+    gaps: list[tuple[Any, Any]] = []
+    telemetry.attach("gap-test", ("brama", "fleet", "gap"),
+                     lambda _name, measurements, metadata: gaps.append(
+                         (dict(measurements), dict(metadata))))
+    try:
+        with fleet(redis_server, 2) as systems:
+            ns = systems[0].fleet_status().namespace  # type: ignore[union-attr]
+            a, b = systems
+            sub = b.subscribe(events=["circuit_opened"])
+            a.register("db", max_attempts=1)
+            converge(systems, client, ns)
+            client.hincrby("{" + ns + "}:meta", "ver", 5)  # as if 5 entries were trimmed
+            a.failure("db")
+            converge(systems, client, ns)
+            assert b.status("db").state == "open"
+            assert take(sub) == []  # that entry came after the gap: not delivered here
+            # The 5 "trimmed" entries and the one after them, which cannot be delivered
+            # once the sequence broke (reported by each system's tail).
+            assert [m for m, _ in gaps] == [{"missed": 6}] * len(gaps) and gaps
+            assert all(meta == {"namespace": ns, "reason": "trimmed"} for _, meta in gaps)
+            a.close_circuit("db")
+            converge(systems, client, ns)
+            assert b.status("db").state == "closed"
+    finally:
+        telemetry.detach("gap-test")
 
 
 def test_stop_leaves_no_thread_and_no_connection(redis_server: RedisServer,

@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from brama_actors import Brama, NodeUnavailable, telemetry
+from brama_actors._authority._fleet._tail import stream_id
 from tests.fleet_helpers import WAIT, converge, fleet, namespace, take, wait_for_event
 from tests.redis_server import RedisServer
 
@@ -39,6 +40,7 @@ class LinkEvents:
     def __init__(self) -> None:
         self.unreachable = threading.Event()
         self.restored = threading.Event()
+        self.gap = threading.Event()  # entries a system could not deliver
         self.names: list[str] = []
         self._cond = threading.Condition()
 
@@ -276,6 +278,17 @@ def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
     with _acl_fleet(url) as [a, b]:
         for system in (a, b):
             system._authority.fixed_now = lambda: now[0]  # type: ignore[union-attr]
+        tail = b._authority.tail  # type: ignore[union-attr]
+        original = tail._entry
+        dropped: list[str] = []
+
+        def drop_once(raw_id: str, fields: dict[str, str]) -> bool:
+            if not dropped:  # b's link drops: its tail catches up with XRANGE
+                dropped.append(raw_id)
+                raise redis.ConnectionError("dropped")
+            return bool(original(raw_id, fields))
+
+        tail._entry = drop_once
         a.register("db", max_attempts=1, expiry=100)
         a.failure("db")
         now[0] += 100
@@ -284,6 +297,8 @@ def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
             pass
         a.configure("db", expiry=200)
         assert a.unregister("db")
+        converge([a, b], admin, "orders")
+        assert dropped and tail.applied >= stream_id(dropped[0])
     assert admin.execute_command("ACL", "LOG") == []
 
 

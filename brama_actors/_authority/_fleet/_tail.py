@@ -4,9 +4,13 @@ the fleet's events.
 Every entry of the stream is one step applied in Redis. The tail applies its post-state
 to the replica and hands its events to this system's delivery, in the stream's order,
 exactly once: it is the only reader, and it moves its position past an entry only after
-handing it over. Entries are numbered (``ver``): a gap (entries trimmed before this
-system read them, or a Redis that restarted empty) makes it load a snapshot instead, and
-so does a ``ver`` that goes back (Redis lost its ``meta`` hash or, in a failover, writes).
+handing it over. Entries are numbered (``ver``): a gap (a reconnect, entries trimmed
+before this system read them, or a Redis that restarted empty) makes it load a snapshot,
+and so does a ``ver`` that goes back (Redis lost its ``meta`` hash or, in a failover,
+writes). Before the snapshot's pages it catches up from the stream: the entries after
+the last one it handed over, up to the snapshot's head, are applied and delivered as a
+read would have; those no longer there (trimmed, or a data set Redis lost) are counted
+and reported (telemetry ``("brama", "fleet", "gap")``, a WARNING), never invented.
 
 The snapshot is paged, so no call outlasts ``fleet_timeout`` whatever the number of
 circuits: one short script reads the stream position and the fleet's ``ver`` together,
@@ -154,6 +158,7 @@ class Tail:
                         keys=keys)
         now, ver, last, incarnation = int(head[0]), int(head[1]), str(head[2]), str(head[3])
         self._ticker.learn_now(now)
+        self._catch_up(ver, last, incarnation)
         circuits = []
         cursor = "0"
         while True:
@@ -175,6 +180,46 @@ class Tail:
         self._synced = True
         self._advance(last)
         owner.offline.settle()
+
+    def _catch_up(self, ver: int, last: str, incarnation: str) -> None:
+        """Before a snapshot's pages: deliver the entries this system missed (a
+        reconnect, a read that fell behind) from the stream itself, up to the head the
+        snapshot was read at (``ver``, ``last``), as :meth:`_read` would have.
+
+        From the last entry handed over (exclusive), so nothing is delivered twice; each
+        entry's ``ver`` must continue the sequence. The entries the stream no longer
+        has (trimmed past them), or all of them when Redis lost its data, cannot be
+        delivered: that is said, not silent (telemetry ``("brama", "fleet", "gap")``
+        and a WARNING); the snapshot's pages then bring the state.
+        """
+        if not self._incarnation:  # the first snapshot: nothing was delivered before
+            return
+        lost = self._went_back or ver < self._ver or incarnation != self._incarnation
+        if not lost:
+            start = self._last_id
+            while self._ver < ver:
+                entries: Any = self._link.tail.xrange(self._link.stream, "(" + start, last,
+                                                      count=PAGE)
+                if not entries or int(entries[0][1]["v"]) != self._ver + 1:
+                    break  # trimmed past the next entry
+                for raw_id, fields in entries:
+                    if not self._entry(raw_id, fields):
+                        break
+                start = entries[-1][0]
+                if start != self._last_id:  # an entry that did not continue the sequence
+                    break
+            lost = self._went_back
+        # Lost: the entries of Redis's new history, at most (some may be copies, after a
+        # failover, of entries delivered here); none yet is no loss to report.
+        missed = ver if lost else ver - self._ver
+        if missed <= 0:
+            return
+        reason = "lost" if lost else "trimmed"
+        logger.warning("fleet stream gap: %d entries (%s) not delivered on this system; "
+                       "loading a snapshot", missed, reason)
+        self._owner.delivery.fire(("brama", "fleet", "gap"), {"missed": missed},
+                                  {"namespace": self._owner.options.namespace,
+                                   "reason": reason})
 
     def _load(self, ver: int, circuits: list[Any], incarnation: str, lost: bool) -> None:
         """Replace the replica by a snapshot: the fleet's state wins over local changes.
@@ -261,8 +306,12 @@ class Tail:
             # Entries after the snapshot's position always have a greater ver: one that
             # does not is from a Redis that lost its meta hash or (failover) writes.
             self._went_back = ver <= self._ver
-            logger.warning("fleet stream %s (entry %d after %d); loading a snapshot",
-                           "went back" if self._went_back else "gap", ver, self._ver)
+            if self._went_back:
+                logger.warning("fleet stream went back (entry %d after %d); loading a "
+                               "snapshot", ver, self._ver)
+            else:  # the catch-up says how many, if any, cannot be delivered
+                logger.info("fleet stream gap (entry %d after %d); catching up", ver,
+                            self._ver)
             self._synced = False
             return False
         self._ver = ver
