@@ -217,3 +217,33 @@ def test_the_ticker_thread_sweeps_by_itself(redis_server: RedisServer,
             kinds = Counter(e.event.value for e in events + take(sub))
             assert kinds["cleanup"] == 1 and kinds["connection_removed"] == 1
         assert _exists(systems, "db") == [False, False]
+
+
+def test_quiet_successes_of_a_windowed_circuit_count_as_activity(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """A rate window's quiet successes reach Redis in their batch (a step): that is
+    activity too, without any report."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 2, ns, **OPTIONS) as systems:
+        _setup(systems, client, ns, now, holder=0)
+        pending = systems[1]._authority.pending  # type: ignore[union-attr]
+        mono = [0.0]
+        pending._monotonic = lambda: mono[0]
+        systems[0].register("db", failure_rate_threshold=0.5, minimum_calls=100)
+        converge(systems, client, ns)
+        now[0] += 600
+        systems[1].success("db")  # quiet, batched
+        mono[0] += 10.0
+        with pending._wake:
+            pending._wake.notify_all()
+        assert pending.wait_flushes(1, 10.0)
+        assert client.zscore("{" + ns + "}:activity", '["db",null]') == now[0]
+        now[0] += 600
+        systems[0]._authority.sweep_now()  # type: ignore[union-attr]
+        converge(systems, client, ns)
+        assert _exists(systems, "db") == [True, True]
+        now[0] += 401
+        systems[0]._authority.sweep_now()  # type: ignore[union-attr]
+        converge(systems, client, ns)
+        assert _exists(systems, "db") == [False, False]
