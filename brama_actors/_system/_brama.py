@@ -135,7 +135,7 @@ class Brama(Facade):
         if fleet is not None:
             from brama_actors._authority._fleet import FleetAuthority
 
-            # No cleanup sweep on a fleet yet (docs/fleet.md, "What phase 1 leaves out").
+            # Its inactive cleanup runs on the ticker's thread (_fleet/_sweep.py).
             self._authority = FleetAuthority(context, self._delivery, self._supervisor,
                                              explicit, fleet)
         else:

@@ -48,6 +48,7 @@ from brama_actors._authority._fleet._offline import Offline
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._authority._fleet._pending import Pending
 from brama_actors._authority._fleet._replica import Replica
+from brama_actors._authority._fleet._sweep import Sweeper
 from brama_actors._authority._fleet._tail import Tail, stream_id
 from brama_actors._authority._fleet._ticker import Ticker
 from brama_actors._authority._fleet._unreachable import (
@@ -122,6 +123,8 @@ class FleetAuthority(InProcess):
         self._written = (0, 0)  # the newest stream entry this system's calls appended
         self._was_down = False  # "unreachable" was fired and no "restored" since
         self.link = Link(options, self._link_changed, context.clock.now)
+        #: Inactive cleanup: activity reports, the holder's sweep (``_sweep``).
+        self.sweeper = Sweeper(self, self.link)
         self.ticker = Ticker(self, self.link, context.name)
         self.tail = Tail(self, self.link, self.ticker, context.name)
         #: Quiet successes of windowed circuits, sent in batches (``_pending``).
@@ -530,6 +533,18 @@ class FleetAuthority(InProcess):
     def tick_now(self, timeout: float = 5.0) -> None:
         """Expire every circuit due now (the test seam's now) and wait for the events."""
         last = self.ticker.tick(self.fixed_now_ms())
+        if last:
+            with self._lock:
+                self._written = max(self._written, stream_id(last))
+            self.tail.wait_for(stream_id(last), timeout)
+
+    def sweep_now(self, timeout: float = 5.0) -> None:
+        """Report this system's activity; if it holds the ticker lease, run the inactive
+        cleanup at the test seam's now, and wait for its events."""
+        self.sweeper.report()
+        if not self.ticker.holder:
+            return
+        last = self.sweeper.sweep(self.fixed_now_ms())
         if last:
             with self._lock:
                 self._written = max(self._written, stream_id(last))

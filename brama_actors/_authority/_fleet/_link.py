@@ -109,6 +109,7 @@ class Link:
         self.deadlines = f"{tag}:deadlines"
         self.index = f"{tag}:circuits"
         self.ticker = f"{tag}:ticker"
+        self.activity = f"{tag}:activity"
         self.wake = f"{tag}:wake:"  # + a system's own id
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
@@ -126,7 +127,7 @@ class Link:
         """KEYS of a step on the circuit ``member``."""
         circuit = self.prefix + member
         return [circuit, self.stream, self.meta, self.deadlines, circuit + ":permits",
-                self.index]
+                self.index, self.activity]
 
     def run(self, op: str, member: str, args: dict[str, Any], *, now: int | None = None,
             opmeta: str = "", cmeta: str = "", explicit: str = "",

@@ -11,8 +11,9 @@ entry, numbered by ``ver`` (one per entry, fleet-wide), in the same atomic scrip
 
 Keys (all under the one hash tag ``{ns}``, so Redis Cluster keeps them in one slot):
 KEYS[1] the circuit hash, KEYS[2] the stream, KEYS[3] the meta hash (``ver``),
-KEYS[4] the deadline set, KEYS[5] the circuit's permit set, KEYS[6] the circuit index.
-``tick`` also reaches circuit hashes named by the deadline set (the same slot).
+KEYS[4] the deadline set, KEYS[5] the circuit's permit set, KEYS[6] the circuit index,
+KEYS[7] the activity set (score: the circuit's last activity anywhere, ms; ``_sweep``).
+``tick`` and ``sweep`` also reach circuit hashes named by the deadline set (the same slot).
 
 ARGV: op, now ("" for TIME), args JSON, op metadata (raw JSON, never decoded here, ""
 for none), connection metadata (raw JSON, register only), explicit options (raw JSON,
@@ -48,8 +49,8 @@ else
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local CKEY, STREAM, META, DEADLINES, PERMITS, INDEX =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local CKEY, STREAM, META, DEADLINES, PERMITS, INDEX, ACTIVITY =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 
 local function deadline(st)
   if st.opened_at == nil then return nil end
@@ -281,6 +282,8 @@ local function commit(ckey, member, st, gen, evs, fields)
   else
     redis.call('ZREM', DEADLINES, member)
   end
+  -- Every step is activity (inactive cleanup, ``_sweep``); GT: a test's now may go back.
+  if ACTIVITY then redis.call('ZADD', ACTIVITY, 'GT', now, member) end
   local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
   if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
   local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
@@ -355,6 +358,7 @@ elseif op == 'unregister' then
   redis.call('DEL', CKEY, PERMITS)
   redis.call('ZREM', DEADLINES, member)
   redis.call('SREM', INDEX, member)
+  if ACTIVITY then redis.call('ZREM', ACTIVITY, member) end
   local evs = {}
   ev(evs, 'connection_unregistered', st, nil)
   ev(evs, 'connection_removed', st, {reason = 'unregistered'})
@@ -398,6 +402,41 @@ elseif op == 'tick' then
   end
   local nxt = redis.call('ZRANGE', DEADLINES, 0, 0, 'WITHSCORES')
   return {now, nxt[2] or '', last, #due}
+elseif op == 'sweep' then
+  -- Inactive cleanup (``_sweep``, the ticker holder only): remove up to args.limit
+  -- circuits whose last activity anywhere (the activity set's score: every step, and
+  -- each system's reports of its quiet successes; or the status's own times) is older
+  -- than args.threshold, each as unregister does, with its own entry.
+  local idle = redis.call('ZRANGEBYSCORE', ACTIVITY, '-inf', '(' .. (now - args.threshold),
+                          'WITHSCORES', 'LIMIT', 0, args.limit)
+  local last, removed = '', 0
+  for i = 1, #idle, 2 do
+    local m, score = idle[i], tonumber(idle[i + 1])
+    local ckey = args.prefix .. m
+    local st = load(ckey)
+    if st == nil then
+      redis.call('ZREM', ACTIVITY, m)
+    else
+      local seen = math.max(score, st.registered_at, st.state_changed_at,
+                            st.last_success_time or 0, st.last_failure_time or 0)
+      if now - seen > args.threshold then
+        redis.call('DEL', ckey, ckey .. ':permits')
+        redis.call('ZREM', DEADLINES, m)
+        redis.call('SREM', INDEX, m)
+        redis.call('ZREM', ACTIVITY, m)
+        local evs = {}
+        ev(evs, 'cleanup', st, {reason = 'inactive'})
+        ev(evs, 'connection_removed', st, {reason = 'inactive'})
+        local ver = bump_ver()
+        last = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', 'v', ver, 'k', m,
+                          't', now, 's', '', 'g', 0, 'e', cjson.encode(evs))
+        removed = removed + 1
+      else
+        redis.call('ZADD', ACTIVITY, 'GT', seen, m)
+      end
+    end
+  end
+  return {now, last, #idle / 2, removed}
 elseif op == 'lease' then
   -- The ticker lease (KEYS[1]): taken or renewed by args.me, dropped with args.drop.
   local holder = redis.call('GET', CKEY)

@@ -2,7 +2,8 @@
 time holds the ticker lease (``SET NX PX``, renewed every third of it) and runs the
 script's ``tick`` at each deadline. Correctness never depends on it: every step also
 expires its circuit first if it is overdue, and a ``tick`` expires a circuit only if it
-is due, atomically, so one opening has exactly one expiry fleet-wide.
+is due, atomically, so one opening has exactly one expiry fleet-wide. The holder also
+runs the inactive cleanup (``_sweep``); every system reports its activity from here.
 
 A thread of its own, not the stream tail's blocked read: Redis 6.2 times out blocked
 reads on its 100 ms cron, too coarse for "within 50 ms of the deadline"; a local wait
@@ -79,6 +80,8 @@ class Ticker:
                 due = self._next_due
                 if self.holder and due is not None:
                     wait = min(wait, max(0, due - self.server_now()))
+                if self._owner.fixed_now is None:
+                    wait = min(wait, self._owner.sweeper.wait_ms(self.holder))
                 if wait:
                     self._cond.wait(wait / 1000)
                     continue
@@ -91,6 +94,7 @@ class Ticker:
                     self._lease()
                 if self.holder and due is not None and due <= self.server_now():
                     self.tick(None)
+                self._owner.sweeper.run_due(self.holder)  # inactive cleanup (_sweep)
             except (*Unreachable, NodeUnavailable) as exc:
                 logger.debug("fleet ticker: %r", exc)
                 self.holder = False

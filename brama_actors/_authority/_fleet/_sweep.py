@@ -1,0 +1,117 @@
+"""Inactive cleanup on a fleet (API.md section 16): fleet-wide, by the last activity
+anywhere in the fleet.
+
+Activity lives in the sorted set ``{ns}:activity`` (member: the circuit, score: its last
+activity, server ms). Every step of the script bumps it (``ZADD GT`` in ``commit``).
+Quiet successes of circuits without a rate window never reach Redis as steps: each
+system reports the circuits it saw them on every ``report interval``
+(``min(cleanup_interval, inactive_threshold) / 4``) in one ``ZADD GT XX`` per 1,000
+circuits (``XX``: a report never brings a removed circuit back). Quiet successes of
+windowed circuits reach Redis in their batches (``_pending``), which are steps.
+
+The ticker lease holder (``_ticker``) runs the script's ``sweep`` every
+``cleanup_interval``, after its own report: each call removes at most ``SWEEP_LIMIT``
+circuits idle for more than ``inactive_threshold`` by the server's clock, each like
+``unregister`` (keys deleted, one stream entry) with the events ``cleanup`` and
+``connection_removed`` (reason ``"inactive"``), which every system's tail applies and
+delivers once. The holder's own ``cleanup_interval`` and ``inactive_threshold`` decide.
+
+All of it runs on the ticker's thread: no thread of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from brama_actors._authority._fleet._codec import member
+from brama_actors._authority._fleet._link import Link, Unreachable, monotonic_ms
+
+if TYPE_CHECKING:
+    from brama_actors._authority._fleet._authority import FleetAuthority
+    from brama_actors._keys import Key
+
+__all__ = ["REPORT_CHUNK", "SWEEP_LIMIT", "Sweeper"]
+
+#: Circuits one ``sweep`` call removes at most (the holder calls again at once if it
+#: reached the limit).
+SWEEP_LIMIT = 200
+#: Circuits one ``ZADD`` of a report carries at most.
+REPORT_CHUNK = 1_000
+
+logger = logging.getLogger("brama_actors")
+
+
+class Sweeper:
+    """This system's activity reports and, while it holds the ticker lease, the sweep."""
+
+    def __init__(self, owner: FleetAuthority, link: Link) -> None:
+        self._owner = owner
+        self._link = link
+        self._lock = threading.Lock()
+        self._reported: dict[Key, int] = {}  # the quiet activity reported, per circuit
+        started = monotonic_ms()
+        self._report_at = started + self.report_interval()
+        self._sweep_at = started + self._config("cleanup_interval")
+
+    def _config(self, name: str) -> int:
+        return int(self._owner.context.config[name])
+
+    def report_interval(self) -> int:
+        """How often (ms) this system reports its quiet activity."""
+        return max(1, min(self._config("cleanup_interval"),
+                          self._config("inactive_threshold")) // 4)
+
+    def wait_ms(self, holder: bool) -> int:
+        """Milliseconds until the next report (or sweep, for the holder) is due."""
+        due = min(self._report_at, self._sweep_at) if holder else self._report_at
+        return max(0, due - monotonic_ms())
+
+    def run_due(self, holder: bool) -> None:
+        """Report if due; sweep if due and ``holder`` (the ticker's thread)."""
+        mono = monotonic_ms()
+        if mono >= self._report_at or (holder and mono >= self._sweep_at):
+            self._report_at = mono + self.report_interval()
+            try:
+                self.report()
+            except Unreachable as exc:  # the next report sends it (the ticker keeps its lease)
+                logger.debug("fleet activity report: %r", exc)
+        if mono >= self._sweep_at:
+            self._sweep_at = mono + self._config("cleanup_interval")
+            if holder:
+                self.sweep(None)
+
+    def report(self) -> int:
+        """Send the quiet activity seen since the last report; the circuits sent."""
+        replica = self._owner.replica
+        with replica.lock:
+            seen = {key: counts[1] for key, counts in replica.quiet.items()}
+        with self._lock:
+            self._reported = {k: v for k, v in self._reported.items() if k in seen}
+            fresh = {k: v for k, v in seen.items() if v > self._reported.get(k, 0)}
+        if not fresh:
+            return 0
+        items = [(member(key), ms) for key, ms in fresh.items()]
+        pipe = self._link.cmd.pipeline(transaction=False)
+        for i in range(0, len(items), REPORT_CHUNK):
+            pipe.zadd(self._link.activity, dict(items[i:i + REPORT_CHUNK]), xx=True, gt=True)
+        pipe.execute()
+        with self._lock:
+            for key, ms in fresh.items():
+                self._reported[key] = max(ms, self._reported.get(key, 0))
+        return len(items)
+
+    def sweep(self, now: int | None) -> str:
+        """Remove every circuit idle fleet-wide for more than ``inactive_threshold`` at
+        ``now`` (None: the server's TIME); the stream id of the last removal ("")."""
+        link = self._link
+        last = ""
+        while True:
+            reply: Any = link.run(
+                "sweep", "", {"prefix": link.prefix, "limit": SWEEP_LIMIT,
+                              "threshold": self._config("inactive_threshold")},
+                now=now, keys=[link.activity, *link.keys("")[1:]])
+            last = str(reply[1]) or last
+            if int(reply[2]) < SWEEP_LIMIT:
+                return last
