@@ -211,3 +211,54 @@ def test_after_a_local_mode_window_the_fleets_entries_are_delivered_not_local_hi
         assert fleet_b == _fleet_events(subs[0])  # a's entries, in order, same ids
         assert "circuit_closed" in [name for name, _ in fleet_b]
         assert gaps.calls == []
+
+
+def test_a_circuit_registered_while_unreachable_survives_the_catch_up_of_a_removal(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """b registers "k" while its link is down (owed to the fleet); meanwhile a registers
+    and unregisters a "k" of its own. b's catch-up applies that removal, but b's "k"
+    stays and is created in Redis when the link is back."""
+    with fleet(redis_server, 2, fleet_timeout=200) as systems:
+        ns = systems[0].fleet_status().namespace  # type: ignore[union-attr]
+        a, b = systems
+        a.register("db")
+        converge(systems, client, ns)
+        link = b._authority.link  # type: ignore[union-attr]
+        down = threading.Event()
+        down.set()
+        original = link._call
+
+        def unreachable(keys: list[str], argv: list[str]) -> Any:
+            if down.is_set():
+                raise redis.ConnectionError("b's link is down")
+            return original(keys, argv)
+
+        link._call = unreachable
+        restored = threading.Event()
+        telemetry.attach("fleet-gap-owed", ("brama", "fleet", "restored"),
+                         lambda *_: restored.set())
+        tail = b._authority.tail  # type: ignore[union-attr]
+        loading = tail._load
+        kept: list[bool] = []  # b's "k" right after the catch-up, before the snapshot
+
+        def load(*args: Any) -> None:
+            kept.append("k" in b._authority.replica.entries)  # type: ignore[union-attr]
+            loading(*args)
+
+        tail._load = load
+        try:
+            cut = Cut(b)
+            b.failure("db")  # local mode from here
+            b.register("k")  # owed
+            a.register("k")
+            a.unregister("k")
+            cut.release()
+            down.clear()
+            assert restored.wait(WAIT)
+        finally:
+            telemetry.detach("fleet-gap-owed")
+        converge(systems, client, ns)
+        assert kept and all(kept)  # the catch-up did not take it away, even for a while
+        b.failure("k")  # not ConnectionNotFound: b's "k" is in the fleet now
+        converge(systems, client, ns)
+        assert a.status("k").failure_count == 1

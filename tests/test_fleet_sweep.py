@@ -247,3 +247,48 @@ def test_quiet_successes_of_a_windowed_circuit_count_as_activity(
         systems[0]._authority.sweep_now()  # type: ignore[union-attr]
         converge(systems, client, ns)
         assert _exists(systems, "db") == [False, False]
+
+
+def test_adopting_a_circuit_is_activity(redis_server: RedisServer,
+                                        client: redis.Redis) -> None:
+    """A system that registers (adopts) a circuit the fleet already has keeps it from
+    being swept as idle: registering is activity, as locally."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 2, ns, **OPTIONS) as systems:
+        a, b = systems
+        _setup(systems, client, ns, now, holder=0)
+        a.register("db")
+        converge(systems, client, ns)
+        now[0] += THRESHOLD - 10
+        b.register("db")  # adopted 10 ms before a's registration is THRESHOLD old
+        now[0] += 11
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge(systems, client, ns)
+        assert _exists(systems, "db") == [True, True]
+        now[0] += THRESHOLD
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge(systems, client, ns)
+        assert _exists(systems, "db") == [False, False]
+
+
+def test_a_large_sweep_runs_one_call_per_turn(redis_server: RedisServer,
+                                              client: redis.Redis) -> None:
+    """The holder's thread removes at most SWEEP_LIMIT circuits per turn and comes back
+    for the rest (the lease, expiries and stop() never wait for a whole sweep)."""
+    from brama_actors._authority._fleet._sweep import SWEEP_LIMIT
+
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, **OPTIONS) as (a,):
+        _setup([a], client, ns, now, holder=0)
+        for i in range(SWEEP_LIMIT + 5):
+            a.register(f"c{i}")
+        now[0] += THRESHOLD + 1
+        sweeper = a._authority.sweeper  # type: ignore[union-attr]
+        last, more = sweeper.sweep(now[0], calls=1)
+        assert last and more
+        assert client.scard("{" + ns + "}:circuits") == 5
+        last, more = sweeper.sweep(now[0], calls=1)
+        assert last and not more
+        assert client.scard("{" + ns + "}:circuits") == 0

@@ -544,7 +544,7 @@ class FleetAuthority(InProcess):
         self.sweeper.report()
         if not self.ticker.holder:
             return
-        last = self.sweeper.sweep(self.fixed_now_ms())
+        last, _ = self.sweeper.sweep(self.fixed_now_ms())
         if last:
             with self._lock:
                 self._written = max(self._written, stream_id(last))

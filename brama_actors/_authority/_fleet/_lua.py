@@ -334,6 +334,8 @@ local member = args.member
 if op == 'register' then
   local st, gen = load(CKEY)
   if st ~= nil then
+    -- Adopting it is activity: a circuit just registered somewhere is not idle.
+    if ACTIVITY then redis.call('ZADD', ACTIVITY, 'GT', now, member) end
     local raw = redis.call('HMGET', CKEY, 'meta', 'explicit', 'ver')
     return {'exists', cjson.encode(st), tonumber(raw[3]), raw[1], raw[2], gen}
   end

@@ -88,6 +88,11 @@ class Replica:
         #: a rate window's figures as of the read: ``_pending.Pending.overlay``).
         self.overlay: Callable[[Key, Entry], ConnectionStatus] | None = None
 
+    def raise_floor(self, key: Key, ver: int) -> None:
+        """Count ``key``'s entries up to ``ver`` as seen without applying them."""
+        with self.lock:
+            self.floor[key] = max(ver, self.floor.get(key, 0))
+
     def apply(self, key: Key, status: ConnectionStatus | None, gen: int, ver: int,
               explicit: Mapping[str, Any] | None = None, fresh: bool = False) -> bool:
         """Apply a circuit's state at ``ver`` (None: removed); False if it is stale.

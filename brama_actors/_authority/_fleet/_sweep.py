@@ -34,9 +34,11 @@ if TYPE_CHECKING:
 
 __all__ = ["REPORT_CHUNK", "SWEEP_LIMIT", "Sweeper"]
 
-#: Circuits one ``sweep`` call removes at most (the holder calls again at once if it
-#: reached the limit).
+#: Circuits one ``sweep`` call removes at most (the holder calls again after
+#: ``SWEEP_PAUSE_MS`` if it reached the limit).
 SWEEP_LIMIT = 200
+#: Ms between two sweep calls of the holder while idle circuits are left.
+SWEEP_PAUSE_MS = 100
 #: Circuits one ``ZADD`` of a report carries at most.
 REPORT_CHUNK = 1_000
 
@@ -80,7 +82,13 @@ class Sweeper:
         if mono >= self._sweep_at:
             self._sweep_at = mono + self._config("cleanup_interval")
             if holder:
-                self.sweep(None)
+                # One script call per turn of the ticker: the lease, the expiries and
+                # stop() wait no longer than that, and the removals' stream entries come
+                # no faster than tails read them (a sweep of 30,000 in one go took 2 s
+                # and outran a tail past the stream's MAXLEN).
+                _, more = self.sweep(None, calls=1)
+                if more:
+                    self._sweep_at = mono + SWEEP_PAUSE_MS
 
     def report(self) -> int:
         """Send the quiet activity seen since the last report; the circuits sent."""
@@ -102,16 +110,22 @@ class Sweeper:
                 self._reported[key] = max(ms, self._reported.get(key, 0))
         return len(items)
 
-    def sweep(self, now: int | None) -> str:
-        """Remove every circuit idle fleet-wide for more than ``inactive_threshold`` at
-        ``now`` (None: the server's TIME); the stream id of the last removal ("")."""
+    def sweep(self, now: int | None, calls: int | None = None) -> tuple[str, bool]:
+        """Remove circuits idle fleet-wide for more than ``inactive_threshold`` at ``now``
+        (None: the server's TIME), ``SWEEP_LIMIT`` per script call, at most ``calls``
+        calls (None: until none is left); (the stream id of the last removal or "",
+        whether more may be left)."""
         link = self._link
         last = ""
+        done = 0
         while True:
             reply: Any = link.run(
                 "sweep", "", {"prefix": link.prefix, "limit": SWEEP_LIMIT,
                               "threshold": self._config("inactive_threshold")},
                 now=now, keys=[link.activity, *link.keys("")[1:]])
             last = str(reply[1]) or last
+            done += 1
             if int(reply[2]) < SWEEP_LIMIT:
-                return last
+                return last, False
+            if calls is not None and done >= calls:
+                return last, True

@@ -245,6 +245,11 @@ class Tail:
         replica = owner.replica
         raw = fields["s"]
         if not raw:
+            if key in owner.offline.owed:
+                # Registered here while Redis was unreachable, after this removal of an
+                # earlier circuit of that name: kept, and created in Redis by settle.
+                replica.raise_floor(key, ver)
+                return None
             if replica.apply(key, None, 0, ver):
                 owner.mine.discard(key)
                 owner.pending.forget(key)
