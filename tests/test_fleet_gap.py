@@ -164,6 +164,23 @@ def test_a_trimmed_stream_falls_back_to_the_snapshot_and_says_how_many_were_miss
         assert [e.event for e in take(sub)].count("circuit_closed") == 1
 
 
+def _link_down(system: Brama) -> threading.Event:
+    """Make every Redis call of ``system``'s link fail while the returned event is set
+    (it is set: clear it to bring the link back)."""
+    link = system._authority.link  # type: ignore[union-attr]
+    down = threading.Event()
+    down.set()
+    original = link._call
+
+    def unreachable(keys: list[str], argv: list[str]) -> Any:
+        if down.is_set():
+            raise redis.ConnectionError("the link is down")
+        return original(keys, argv)
+
+    link._call = unreachable
+    return down
+
+
 def test_after_a_local_mode_window_the_fleets_entries_are_delivered_not_local_history(
         redis_server: RedisServer, client: redis.Redis, gaps: Gaps) -> None:
     """b loses its link and decides on its own ("local" events); meanwhile a opens and
@@ -175,17 +192,7 @@ def test_after_a_local_mode_window_the_fleets_entries_are_delivered_not_local_hi
         a.register("db", max_attempts=1)
         converge(systems, client, ns)
         subs = [s.subscribe(connection="db") for s in systems]
-        link = b._authority.link  # type: ignore[union-attr]
-        down = threading.Event()
-        down.set()
-        original = link._call
-
-        def unreachable(keys: list[str], argv: list[str]) -> Any:
-            if down.is_set():
-                raise redis.ConnectionError("b's link is down")
-            return original(keys, argv)
-
-        link._call = unreachable
+        down = _link_down(b)
         restored = threading.Event()  # b's link (a's never went down)
         telemetry.attach("fleet-gap-restored", ("brama", "fleet", "restored"),
                          lambda *_: restored.set())
@@ -223,17 +230,7 @@ def test_a_circuit_registered_while_unreachable_survives_the_catch_up_of_a_remov
         a, b = systems
         a.register("db")
         converge(systems, client, ns)
-        link = b._authority.link  # type: ignore[union-attr]
-        down = threading.Event()
-        down.set()
-        original = link._call
-
-        def unreachable(keys: list[str], argv: list[str]) -> Any:
-            if down.is_set():
-                raise redis.ConnectionError("b's link is down")
-            return original(keys, argv)
-
-        link._call = unreachable
+        down = _link_down(b)
         restored = threading.Event()
         telemetry.attach("fleet-gap-owed", ("brama", "fleet", "restored"),
                          lambda *_: restored.set())
