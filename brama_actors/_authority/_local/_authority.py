@@ -33,6 +33,7 @@ from brama_actors._delivery import _telemetry
 from brama_actors._delivery._hub import ASK_TIMEOUT, Delivery, wait_all
 from brama_actors._errors import AlreadyRegistered, BramaError, CircuitOpenError, SystemStopped
 from brama_actors._events import EventType
+from brama_actors._frozen import make_constructor
 from brama_actors._keys import Key, describe_key, not_found, split_key
 from brama_actors._runtime import BUSY, Timer, _nowait
 from brama_actors._runtime._context import Context
@@ -46,8 +47,11 @@ __all__ = ["LocalAuthority"]
 logger = logging.getLogger("brama_actors")
 
 _HALF_OPEN = CircuitState.HALF_OPEN
+_CLOSED = CircuitState.CLOSED
 _FAILURE = EventType.FAILURE
 _SUCCESS = rules.Success()
+# A success sent to the actor is built on every non-quiet success: without __init__.
+_new_success = make_constructor(rules.Success)
 
 
 class _StoppedCells(dict[Key, Cell]):
@@ -148,8 +152,8 @@ class LocalAuthority(InProcess):
             if cell is not None and outcome.metadata is None:
                 self.record_success(key, cell, outcome.duration)
             else:
-                stamped = rules.Success(outcome.metadata, outcome.trial, outcome.duration,
-                                        at=self.context.clock.now())
+                stamped = _new_success(outcome.metadata, outcome.trial, outcome.duration,
+                                       self.context.clock.now())
                 self._call(key, Apply(stamped), block=False)
             return
         assert type(outcome) is rules.Failure
@@ -171,8 +175,9 @@ class LocalAuthority(InProcess):
         sends the failure to the actor then.
         """
         cell = self.views.get(key)
-        if cell is None or cell.crashes_armed:
-            return False
+        if cell is None or cell.crashes_armed or cell.window is not None or (
+                cell.status.state is not _CLOSED):
+            return False  # cannot only count (checked exactly under the claim)
         inbox = cell.inbox
         if inbox is None:
             return False
@@ -222,7 +227,7 @@ class LocalAuthority(InProcess):
                     view.collect_marks(self.context.clock)
                 return
         # Applied asynchronously: stamped now, so it counts at the time it happened.
-        self._call(key, Apply(rules.Success(duration=duration, at=self.context.clock.now())),
+        self._call(key, Apply(_new_success(None, None, duration, self.context.clock.now())),
                    block=False)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
