@@ -1015,24 +1015,20 @@ def test_local_events_have_unique_ids_that_survive_pickling() -> None:
 # -- the queue to the event manager and counted failures (review findings) ----------------
 
 
-def _gap_on_drain_tell(hub: Any, victim: threading.Thread | None, in_gap: threading.Event,
-                       go: threading.Event, exc: BaseException | None = None) -> None:
-    """Hold (or break) `victim`'s tell(DRAIN) in Delivery.publish: the gap after
-    `_signalled = True` and before the Drain is in the manager's inbox."""
+def _break_first_drain_tell(hub: Any, exc: BaseException) -> threading.Event:
+    """Make the first tell(DRAIN) of ``Delivery.publish`` raise ``exc``; the returned
+    event is set when it did."""
     original = hub.ref.tell
-    fired = [False]
+    broke = threading.Event()
 
     def tell(message: Any) -> None:
-        if message is DRAIN and not fired[0] and (
-                victim is None or threading.current_thread() is victim):
-            fired[0] = True
-            in_gap.set()
-            if exc is not None:
-                raise exc
-            assert go.wait(10)
+        if message is DRAIN and not broke.is_set():
+            broke.set()
+            raise exc
         original(message)
 
     hub.ref.tell = tell
+    return broke
 
 
 def test_an_exception_while_telling_the_manager_does_not_stop_delivery(system: Brama) -> None:
@@ -1045,10 +1041,10 @@ def test_an_exception_while_telling_the_manager_does_not_stop_delivery(system: B
     system.drain()
     collect(sub)
     hub = system._delivery
-    in_gap = threading.Event()
-    _gap_on_drain_tell(hub, None, in_gap, threading.Event(), exc=KeyboardInterrupt())
+    broke = _break_first_drain_tell(hub, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
         system.failure("db", reason="interrupted")
+    assert broke.is_set()
     # Later reports by other threads, no drain(): their events should still arrive.
     t = threading.Thread(target=lambda: [system.failure("db", reason=i) for i in range(3)])
     t.start()
