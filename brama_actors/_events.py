@@ -51,8 +51,10 @@ class Event:
         connection: the connection's identifier (``None`` only for system-wide events).
         scope: the connection's scope.
         data: read-only details; always ``state`` and ``failure_count``.
-        id: unique per event: ``"<system>:<n>"`` on a local system, ``"<stream id>:<n>"``
-            (the same on every system) for a fleet's events (API.md section 16).
+        id: unique per event: ``"<system name>-<12 random hex>:<n>"`` on a local system
+            (the random part keeps ids unique across processes and restarts),
+            ``"<stream id>:<n>"`` (the same on every system) for a fleet's events
+            (API.md section 16).
     """
 
     event: EventType
