@@ -4,6 +4,7 @@ system."""
 from __future__ import annotations
 
 import pickle
+import sys
 import threading
 from typing import Any
 
@@ -830,3 +831,45 @@ def test_many_connections_stay_out_of_pykkas_registry_and_stop_leaves_no_thread(
     assert not [t.name for t in threading.enumerate() if t.name.startswith("brama-")]
     with pytest.raises(SystemStopped):
         brama.failure("svc-7")
+
+
+def test_a_registration_racing_an_unregister_is_announced_after_the_removal(
+        system: Brama) -> None:
+    """The removal's events are emitted before the connection is forgotten: a register
+    from another thread that succeeds as soon as it is forgotten announces the new
+    connection after the old one's removal, never before it."""
+    sub = system.subscribe(
+        events=["connection_registered", "connection_unregistered", "connection_removed"])
+    rounds = 300
+    system.register("svc")
+    done = threading.Event()
+    registered = threading.Semaphore(0)
+
+    def re_register() -> None:
+        for _ in range(rounds):
+            while not done.is_set():
+                try:
+                    system.register("svc")
+                except brama_actors.AlreadyRegistered:
+                    continue
+                registered.release()
+                break
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    thread = threading.Thread(target=re_register)
+    thread.start()
+    try:
+        for _ in range(rounds):
+            assert system.unregister("svc")
+            assert registered.acquire(timeout=10)
+    finally:
+        done.set()
+        sys.setswitchinterval(old)
+        thread.join(10)
+    system.drain()
+    seen = kinds(collect(sub))
+    assert len(seen) == 1 + 3 * rounds
+    expected = ["connection_registered"] + [
+        "connection_unregistered", "connection_removed", "connection_registered"] * rounds
+    assert seen == expected

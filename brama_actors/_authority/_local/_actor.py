@@ -201,15 +201,19 @@ class ConnectionActor(PooledActor):
             return False  # active again since the sweep looked
         self._retired = True
         self._cell.retired = True
-        self._owner.remove_cell(self._cell)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         status = self._status
-        self._owner.delivery.emit(
-            status.identifier, status.scope,
-            rules.removal_events(status, inactive_threshold is not None), now)
-        self._stop_now()
+        try:
+            # Announced before the cell is forgotten: a register from another thread
+            # succeeds only once it is, so its connection_registered comes after.
+            self._owner.delivery.emit(
+                status.identifier, status.scope,
+                rules.removal_events(status, inactive_threshold is not None), now)
+        finally:
+            self._owner.remove_cell(self._cell)
+            self._stop_now()
         return True
 
     # -- failure -----------------------------------------------------------------------
