@@ -68,6 +68,12 @@ def refusal(exc: redis.ResponseError) -> str:
     match = _CODE.search(str(exc))
     return match.group(1) if match else ""
 
+try:
+    from redis.maint_notifications import MaintNotificationsConfig
+    _NO_MAINT: Any = MaintNotificationsConfig(enabled=False)
+except ImportError:  # redis-py < 7
+    _NO_MAINT = None
+
 _OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_timeout",
                "decode_responses", "encoding", "encoding_errors")
 
@@ -77,6 +83,11 @@ def _client(options: FleetOptions, timeout_s: float) -> redis.Redis:
         "socket_timeout": timeout_s, "socket_connect_timeout": options.timeout / 1000,
         "retry": Retry(NoBackoff(), 0), "decode_responses": True,
     }
+    if _NO_MAINT is not None:
+        # redis-py 7+ asks a TCP server for maintenance notifications (CLIENT
+        # MAINT_NOTIFICATIONS) on every connect: a command the minimal ACL denies, and
+        # moves this system does not need (it reconnects and resyncs by itself).
+        kwargs["maint_notifications_config"] = _NO_MAINT
     if options.url is not None:
         client: redis.Redis = redis.Redis.from_url(options.url, **kwargs)
         return client
