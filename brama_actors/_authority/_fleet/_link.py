@@ -6,16 +6,21 @@ database), with this system's own pools, so that every wait is bounded by
 ``fleet_timeout``, nothing is retried behind our back (redis-py retries timeouts 10
 times by default, and a retried script may run twice), and ``stop()`` closes only what
 it opened.
+
+Each step that changes a circuit carries a request id, so that a step sent again never
+applies twice (``_lua_once``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -27,7 +32,7 @@ from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._errors import NodeUnavailable
 
-__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable", "refusal"]
+__all__ = ["MAX_BLOCK_MS", "RECORDED", "RECORD_TIMEOUTS", "Link", "Unreachable", "refusal"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -36,6 +41,18 @@ logger = logging.getLogger("brama_actors")
 MAX_BLOCK_MS = 1_000
 #: Entries kept in the stream (approximately: ``XADD MAXLEN ~``).
 STREAM_MAXLEN = 10_000
+#: The ops whose request id the script records (``_lua_once``): those a second run
+#: would apply again or answer otherwise (a second count, entry or permit; "exists" for
+#: the register that created it, "missing" for the unregister that removed it). The
+#: others are idempotent as they are, so their retry needs no record: ``release``
+#: (ZREM), ``tick`` and ``sweep`` (a circuit expires or goes once), ``lease`` (its
+#: holder's SET), ``snapshot`` (HSETNX), ``page`` (reads).
+RECORDED = frozenset({"register", "unregister", "acquire", "success", "failure", "open",
+                      "close", "reset", "configure", "flush"})
+#: How long a request's reply is kept, in ``fleet_timeout``: its retry comes before the
+#: call's deadline (one timeout); the rest covers a first attempt that a proxy delivers
+#: after the retry.
+RECORD_TIMEOUTS = 5
 
 #: What a dead, paused or unreachable Redis raises.
 Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -111,6 +128,11 @@ class Link:
         self.ticker = f"{tag}:ticker"
         self.activity = f"{tag}:activity"
         self.wake = f"{tag}:wake:"  # + a system's own id
+        # + a request id: this link's random prefix and a counter (unique fleet-wide
+        # without a random draw per step).
+        self._requests = f"{tag}:r:{uuid.uuid4().hex[:16]}:"
+        self._count = itertools.count(1)
+        self._record_ms = str(RECORD_TIMEOUTS * options.timeout)
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
         # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
@@ -138,8 +160,12 @@ class Link:
         args["member"] = member
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
                 str(STREAM_MAXLEN)]
+        keys = keys or self.keys(member)
+        if op in RECORDED:  # the request id, in its record's key name (_lua_once)
+            keys = [*keys, f"{self._requests}{next(self._count):x}"]
+            argv.append(self._record_ms)
         try:
-            reply = self._call(keys or self.keys(member), argv)
+            reply = self._call(keys, argv)
         except Unreachable as exc:
             self.set_connected(False)
             raise NodeUnavailable(
