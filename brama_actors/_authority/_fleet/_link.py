@@ -7,8 +7,10 @@ database), with this system's own pools, so that every wait is bounded by
 times by default, and a retried script may run twice), and ``stop()`` closes only what
 it opened.
 
-Each step that changes a circuit carries a request id, so that a step sent again never
-applies twice (``_lua_once``).
+Each script call (``run``) has one deadline, ``fleet_timeout`` after it began, for
+everything it does (``_roundtrip``: connecting, ``NOSCRIPT``), and each step that
+changes a circuit carries a request id, so that a step sent again never applies twice
+(``_lua_once``).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from redis.retry import Retry
 
 from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
+from brama_actors._authority._fleet._roundtrip import RoundTrip
 from brama_actors._errors import NodeUnavailable
 
 __all__ = ["MAX_BLOCK_MS", "RECORDED", "RECORD_TIMEOUTS", "Link", "Unreachable", "refusal"]
@@ -137,6 +140,7 @@ class Link:
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
         # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
         self._sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+        self._trips = RoundTrip(self.cmd, self._sha, SCRIPT, ns)
         self._on_change = on_change
         self._now = now
         self._lock = threading.Lock()
@@ -153,9 +157,21 @@ class Link:
 
     def run(self, op: str, member: str, args: dict[str, Any], *, now: int | None = None,
             opmeta: str = "", cmeta: str = "", explicit: str = "",
-            keys: list[str] | None = None) -> Any:
-        """Run one op of the script; marks the link down and raises ``NodeUnavailable``
-        when Redis does not answer within ``fleet_timeout`` or refuses (``refused``)."""
+            keys: list[str] | None = None, deadline: float | None = None) -> Any:
+        """Run one op of the script by ``deadline`` (monotonic s; default: ``fleet_timeout``
+        from now), all of it: connecting, ``NOSCRIPT``, a retry (``_roundtrip``).
+
+        Raises:
+            NodeUnavailable: Redis did not answer in time (the link is marked down), or
+                refused (``refused``), or ``deadline`` had passed already (nothing was
+                sent: the link stays as it was).
+        """
+        start = time.monotonic()
+        if deadline is None:
+            deadline = start + self.options.timeout / 1000
+        elif deadline <= start:
+            raise NodeUnavailable(f"no time was left of this call's {self.options.timeout} "
+                                  "ms to send its step to the fleet's Redis")
         args = {k: v for k, v in args.items() if v is not None}
         args["member"] = member
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
@@ -165,7 +181,7 @@ class Link:
             keys = [*keys, f"{self._requests}{next(self._count):x}"]
             argv.append(self._record_ms)
         try:
-            reply = self._call(keys, argv)
+            reply = self._call(keys, argv, deadline)
         except Unreachable as exc:
             self.set_connected(False)
             raise NodeUnavailable(
@@ -175,13 +191,8 @@ class Link:
             raise self.refused(exc) from None
         return reply
 
-    def _call(self, keys: list[str], argv: list[str]) -> Any:
-        try:
-            return self.cmd.evalsha(self._sha, len(keys), *keys, *argv)
-        except redis.exceptions.NoScriptError:
-            # A restarted or failed-over Redis: EVAL runs the script and caches it, one
-            # command where SCRIPT LOAD and EVALSHA again would be two.
-            return self.cmd.eval(SCRIPT, len(keys), *keys, *argv)
+    def _call(self, keys: list[str], argv: list[str], deadline: float) -> Any:
+        return self._trips.call(keys, argv, deadline)
 
     def refused(self, exc: redis.ResponseError) -> NodeUnavailable:
         """An error reply as ``NodeUnavailable``, the link marked down.
@@ -227,6 +238,7 @@ class Link:
 
     def close(self) -> None:
         """Close this system's own clients (never the application's)."""
+        self._trips.close()
         for client in (self.cmd, self.tail):
             try:
                 client.close()
