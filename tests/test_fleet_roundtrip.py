@@ -1,7 +1,7 @@
 """One call, one deadline, one application (API.md section 16, docs/fleet.md "Failure
 modes"): a fleet call never waits longer than fleet_timeout, whatever it has to do
-(reconnect, NOSCRIPT), and a step that changes a circuit carries a request id, which
-the script applies once.
+(reconnect, NOSCRIPT, a retry), and a step retried after its reply was lost is applied
+once (request ids).
 
 The faults come from a real relay between the system and a real Redis
 (``tests/redis_relay.py``) or from signals to a Redis of the test's own.
@@ -20,8 +20,8 @@ import redis
 
 from brama_actors import Brama, telemetry
 from brama_actors._authority._fleet._link import RECORD_TIMEOUTS
-from tests.fleet_helpers import WAIT, namespace, wait_for_event
-from tests.redis_relay import Relay
+from tests.fleet_helpers import WAIT, converge, namespace, take, wait_for_event
+from tests.redis_relay import Command, Relay, script_op
 from tests.redis_server import RedisServer
 
 #: What a bounded call may take beyond fleet_timeout on 2 shared cores (as
@@ -95,12 +95,102 @@ def _tried(brama: Brama) -> list[int]:
     return callers
 
 
+def _entries(admin: redis.Redis, ns: str, kind: str) -> int:
+    """Events of type ``kind`` in the namespace's stream."""
+    found = 0
+    for _, fields in admin.xrange("{" + ns + "}:events"):
+        events = json.loads(fields[b"e"])
+        found += sum(1 for event in events if event[0] == kind)
+    return found
+
+
 def _fleet_status(admin: redis.Redis, ns: str, name: str) -> dict[str, Any]:
     member = json.dumps([name, None], separators=(",", ":"))
     raw = admin.hget("{" + ns + "}:c:" + member, "status")
     assert raw is not None
     status: dict[str, Any] = json.loads(raw)
     return status
+
+
+def _op(op: bytes) -> Any:
+    def chosen(command: Command) -> bool:
+        return script_op(command) == op
+    return chosen
+
+
+def test_a_failure_whose_reply_was_lost_is_retried_and_counted_once(
+        redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
+    """The relay passes failure()'s script to Redis, which runs it, then closes the
+    connection instead of passing the reply on: the system retries on a new connection
+    with the same request id, the script answers from its record, and the fleet counts
+    one failure, one stream entry, one event per subscriber; the link stays up."""
+    admin = redis_server.client()
+    ns = namespace()
+    brama = _start(relay.url, ns)
+    try:
+        brama.register("db", max_attempts=5)
+        sub = brama.subscribe(events=["failure"])
+        relay.lose_reply(_op(b"failure"))
+        brama.failure("db", reason="lost")
+        assert relay.lost.is_set()
+        assert relay.sent(b"failure") == 2  # the attempt and its retry, both to Redis
+        assert brama.status("db").failure_count == 1  # the reply the retry got
+        stored = _fleet_status(admin, ns, "db")
+        assert (stored["failure_count"], stored["total_failures"]) == (1, 1)
+        assert _entries(admin, ns, "failure") == 1
+        converge([brama], admin, ns)
+        assert [e.data["reason"] for e in take(sub)] == ["lost"]
+        status = brama.fleet_status()
+        assert status is not None and status.connected
+        assert link.names == []
+        brama.failure("db")  # the next step counts as usual
+        assert brama.status("db").failure_count == 2
+    finally:
+        brama.stop()
+
+
+def test_an_unregister_whose_reply_was_lost_reports_the_removal(
+        redis_server: RedisServer, relay: Relay) -> None:
+    """The retry of unregister gets the reply of the step that removed the circuit
+    (True), not that of a second run ("missing": False); one removal in the stream."""
+    admin = redis_server.client()
+    ns = namespace()
+    brama = _start(relay.url, ns)
+    try:
+        brama.register("db")
+        relay.lose_reply(_op(b"unregister"))
+        assert brama.unregister("db") is True
+        assert relay.lost.is_set() and relay.sent(b"unregister") == 2
+        assert _entries(admin, ns, "connection_unregistered") == 1
+        assert brama.connections() == []
+    finally:
+        brama.stop()
+
+
+def test_a_trial_whose_permit_reply_was_lost_is_admitted(
+        redis_server: RedisServer, relay: Relay) -> None:
+    """half_open, one trial at a time: the retry of acquire gets the permit the first
+    run took (a second run would find it taken, by this very call, and refuse); the
+    trial closes the circuit."""
+    admin = redis_server.client()
+    ns = namespace()
+    brama = _start(relay.url, ns)
+    try:
+        now = [1_900_000_000_000]
+        brama._authority.fixed_now = lambda: now[0]  # type: ignore[union-attr]
+        brama.register("db", max_attempts=1, expiry=100, half_open_max_calls=1)
+        brama.failure("db")
+        now[0] += 100
+        brama._authority.tick_now()  # type: ignore[union-attr]
+        assert brama.status("db").state == "half_open"
+        relay.lose_reply(_op(b"acquire"))
+        with brama.guard("db"):
+            pass
+        assert relay.lost.is_set() and relay.sent(b"acquire") == 2
+        assert brama.status("db").state == "closed"
+        assert _fleet_status(admin, ns, "db")["state"] == "closed"
+    finally:
+        brama.stop()
 
 
 def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer) -> None:
@@ -120,6 +210,34 @@ def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer)
         for key in records:
             assert 0 < admin.pttl(key) <= RECORD_TIMEOUTS * timeout_ms
     finally:
+        brama.stop()
+
+
+def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay,
+                                         link: LinkNames) -> None:
+    """A reply later than fleet_timeout spends the call's deadline: the step is sent
+    once, the call returns within the bound, decided here ("local")."""
+    timeout_ms = 200
+    ns = namespace()
+    brama = _start(relay.url, ns, timeout_ms)
+    try:
+        brama.register("db", max_attempts=5)
+        sub = brama.subscribe(events=["failure"])
+        relay.delay = 3 * timeout_ms / 1000
+        tried = _tried(brama)
+        start = time.monotonic()
+        brama.failure("db", reason="slow")
+        elapsed = time.monotonic() - start
+        assert threading.get_ident() in tried
+        assert elapsed < timeout_ms / 1000 + SLACK_S, elapsed
+        assert relay.sent(b"failure") == 1
+        failure, _ = wait_for_event(sub, lambda e: e.event == "failure")
+        assert failure.data["origin"] == "local"
+        assert link.wait("unreachable")
+        relay.delay = 0.0
+        assert link.wait("restored")
+    finally:
+        relay.delay = 0.0
         brama.stop()
 
 

@@ -8,8 +8,8 @@ times by default, and a retried script may run twice), and ``stop()`` closes onl
 it opened.
 
 Each script call (``run``) has one deadline, ``fleet_timeout`` after it began, for
-everything it does (``_roundtrip``: connecting, ``NOSCRIPT``), and each step that
-changes a circuit carries a request id, so that a step sent again never applies twice
+everything it does (``_roundtrip``: connecting, ``NOSCRIPT``, one retry), and each step
+that changes a circuit carries a request id, so that retry never applies it twice
 (``_lua_once``).
 """
 

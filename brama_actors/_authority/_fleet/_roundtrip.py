@@ -18,6 +18,11 @@ call has one deadline (``fleet_timeout`` after it began, or the caller's):
   on a call that finds a connected connection.
 * Each reply is read with the time left (``read_response(timeout=...)``); no time left,
   no read.
+* A connection error on the script's round trip (reset, broken pipe, EOF: the server or a
+  proxy closed the connection, perhaps after running the script) with time left is
+  retried once on another connection, with the same request: a step that changes a
+  circuit carries a request id the script applies once (``_lua_once``), the other ops
+  are idempotent. A timeout spent the deadline: never retried.
 
 Not bounded here: ``sendall`` of a command waits on a full socket buffer (a step is a few
 KB; a buffer holds hundreds), and a reply read in several ``recv`` waits the time left
@@ -26,6 +31,7 @@ for each (a reply is a few KB, read in one).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -33,6 +39,15 @@ from typing import Any
 import redis
 
 __all__ = ["RoundTrip"]
+
+logger = logging.getLogger("brama_actors")
+
+#: Connection errors that say nothing about the script having run or not, so a retry
+#: with the same request id is safe and may succeed; not those where Redis answered
+#: (LOADING) or refused us (authentication), which a retry would meet again.
+_RETRIED = redis.ConnectionError
+_NOT_RETRIED = (redis.exceptions.BusyLoadingError, redis.exceptions.AuthenticationError,
+                redis.exceptions.AuthorizationError)
 
 
 class _Handoff:
@@ -93,13 +108,23 @@ class RoundTrip:
         self._closed = False
 
     def call(self, keys: list[str], argv: list[str], deadline: float) -> Any:
-        """Run the script with ``keys``/``argv`` by ``deadline`` (monotonic s).
+        """Run the script with ``keys``/``argv`` by ``deadline`` (monotonic s), once more
+        on another connection after a connection error (so the step must be idempotent,
+        or carry a request id).
 
         Raises:
             redis.ConnectionError, redis.TimeoutError, OSError: Redis did not answer.
             redis.ResponseError: Redis refused (the connection stays usable).
         """
-        return self._run(self._take(deadline), keys, argv, deadline)
+        conn = self._take(deadline)
+        try:
+            return self._run(conn, keys, argv, deadline)
+        except _RETRIED as exc:
+            if isinstance(exc, _NOT_RETRIED) or time.monotonic() >= deadline:
+                raise
+            logger.debug("the fleet's Redis connection broke (%s); retrying the request once",
+                         exc)
+        return self._run(self._connect(deadline), keys, argv, deadline)
 
     def close(self) -> None:
         """Disconnect the idle connections; later ones are disconnected when given back."""
