@@ -262,7 +262,9 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
         brama.failure("db", reason="slow")
         elapsed = time.monotonic() - start
         assert threading.get_ident() in tried  # it went to Redis...
-        assert relay.accepted == accepted + 1  # ...on a new connection
+        # ...on a new connection (nothing else of the system's connects until it returns;
+        # then the tail's resync may connect too).
+        assert relay.accepted > accepted
         assert elapsed < timeout_ms / 1000 + SLACK_S < 2 * timeout_ms / 1000, elapsed
         status = brama.fleet_status()
         assert status is not None and not status.connected
