@@ -91,14 +91,15 @@ def _tried(brama: Brama) -> list[int]:
         callers.append(threading.get_ident())
         return original(*args)
 
-    link._call = spy
+    link._call = spy  # type: ignore[method-assign]
     return callers
 
 
 def _entries(admin: redis.Redis, ns: str, kind: str) -> int:
     """Events of type ``kind`` in the namespace's stream."""
     found = 0
-    for _, fields in admin.xrange("{" + ns + "}:events"):
+    entries: Any = admin.xrange("{" + ns + "}:events")
+    for _, fields in entries:
         events = json.loads(fields[b"e"])
         found += sum(1 for event in events if event[0] == kind)
     return found
