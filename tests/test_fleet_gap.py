@@ -172,10 +172,10 @@ def _link_down(system: Brama) -> threading.Event:
     down.set()
     original = link._call
 
-    def unreachable(keys: list[str], argv: list[str]) -> Any:
+    def unreachable(keys: list[str], argv: list[str], *rest: Any) -> Any:
         if down.is_set():
             raise redis.ConnectionError("the link is down")
-        return original(keys, argv)
+        return original(keys, argv, *rest)
 
     link._call = unreachable
     return down

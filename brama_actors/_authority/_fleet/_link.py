@@ -6,16 +6,23 @@ database), with this system's own pools, so that every wait is bounded by
 ``fleet_timeout``, nothing is retried behind our back (redis-py retries timeouts 10
 times by default, and a retried script may run twice), and ``stop()`` closes only what
 it opened.
+
+Each script call (``run``) has one deadline, ``fleet_timeout`` after it began, for
+everything it does (``_roundtrip``: connecting, ``NOSCRIPT``, one retry), and each step
+that changes a circuit carries a request id, so that retry never applies it twice
+(``_lua_once``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +32,10 @@ from redis.retry import Retry
 
 from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
+from brama_actors._authority._fleet._roundtrip import RoundTrip
 from brama_actors._errors import NodeUnavailable
 
-__all__ = ["MAX_BLOCK_MS", "Link", "Unreachable", "refusal"]
+__all__ = ["MAX_BLOCK_MS", "RECORDED", "RECORD_TIMEOUTS", "Link", "Unreachable", "refusal"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -36,6 +44,18 @@ logger = logging.getLogger("brama_actors")
 MAX_BLOCK_MS = 1_000
 #: Entries kept in the stream (approximately: ``XADD MAXLEN ~``).
 STREAM_MAXLEN = 10_000
+#: The ops whose request id the script records (``_lua_once``): those a second run
+#: would apply again or answer otherwise (a second count, entry or permit; "exists" for
+#: the register that created it, "missing" for the unregister that removed it). The
+#: others are idempotent as they are, so their retry needs no record: ``release``
+#: (ZREM), ``tick`` and ``sweep`` (a circuit expires or goes once), ``lease`` (its
+#: holder's SET), ``snapshot`` (HSETNX), ``page`` (reads).
+RECORDED = frozenset({"register", "unregister", "acquire", "success", "failure", "open",
+                      "close", "reset", "configure", "flush"})
+#: How long a request's reply is kept, in ``fleet_timeout``: its retry comes before the
+#: call's deadline (one timeout); the rest covers a first attempt that a proxy delivers
+#: after the retry.
+RECORD_TIMEOUTS = 5
 
 #: What a dead, paused or unreachable Redis raises.
 Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -122,10 +142,16 @@ class Link:
         self.ticker = f"{tag}:ticker"
         self.activity = f"{tag}:activity"
         self.wake = f"{tag}:wake:"  # + a system's own id
+        # + a request id: this link's random prefix and a counter (unique fleet-wide
+        # without a random draw per step).
+        self._requests = f"{tag}:r:{uuid.uuid4().hex[:16]}:"
+        self._count = itertools.count(1)
+        self._record_ms = str(RECORD_TIMEOUTS * options.timeout)
         self.cmd = _client(options, options.timeout / 1000)
         self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
         # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
         self._sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
+        self._trips = RoundTrip(self.cmd, self._sha, SCRIPT, ns)
         self._on_change = on_change
         self._now = now
         self._lock = threading.Lock()
@@ -142,15 +168,31 @@ class Link:
 
     def run(self, op: str, member: str, args: dict[str, Any], *, now: int | None = None,
             opmeta: str = "", cmeta: str = "", explicit: str = "",
-            keys: list[str] | None = None) -> Any:
-        """Run one op of the script; marks the link down and raises ``NodeUnavailable``
-        when Redis does not answer within ``fleet_timeout`` or refuses (``refused``)."""
+            keys: list[str] | None = None, deadline: float | None = None) -> Any:
+        """Run one op of the script by ``deadline`` (monotonic s; default: ``fleet_timeout``
+        from now), all of it: connecting, ``NOSCRIPT``, a retry (``_roundtrip``).
+
+        Raises:
+            NodeUnavailable: Redis did not answer in time (the link is marked down), or
+                refused (``refused``), or ``deadline`` had passed already (nothing was
+                sent: the link stays as it was).
+        """
+        start = time.monotonic()
+        if deadline is None:
+            deadline = start + self.options.timeout / 1000
+        elif deadline <= start:
+            raise NodeUnavailable(f"no time was left of this call's {self.options.timeout} "
+                                  "ms to send its step to the fleet's Redis")
         args = {k: v for k, v in args.items() if v is not None}
         args["member"] = member
         argv = [op, "" if now is None else str(now), json.dumps(args), opmeta, cmeta, explicit,
                 str(STREAM_MAXLEN)]
+        keys = keys or self.keys(member)
+        if op in RECORDED:  # the request id, in its record's key name (_lua_once)
+            keys = [*keys, f"{self._requests}{next(self._count):x}"]
+            argv.append(self._record_ms)
         try:
-            reply = self._call(keys or self.keys(member), argv)
+            reply = self._call(keys, argv, deadline)
         except Unreachable as exc:
             self.set_connected(False)
             raise NodeUnavailable(
@@ -160,13 +202,8 @@ class Link:
             raise self.refused(exc) from None
         return reply
 
-    def _call(self, keys: list[str], argv: list[str]) -> Any:
-        try:
-            return self.cmd.evalsha(self._sha, len(keys), *keys, *argv)
-        except redis.exceptions.NoScriptError:
-            # A restarted or failed-over Redis: EVAL runs the script and caches it, one
-            # command where SCRIPT LOAD and EVALSHA again would be two.
-            return self.cmd.eval(SCRIPT, len(keys), *keys, *argv)
+    def _call(self, keys: list[str], argv: list[str], deadline: float) -> Any:
+        return self._trips.call(keys, argv, deadline)
 
     def refused(self, exc: redis.ResponseError) -> NodeUnavailable:
         """An error reply as ``NodeUnavailable``, the link marked down.
@@ -212,6 +249,7 @@ class Link:
 
     def close(self) -> None:
         """Close this system's own clients (never the application's)."""
+        self._trips.close()
         for client in (self.cmd, self.tail):
             try:
                 client.close()

@@ -12,12 +12,14 @@ entry, numbered by ``ver`` (one per entry, fleet-wide), in the same atomic scrip
 Keys (all under the one hash tag ``{ns}``, so Redis Cluster keeps them in one slot):
 KEYS[1] the circuit hash, KEYS[2] the stream, KEYS[3] the meta hash (``ver``),
 KEYS[4] the deadline set, KEYS[5] the circuit's permit set, KEYS[6] the circuit index,
-KEYS[7] the activity set (score: the circuit's last activity anywhere, ms; ``_sweep``).
+KEYS[7] the activity set (score: the circuit's last activity anywhere, ms; ``_sweep``),
+and last, for a step with a request id, its record (``_lua_once``).
 ``tick`` and ``sweep`` also reach circuit hashes named by the deadline set (the same slot).
 
 ARGV: op, now ("" for TIME), args JSON, op metadata (raw JSON, never decoded here, ""
 for none), connection metadata (raw JSON, register only), explicit options (raw JSON,
-register/configure only), stream MAXLEN.
+register/configure only), stream MAXLEN, the request's record lifetime in ms (``_lua_once``;
+"" or absent for a step without a request id).
 
 Status JSON holds no null: a missing key is ``None`` (cjson's null is awkward in Lua).
 Event data flags ``_m = 1`` where the op's metadata goes (added by the reader, so
@@ -31,6 +33,7 @@ that only carries a batch.
 
 from __future__ import annotations
 
+from brama_actors._authority._fleet._lua_once import ONCE
 from brama_actors._authority._fleet._lua_window import WINDOW
 
 __all__ = ["SCRIPT"]
@@ -331,6 +334,9 @@ end
 
 local member = args.member
 
+-- The op asked; ``_lua_once`` calls it, once per request id. (Its body keeps the
+-- indentation it had at the script's top level.)
+local function dispatch()
 if op == 'register' then
   local st, gen = load(CKEY)
   if st ~= nil then
@@ -497,7 +503,9 @@ else
   end
   return step(CKEY, member, op, args, fields)
 end
+end
 """
 
-#: The whole script: the head, the window (``_lua_window``), the rules and the ops.
-SCRIPT = _HEAD + WINDOW + _RULES
+#: The whole script: the head, the window (``_lua_window``), the rules and the ops, run
+#: once per request id (``_lua_once``).
+SCRIPT = _HEAD + WINDOW + _RULES + ONCE

@@ -233,7 +233,9 @@ class Pending:
         ``fleet_timeout`` after it began, and is not sent if the link went down
         meanwhile (the step before it found Redis unreachable): so concurrent steps of
         one circuit do not each wait a full ``fleet_timeout`` in turn on a dead Redis;
-        the caller decides them here (``"local"``) as any call while unreachable.
+        the caller decides them here (``"local"``) as any call while unreachable. Its
+        round trip gets what is left of that ``fleet_timeout``: the wait and the round
+        trip together never take longer.
 
         Raises:
             NodeUnavailable: Redis did not answer (the batch is dropped), the step in
@@ -262,13 +264,14 @@ class Pending:
             if not link.connected:
                 raise NodeUnavailable("the fleet's Redis is unreachable (the step before "
                                       "this one on the circuit found it so)")
-            return self._send(key, slot, op, args, extra, explicit)
+            return self._send(key, slot, op, args, extra, explicit, deadline)
         finally:
             slot.send.release()
 
     def _send(self, key: Key, slot: _Slot, op: str, args: dict[str, Any],
-              extra: dict[str, Any], explicit: Mapping[str, Any] | None) -> Any:
-        """``run``'s round trip, under the circuit's send lock."""
+              extra: dict[str, Any], explicit: Mapping[str, Any] | None,
+              deadline: float) -> Any:
+        """``run``'s round trip, under the circuit's send lock, by ``deadline``."""
         authority = self._authority
         with self.lock:
             batch, slot.open = slot.open, None
@@ -280,7 +283,7 @@ class Pending:
         if batch is not None:
             args = {**args, "q": batch.wire()}
         try:
-            reply = authority._run(op, key, args, **extra)
+            reply = authority._run(op, key, args, deadline=deadline, **extra)
         except BaseException:
             with self.lock:
                 slot.flight = None
