@@ -132,6 +132,33 @@ def test_json_only_metadata_and_reason(redis_server: RedisServer,
         assert raw is not None and b"pickle" not in raw
 
 
+REASONS = [123456789012345, 0.1 + 0.2, [], {"codes": [], "retry": {"after": 1.5e-7}},
+           True, 12, "\x00r", None]
+
+
+def test_reasons_reach_every_system_exactly(redis_server: RedisServer,
+                                            client: redis.Redis) -> None:
+    """A reason comes back as it went in, on every system: the script never decodes it
+    (cjson would round 123456789012345 to 1.2345678901234e+14 and 0.1 + 0.2 to 0.3, and
+    turn [] into {})."""
+    with fleet(redis_server, 2) as [a, b]:
+        ns = a.fleet_status().namespace  # type: ignore[union-attr]
+        subs = [system.subscribe(events=["failure", "circuit_opened", "circuit_closed",
+                                         "circuit_reset"]) for system in (a, b)]
+        a.register("db", max_attempts=1000)
+        for reason in REASONS:
+            a.failure("db", reason=reason)
+        a.open_circuit("db", reason=[])
+        a.close_circuit("db", reason={"by": []})
+        a.reset_circuit("db", reason=0.1 + 0.2)
+        converge([a, b], client, ns)
+        expected = [*REASONS, [], {"by": []}, 0.1 + 0.2]
+        for sub in subs:
+            got = [event.data["reason"] for event in take(sub)]
+            assert got == expected
+            assert [type(r) for r in got] == [type(r) for r in expected]
+
+
 # -- one circuit for the whole fleet --------------------------------------------------------
 
 def test_concurrent_failures_from_many_systems_open_the_circuit_once(

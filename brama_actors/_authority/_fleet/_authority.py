@@ -41,6 +41,7 @@ from brama_actors._authority._fleet._codec import (
     encode_status,
     load_metadata,
     member,
+    reason_args,
     settings_args,
 )
 from brama_actors._authority._fleet._link import Link
@@ -81,14 +82,6 @@ DEFAULT_LEASE_MS = 30_000
 
 #: A circuit's name in Redis, cached: it is on every step's path.
 _member = functools.lru_cache(maxsize=65_536)(member)
-
-
-def _plain_json(name: str, value: Any) -> Any:
-    """``value`` as plain JSON data (``TypeError`` if it is not JSON): the common
-    ``None`` and ``str`` reasons as they are, anything else through a JSON round."""
-    if value is None or type(value) is str:
-        return value
-    return json.loads(dump_json(name, value))
 
 
 class FleetAuthority(InProcess):
@@ -312,7 +305,7 @@ class FleetAuthority(InProcess):
 
     def _failure(self, key: Key, reason: Any, metadata: Mapping[str, Any] | None,
                  trial: tuple[str, int] | None, duration: float | None = None) -> None:
-        args: dict[str, Any] = {"reason": _plain_json("reason", reason), "duration": duration}
+        args: dict[str, Any] = {**reason_args(reason), "duration": duration}
         raw_meta = "" if metadata is None else dump_json("metadata", metadata)
         self._check_running()
         if self._local_mode():
@@ -385,13 +378,12 @@ class FleetAuthority(InProcess):
         self._success(key, None, None, duration)
 
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
-        reason = _plain_json("reason", op.reason)
+        args: dict[str, Any] = reason_args(op.reason)
         self._check_running()
         name = {rules.Open: "open", rules.Close: "close", rules.Reset: "reset"}[type(op)]
         if self._local_mode():
             self.offline.apply(key, op)
             return
-        args: dict[str, Any] = {"reason": reason}
         if type(op) is rules.Open:
             args["expiry"] = op.expiry
         self._step(key, name, args)

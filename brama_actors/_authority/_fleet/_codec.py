@@ -22,8 +22,9 @@ from brama_actors._events import Event, EventType
 from brama_actors._keys import Key, make_key, split_key
 from brama_actors._status import CircuitState, ConnectionStatus, ExpiryStrategy, freeze_mapping
 
-__all__ = ["FleetWindow", "WindowedStatus", "decode_events", "decode_status", "dump_json",
-           "encode_status", "member", "member_key", "settings_args"]
+__all__ = ["RAW_REASON", "FleetWindow", "WindowedStatus", "args_reason", "decode_events",
+           "decode_status", "dump_json", "encode_status", "member", "member_key",
+           "reason_args", "settings_args"]
 
 #: Status fields the script reads and writes (``failure_rate``, ``slow_call_rate`` and
 #: ``window_calls`` are not among them: they are read from the window when asked).
@@ -95,6 +96,26 @@ def dump_json(name: str, value: Any) -> str:
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{name} must be JSON-serializable for a fleet, got {value!r}: "
                         f"{exc}") from None
+
+
+#: A step's ``reason`` when the reason itself travels as raw JSON (``rr``): the script
+#: decodes a step's args with cjson, which keeps 14 significant digits (123456789012345
+#: becomes 1.2345678901234e+14) and turns ``[]`` into ``{}``, so only ``None`` and strings
+#: go through it. The script writes ``rr`` in place of this marker in the step's events.
+RAW_REASON = "\x00r"
+
+
+def reason_args(reason: Any) -> dict[str, Any]:
+    """A step's args for ``reason`` (``TypeError`` if it is not JSON)."""
+    if reason is None or type(reason) is str:
+        return {"reason": reason}
+    return {"reason": RAW_REASON, "rr": dump_json("reason", reason)}
+
+
+def args_reason(args: Mapping[str, Any]) -> Any:
+    """The reason of a step's args (``reason_args`` undone)."""
+    raw = args.get("rr")
+    return args.get("reason") if raw is None else json.loads(raw)
 
 
 def member(key: Key) -> str:

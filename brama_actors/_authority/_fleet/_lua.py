@@ -274,6 +274,21 @@ local function bump_ver()
   return redis.call('HINCRBY', META, 'ver', 1)
 end
 
+-- A reason other than a string travels as raw JSON (args.rr, never decoded here: cjson
+-- keeps 14 digits and turns [] into {}); it replaces its marker in the events' JSON.
+local function raw_reason(ej)
+  local marker, out, i = '"\\u0000r"', {}, 1
+  while true do
+    local s, e = string.find(ej, marker, i, true)
+    if s == nil then break end
+    out[#out + 1] = string.sub(ej, i, s - 1)
+    out[#out + 1] = args.rr
+    i = e + 1
+  end
+  out[#out + 1] = string.sub(ej, i)
+  return table.concat(out)
+end
+
 -- Write st, move its deadline, append its events; returns (ver, stream id, st as JSON).
 local function commit(ckey, member, st, gen, evs, fields)
   local ver = bump_ver()
@@ -287,7 +302,9 @@ local function commit(ckey, member, st, gen, evs, fields)
   end
   -- Every step is activity (inactive cleanup, ``_sweep``); GT: a test's now may go back.
   if ACTIVITY then redis.call('ZADD', ACTIVITY, 'GT', now, member) end
-  local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
+  local ej = cjson.encode(evs)
+  if args.rr then ej = raw_reason(ej) end
+  local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', ej}
   if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
   local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
   return ver, id, sj

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from brama_actors import _rules as rules
+from brama_actors._authority._fleet._codec import args_reason
 from brama_actors._authority._fleet._replica import Entry
 from brama_actors._errors import SystemStopped
 from brama_actors._keys import Key
@@ -66,7 +67,7 @@ class Verdict:
 
 
 def _failure_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Failure(args.get("reason"), duration=args.get("duration"))
+    return rules.Failure(args_reason(args), duration=args.get("duration"))
 
 
 def _success_op(args: dict[str, Any]) -> rules.Input:
@@ -74,12 +75,12 @@ def _success_op(args: dict[str, Any]) -> rules.Input:
 
 
 def _open_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Open(args.get("reason"), args.get("expiry"))
+    return rules.Open(args_reason(args), args.get("expiry"))
 
 
 #: Ops decided here when Redis does not answer (``when_unreachable="local"``).
 LOCAL_OPS: dict[str, Callable[[dict[str, Any]], rules.Input]] = {
     "failure": _failure_op, "success": _success_op, "open": _open_op,
-    "close": lambda args: rules.Close(args.get("reason")),
-    "reset": lambda args: rules.Reset(args.get("reason")),
+    "close": lambda args: rules.Close(args_reason(args)),
+    "reset": lambda args: rules.Reset(args_reason(args)),
 }
