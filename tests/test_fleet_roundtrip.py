@@ -217,7 +217,8 @@ def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer)
 def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay,
                                          link: LinkNames) -> None:
     """A reply later than fleet_timeout spends the call's deadline: the step is sent
-    once, the call returns within the bound, decided here ("local")."""
+    once, the call returns within the bound, decided here ("local") with its reason
+    and metadata."""
     timeout_ms = 200
     ns = namespace()
     brama = _start(relay.url, ns, timeout_ms)
@@ -227,13 +228,16 @@ def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay
         relay.delay = 3 * timeout_ms / 1000
         tried = _tried(brama)
         start = time.monotonic()
-        brama.failure("db", reason="slow")
+        brama.failure("db", reason=["slow", []], metadata={"attempt": 1})
         elapsed = time.monotonic() - start
         assert threading.get_ident() in tried
         assert elapsed < timeout_ms / 1000 + SLACK_S, elapsed
         assert relay.sent(b"failure") == 1
         failure, _ = wait_for_event(sub, lambda e: e.event == "failure")
         assert failure.data["origin"] == "local"
+        # Decided here with what the call gave, not what the step's args carried.
+        assert failure.data["reason"] == ["slow", []]
+        assert failure.data["metadata"] == {"attempt": 1}
         assert link.wait("unreachable")
         relay.delay = 0.0
         assert link.wait("restored")
@@ -260,7 +264,7 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
         tried = _tried(brama)
         relay.delay = 0.6 * timeout_ms / 1000
         start = time.monotonic()
-        brama.failure("db", reason="slow")
+        brama.failure("db", reason=["slow", []], metadata={"attempt": 1})
         elapsed = time.monotonic() - start
         assert threading.get_ident() in tried  # it went to Redis...
         # ...on a new connection (nothing else of the system's connects until it returns;

@@ -321,7 +321,9 @@ class FleetAuthority(InProcess):
         except NodeUnavailable:
             if self.options.when_unreachable != "local" or op not in LOCAL_OPS:
                 raise
-            self.offline.apply(key, LOCAL_OPS[op](args))
+            raw_meta = extra.get("opmeta")
+            self.offline.apply(key, LOCAL_OPS[op](args, load_metadata(raw_meta)
+                                                  if raw_meta else None))
             return
         if reply[0] == "missing":
             self.replica.apply(key, None, 0, int(reply[2]))

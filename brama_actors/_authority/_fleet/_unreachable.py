@@ -66,21 +66,22 @@ class Verdict:
         self.state = "stale"
 
 
-def _failure_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Failure(args_reason(args), duration=args.get("duration"))
+def _failure_op(args: dict[str, Any], metadata: Mapping[str, Any] | None) -> rules.Input:
+    return rules.Failure(args_reason(args), metadata, duration=args.get("duration"))
 
 
-def _success_op(args: dict[str, Any]) -> rules.Input:
-    return rules.Success(duration=args.get("duration"))
+def _success_op(args: dict[str, Any], metadata: Mapping[str, Any] | None) -> rules.Input:
+    return rules.Success(metadata, duration=args.get("duration"))
 
 
-def _open_op(args: dict[str, Any]) -> rules.Input:
+def _open_op(args: dict[str, Any], metadata: Mapping[str, Any] | None) -> rules.Input:
     return rules.Open(args_reason(args), args.get("expiry"))
 
 
-#: Ops decided here when Redis does not answer (``when_unreachable="local"``).
-LOCAL_OPS: dict[str, Callable[[dict[str, Any]], rules.Input]] = {
+#: Ops decided here when Redis does not answer (``when_unreachable="local"``), from the
+#: step's args and the call's metadata.
+LOCAL_OPS: dict[str, Callable[[dict[str, Any], Mapping[str, Any] | None], rules.Input]] = {
     "failure": _failure_op, "success": _success_op, "open": _open_op,
-    "close": lambda args: rules.Close(args_reason(args)),
-    "reset": lambda args: rules.Reset(args_reason(args)),
+    "close": lambda args, _: rules.Close(args_reason(args)),
+    "reset": lambda args, _: rules.Reset(args_reason(args)),
 }
