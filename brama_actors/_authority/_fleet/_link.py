@@ -72,10 +72,23 @@ _OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_ti
                "decode_responses", "encoding", "encoding_errors")
 
 
+def _no_maintenance_notices() -> dict[str, Any]:
+    """Settings that turn redis-py's maintenance notifications off (newer redis-py asks
+    for them on every TCP connection): on a notice it would relax every socket timeout
+    to 10 s, past ``fleet_timeout``, and asking is a CLIENT command the fleet's minimal
+    ACL does not allow."""
+    try:
+        from redis.maint_notifications import MaintNotificationsConfig
+    except ImportError:  # redis-py before maintenance notifications
+        return {}
+    return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 def _client(options: FleetOptions, timeout_s: float) -> redis.Redis:
     kwargs: dict[str, Any] = {
         "socket_timeout": timeout_s, "socket_connect_timeout": options.timeout / 1000,
         "retry": Retry(NoBackoff(), 0), "decode_responses": True,
+        **_no_maintenance_notices(),
     }
     if options.url is not None:
         client: redis.Redis = redis.Redis.from_url(options.url, **kwargs)
