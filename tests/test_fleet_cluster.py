@@ -261,8 +261,10 @@ def _has_replica(cluster: LocalCluster, node: Node) -> bool:
 
 
 def _calls(client: redis.Redis, command: str) -> int:
+    """Calls of ``command`` and its subcommands (Redis 7 counts ``cluster|slots`` apart)."""
     stats: Any = client.info("commandstats")
-    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+    return sum(int(value.get("calls", 0)) for name, value in stats.items()
+               if name.partition("|")[0] == f"cmdstat_{command}")
 
 
 def _stream_id(event_id: str) -> tuple[int, int]:
