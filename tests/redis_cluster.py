@@ -230,15 +230,15 @@ class LocalCluster:
                 pass
 
     def settled(self) -> bool:
-        """Every node says ``cluster_state:ok``, agrees on every slot's primary, and
-        every replica's link to its primary is up."""
+        """Every node says ``cluster_state:ok``, agrees on every slot's primary and its
+        replicas, and every replica's link to its primary is up."""
         views = set()
         for node in self.nodes:
             client = node.admin()
             info = str(client.execute_command("CLUSTER", "INFO"))
             if "cluster_state:ok" not in info:
                 return False
-            views.add(tuple((r[0], r[1], r[2][1]) for r in self._slots(client)))
+            views.add(tuple((r[0], r[1], *(n[1] for n in r[2:])) for r in self._slots(client)))
             role: Any = client.execute_command("ROLE")
             if role[0] == "slave" and role[3] != "connected":
                 return False
@@ -326,10 +326,25 @@ class LocalCluster:
 
     def failover(self, replica: Node) -> None:
         """Promote ``replica`` with a coordinated ``CLUSTER FAILOVER`` (its primary stops
-        taking writes, the replica catches up, then takes over)."""
-        replica.admin().execute_command("CLUSTER", "FAILOVER")
-        self.wait(lambda: replica.admin().execute_command("ROLE")[0] == "master"
-                  and self.settled(), f"node {replica.index} promoted")
+        taking writes, the replica catches up, then takes over).
+
+        Done when every node agrees that ``replica`` is a primary: its own ROLE is not
+        enough (Redis 6.2, failing over again within a second of a failover, can have
+        the replica win an election on its old epoch and be demoted at once, while the
+        primary keeps writes paused until the manual failover times out, 5 s later).
+        A failover not done within 6 s is asked again, twice."""
+        def promoted() -> bool:
+            return self.settled() and any(int(row[2][1]) == replica.port
+                                          for row in self._slots(replica.admin()))
+
+        for attempt in range(3):
+            replica.admin().execute_command("CLUSTER", "FAILOVER")
+            try:
+                self.wait(promoted, f"node {replica.index} promoted", timeout=6.0)
+                return
+            except RedisServerError:
+                if attempt == 2:
+                    raise
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
