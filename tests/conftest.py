@@ -14,6 +14,7 @@ from brama_actors._system import _brama as _system
 from brama_actors.testing import ManualClock
 
 if TYPE_CHECKING:
+    from tests.fleet_helpers import LinkEvents
     from tests.redis_cluster import LocalCluster
     from tests.redis_server import RedisServer
 
@@ -78,6 +79,17 @@ def redis_cluster() -> Iterator[LocalCluster]:
 
     with Cluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def link_events() -> Iterator[LinkEvents]:
+    """The fleet link's telemetry ("brama", "fleet", ...) during the test."""
+    from tests.fleet_helpers import LinkEvents as Recorder
+
+    events = Recorder()
+    brama_actors.telemetry.attach("fleet-link-test", ("brama", "fleet"), events)
+    yield events
+    brama_actors.telemetry.detach("fleet-link-test")
 
 
 @pytest.fixture

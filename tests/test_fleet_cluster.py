@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from brama_actors import Brama, EventType, telemetry
+from brama_actors import Brama, EventType
 from brama_actors._authority._fleet._tail import stream_id
 from tests.fleet_helpers import (
     LinkEvents,
@@ -34,15 +34,6 @@ from tests.redis_server import RedisServer, RedisServerError
 #: What a bounded call may take beyond fleet_timeout on 2 shared cores.
 SLACK_S = 0.4
 TIMEOUT_MS = 200
-
-
-@pytest.fixture
-def link_events() -> Iterator[LinkEvents]:
-    """Fleet link telemetry for the test's duration."""
-    events = LinkEvents()
-    telemetry.attach("fleet-cluster-test", ("brama", "fleet"), events)
-    yield events
-    telemetry.detach("fleet-cluster-test")
 
 
 @pytest.fixture

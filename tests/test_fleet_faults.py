@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from brama_actors import Brama, NodeUnavailable, telemetry
+from brama_actors import Brama, NodeUnavailable
 from brama_actors._authority._fleet._tail import stream_id
 from tests.fleet_helpers import (
     WAIT,
@@ -40,15 +40,6 @@ def server() -> Iterator[RedisServer]:
     """A Redis of this test's own."""
     with RedisServer.local() as local:
         yield local
-
-
-@pytest.fixture
-def link_events() -> Iterator[LinkEvents]:
-    """Fleet link telemetry for the test's duration."""
-    events = LinkEvents()
-    telemetry.attach("fleet-link-test", ("brama", "fleet"), events)
-    yield events
-    telemetry.detach("fleet-link-test")
 
 
 def _timed(call: Any) -> tuple[float, Any]:
