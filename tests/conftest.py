@@ -14,6 +14,8 @@ from brama_actors._system import _brama as _system
 from brama_actors.testing import ManualClock
 
 if TYPE_CHECKING:
+    from tests.fleet_helpers import LinkEvents
+    from tests.redis_cluster import LocalCluster
     from tests.redis_server import RedisServer
 
 pytest_plugins = ["pytester"]
@@ -66,6 +68,28 @@ def redis_server() -> Iterator[RedisServer]:
 
     with Server.from_environment() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """One real Redis Cluster for the session (tests/redis_cluster.py: three primaries
+    and a replica, the same binary on localhost TCP ports). Tests that reshard or fail
+    over leave it with every slot served; each test asks who serves its namespace."""
+    from tests.redis_cluster import LocalCluster as Cluster
+
+    with Cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def link_events() -> Iterator[LinkEvents]:
+    """The fleet link's telemetry ("brama", "fleet", ...) during the test."""
+    from tests.fleet_helpers import LinkEvents as Recorder
+
+    events = Recorder()
+    brama_actors.telemetry.attach("fleet-link-test", ("brama", "fleet"), events)
+    yield events
+    brama_actors.telemetry.detach("fleet-link-test")
 
 
 @pytest.fixture

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -72,3 +74,33 @@ def wait_for_event(sub: Any, predicate: Callable[[Event], bool],
         seen.append(event)
         if predicate(event):
             return event, seen
+
+
+class LinkEvents:
+    """Records the fleet telemetry ("brama", "fleet", ...) as threading events."""
+
+    def __init__(self) -> None:
+        self.unreachable = threading.Event()
+        self.restored = threading.Event()
+        self.gap = threading.Event()  # entries a system could not deliver
+        self.names: list[str] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, name: tuple[str, ...], measurements: Any, metadata: Any) -> None:
+        with self._cond:
+            self.names.append(name[-1])
+            self._cond.notify_all()
+        getattr(self, name[-1]).set()
+
+    def wait(self, name: str, count: int) -> bool:
+        """Wait until ``name`` fired ``count`` times."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self.names.count(name) >= count, WAIT)
+
+
+def documented_acl() -> list[str]:
+    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
+    block = page[page.index("ACL SETUSER brama"):]
+    block = block[:block.index("```")]
+    return block.split()[3:]

@@ -21,11 +21,12 @@ import redis
 
 from brama_actors import Brama, CircuitState, Event, EventType
 from brama_actors.__main__ import main as cli
-from brama_actors._cli._fleet_demo import FleetFacts
+from brama_actors._cli._fleet_demo import FleetFacts, _remove_namespace
 from brama_actors._cli._fleet_view import FleetHealth, FleetView
 from brama_actors._cli._fleet_watch import redact, render_fleet
 from brama_actors._cli._watch import main as watch
 from tests.fleet_helpers import namespace
+from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
 from tests.test_demo import _demo
 
@@ -219,6 +220,35 @@ def test_watch_fleet_command_line_with_duration_and_url_from_environment(
     assert "payments" in result.stdout
 
 
+def test_watch_fleet_once_on_a_cluster_node_that_does_not_serve_the_namespace(
+        redis_cluster: LocalCluster, capsys: pytest.CaptureFixture[str]) -> None:
+    """``watch --fleet URL --once`` given a Redis Cluster node that does not serve the
+    namespace, as the documented read-only user, shows the namespace's circuits (read
+    from the primary that serves it); no node denied the user anything."""
+    ns = namespace()
+    owner = redis_cluster.owner_of(ns)
+    other = redis_cluster.others(owner)[0]
+    name = f"watch-{ns}"
+    rules = _documented_watcher_acl()
+    rules[1:3] = [">pw", "~{" + ns + "}:*"]
+    for node in redis_cluster.nodes:  # ACLs are per node
+        node.admin().execute_command("ACL", "SETUSER", name, *rules)
+    brama = Brama.start(fleet=owner.url, fleet_namespace=ns)
+    try:
+        brama.register("db", max_attempts=1)
+        brama.failure("db", reason="timeout")
+        brama.register("cache")
+    finally:
+        brama.stop()
+    url = f"redis://{name}:pw@{other.address}/0"
+    assert cli(["watch", "--fleet", url, "--namespace", ns, "--once"]) == 0
+    out = capsys.readouterr().out
+    assert "2 circuit(s)" in out and "fleet: reachable since" in out
+    assert " open " in _row(out, "db") and " closed " in _row(out, "cache")
+    assert [e for node in redis_cluster.nodes for e in node.admin().acl_log()
+            if e["username"] == name] == []
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--fleet", "http://localhost:6379", "--once"], "bad --fleet URL or --namespace"),
     (["--fleet", "redis://localhost:6379", "--namespace", "{x}", "--once"],
@@ -322,6 +352,28 @@ def test_demo_fleet_runs_end_to_end(redis_server: RedisServer) -> None:
     ns = re.search(r"--namespace (\S+)", out)
     assert ns is not None
     assert redis_server.client().keys("{" + ns.group(1) + "}:*") == []
+
+
+@pytest.mark.timeout(120)
+def test_demo_fleet_runs_on_a_cluster_node_that_does_not_serve_the_namespace(
+        redis_cluster: LocalCluster) -> None:
+    """``demo --fleet`` given a Redis Cluster node that does not serve the namespace:
+    its workers and its view share the fleet on the primary that does, the facts hold;
+    removing a demo's namespace finds its keys there too."""
+    ns = namespace()
+    owner = redis_cluster.owner_of(ns)
+    other = redis_cluster.others(owner)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "brama_actors", "demo", "--fleet", other.url, "--namespace",
+         ns, "--duration", "2", "--processes", "2", "--seed", "1"],
+        capture_output=True, text=True, timeout=100, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "received exactly once by each of the 2 processes" in result.stdout
+    assert "MISMATCH" not in result.stdout
+    pattern = "{" + ns + "}:*"
+    assert list(owner.admin().scan_iter(match=pattern))  # kept: --namespace was given
+    _remove_namespace(other.url, ns)
+    assert list(owner.admin().scan_iter(match=pattern)) == []
 
 
 @pytest.mark.timeout(120)

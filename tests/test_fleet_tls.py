@@ -14,9 +14,8 @@ import pytest
 import redis
 
 from brama_actors import Brama
-from tests.fleet_helpers import converge, namespace, take
+from tests.fleet_helpers import converge, documented_acl, namespace, take
 from tests.redis_server import RedisServer
-from tests.test_fleet_faults import _documented_acl
 from tests.tls_proxy import TlsFront
 
 
@@ -61,7 +60,7 @@ def test_rediss_with_the_documented_acl_user(redis_server: RedisServer,
     """TLS and the minimal ACL of docs/fleet.md together: a password in a ``rediss://``
     URL works, and the user's every command is allowed (nothing in ``ACL LOG``)."""
     admin = redis_server.client()
-    admin.execute_command("ACL", "SETUSER", "brama", "reset", *_documented_acl())
+    admin.execute_command("ACL", "SETUSER", "brama", "reset", *documented_acl())
     admin.execute_command("ACL", "LOG", "RESET")
     url = (f"rediss://brama:secret@localhost:{front.port}/0"
            f"?ssl_ca_certs={front.ca_path}")

@@ -241,17 +241,22 @@ def run_fleet(url: str, namespace: str | None, processes: int, duration: float, 
 
 
 def _remove_namespace(url: str, namespace: str) -> None:
-    """Delete the keys of the demo's own namespace (best effort)."""
+    """Delete the keys of the demo's own namespace (best effort; on a Redis Cluster,
+    on the node serving it: a SCAN sees only the keys of the node it is sent to)."""
     import redis
 
-    with contextlib.suppress(redis.RedisError, OSError):
-        client: Any = redis.Redis.from_url(url, socket_timeout=2.0)
-        try:
+    from brama_actors._authority._fleet._cluster import Nodes, close_client
+
+    nodes = Nodes(url, namespace, 2_000)
+    client: Any = nodes.client(2.0)
+    try:
+        with contextlib.suppress(redis.RedisError, OSError):
+            client = nodes.follow(client, 2.0)
             keys = list(client.scan_iter(match="{" + namespace + "}:*", count=500))
             if keys:
                 client.delete(*keys)
-        finally:
-            client.close()
+    finally:
+        close_client(client)
 
 
 class _FleetRun:

@@ -2,7 +2,9 @@
 
 It reads what every fleet system reads (a snapshot of every circuit of the namespace, then
 the tail of the event stream) but with read commands only: ``XREVRANGE``, ``SMEMBERS``,
-``HMGET``, ``XREAD``, ``GET`` and ``TIME``. It never runs the fleet's script, so it does not
+``HMGET``, ``XREAD``, ``GET`` and ``TIME`` (and ``CLUSTER SLOTS``: on a Redis Cluster it
+reads from the primary serving the namespace, found as a system finds it, ``_cluster``).
+It never runs the fleet's script, so it does not
 register, take the ticker lease, write the incarnation, open a wake stream or count
 anything: watching changes nothing in the fleet, and a Redis user allowed only these
 commands is enough (docs/fleet.md, "Tooling"). That is why it is not a ``Brama`` system
@@ -21,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from brama_actors._authority._fleet._cluster import Nodes, close_client
 from brama_actors._authority._fleet._codec import (
     decode_events,
     decode_status,
@@ -80,18 +83,15 @@ class FleetView:
     def __init__(self, url: str, namespace: str, timeout_ms: int = 1_000) -> None:
         check_fleet_options(url, {"fleet_namespace": namespace})  # the same rules, once
         import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
 
         #: What a failed read raises: Redis unreachable, or an error reply (NOPERM...).
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
         self.url = url
         self.namespace = namespace
         # No retries: a read that fails shows the fleet as unreachable at once.
-        self._client: Any = redis.Redis.from_url(
-            url, socket_timeout=(timeout_ms + MAX_BLOCK_MS) / 1000,
-            socket_connect_timeout=timeout_ms / 1000,
-            retry=Retry(NoBackoff(), 0), decode_responses=True)
+        self._nodes = Nodes(url, namespace, timeout_ms)
+        self._wait = (timeout_ms + MAX_BLOCK_MS) / 1000
+        self._client: Any = self._nodes.client(self._wait)
         tag = "{" + namespace + "}"
         self._prefix = f"{tag}:c:"
         self._stream = f"{tag}:events"
@@ -111,9 +111,13 @@ class FleetView:
     def load(self) -> None:
         """Read every circuit of the namespace and the stream position (a snapshot).
 
+        On a Redis Cluster it first finds the node serving the namespace (a load follows
+        every failed read: the slot may have moved).
+
         Raises:
             redis.RedisError, OSError: Redis did not answer or refused a command.
         """
+        self._client = self._nodes.follow(self._client, self._wait)
         client = self._client
         top: Any = client.xrevrange(self._stream, count=1)
         last, ver = ("0-0", 0) if not top else (top[0][0], int(top[0][1]["v"]))
@@ -209,6 +213,7 @@ class FleetView:
 
     def _down(self, exc: BaseException) -> None:
         self._synced = False
+        self._nodes.moved(exc)  # a MOVED or ASK: the next load asks that node first
         reason = f"{type(exc).__name__}: {exc}"
         with self._lock:
             ticker = self._health.ticker
@@ -256,8 +261,7 @@ class FleetView:
     def close(self) -> None:
         """Close the view's connections."""
         try:
-            self._client.close()
-            self._client.connection_pool.disconnect()
+            close_client(self._client)
         except self.errors:
             pass  # closing must not fail a command's exit
 

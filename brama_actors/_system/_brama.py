@@ -76,9 +76,10 @@ class Brama(Facade):
             clock: the clock every timestamp, expiry and sweep uses (default: system).
             parent: an actor told ``("brama_stopped", brama)`` / ``("brama_down", brama,
                 reason)`` when the system ends.
-            fleet: a Redis URL or ``redis.Redis``: share every connection with the
-                systems started on the same Redis and ``fleet_namespace`` (docs/fleet.md),
-                with ``fleet_namespace``, ``fleet_timeout``, ``when_unreachable``,
+            fleet: a Redis URL (on a Redis Cluster, of any node), a ``redis.Redis`` or a
+                ``redis.cluster.RedisCluster``: share every connection with the systems
+                started on the same Redis and ``fleet_namespace`` (docs/fleet.md), with
+                ``fleet_namespace``, ``fleet_timeout``, ``when_unreachable``,
                 ``stale_after`` and ``when_stale`` among ``config``.
             **config: the system's options (docs/circuit-rules.md#configuration).
 

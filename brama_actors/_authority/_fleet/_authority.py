@@ -124,10 +124,12 @@ class FleetAuthority(InProcess):
         self.pending = Pending(self)
         self.replica.overlay = self.pending.overlay
         self.tail.start()
-        self.ticker.start()
         self.pending.start()
         # A Redis that cannot be reached at start is not an error: wait a bounded time.
         self.tail.synced_once.wait(2 * options.timeout / 1000 + 0.5)
+        # After the tail's first connect, which finds a cluster's node for the namespace:
+        # a lease sent to another node would be refused (MOVED) and mark the link down.
+        self.ticker.start()
 
     # -- time and the link --------------------------------------------------------------
     def fixed_now_ms(self) -> int | None:

@@ -1,11 +1,12 @@
 """The link to the fleet's Redis: clients with bounded waits, key names, the script.
 
-Clients are built here, never reused from the application: from a URL, or from the
-connection settings of a ``redis.Redis`` the application gave (its TLS, credentials and
-database), with this system's own pools, so that every wait is bounded by
-``fleet_timeout``, nothing is retried behind our back (redis-py retries timeouts 10
-times by default, and a retried script may run twice), and ``stop()`` closes only what
-it opened.
+Clients are never reused from the application: ``_cluster`` builds them from a URL, or
+from the connection settings of the ``redis.Redis`` or ``redis.cluster.RedisCluster``
+the application gave (its TLS, credentials and database), with this system's own pools,
+so that every wait is bounded by ``fleet_timeout``, nothing is retried behind our back
+(redis-py retries timeouts 10 times by default, and a retried script may run twice), and
+``stop()`` closes only what it opened. On a Redis Cluster they talk to the primary that
+serves the namespace's slot, found again (``follow``) after a MOVED or an outage.
 
 Each script call (``run``) has one deadline, ``fleet_timeout`` after it began, for
 everything it does (``_roundtrip``: connecting, ``NOSCRIPT``, one retry), and each step
@@ -27,9 +28,8 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
+from brama_actors._authority._fleet._cluster import Nodes, Unreachable, close_client
 from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._authority._fleet._roundtrip import RoundTrip
@@ -57,16 +57,14 @@ RECORDED = frozenset({"register", "unregister", "acquire", "success", "failure",
 #: after the retry.
 RECORD_TIMEOUTS = 5
 
-#: What a dead, paused or unreachable Redis raises.
-Unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
-
 #: Error replies that mean "not now" rather than "never": a replica after a failover
 #: (READONLY; UNBLOCKED for a blocked read when the primary becomes a replica), a
 #: restart loading its data (LOADING, raised by redis-py as a connection error), out of
 #: memory (OOM), a long script (BUSY), and their cluster cousins.
 TRANSIENT = frozenset({"READONLY", "UNBLOCKED", "LOADING", "OOM", "BUSY", "MASTERDOWN",
                        "NOREPLICAS", "TRYAGAIN", "CLUSTERDOWN"})
-#: Error replies of a Redis Cluster node that does not hold the namespace's slot.
+#: Error replies of a Redis Cluster node that does not serve the namespace's slot (it
+#: moved: resharding, a failover): the tail finds its primary again (``follow``).
 CLUSTER = frozenset({"MOVED", "ASK"})
 _CODES: tuple[tuple[type[Exception], str], ...] = (
     (redis.exceptions.ReadOnlyError, "READONLY"), (redis.exceptions.OutOfMemoryError, "OOM"),
@@ -87,36 +85,6 @@ def refusal(exc: redis.ResponseError) -> str:
             return code
     match = _CODE.search(str(exc))
     return match.group(1) if match else ""
-
-try:
-    from redis.maint_notifications import MaintNotificationsConfig
-    _NO_MAINT: Any = MaintNotificationsConfig(enabled=False)
-except ImportError:  # redis-py < 7
-    _NO_MAINT = None
-
-_OWN_KWARGS = ("socket_timeout", "socket_connect_timeout", "retry", "retry_on_timeout",
-               "decode_responses", "encoding", "encoding_errors")
-
-
-def _client(options: FleetOptions, timeout_s: float) -> redis.Redis:
-    kwargs: dict[str, Any] = {
-        "socket_timeout": timeout_s, "socket_connect_timeout": options.timeout / 1000,
-        "retry": Retry(NoBackoff(), 0), "decode_responses": True,
-    }
-    if _NO_MAINT is not None:
-        # redis-py 7+ asks a TCP server for maintenance notifications (CLIENT
-        # MAINT_NOTIFICATIONS) on every connect: a command the minimal ACL denies, and
-        # moves this system does not need (it reconnects and resyncs by itself).
-        kwargs["maint_notifications_config"] = _NO_MAINT
-    if options.url is not None:
-        client: redis.Redis = redis.Redis.from_url(options.url, **kwargs)
-        return client
-    pool = options.client.connection_pool
-    given = {k: v for k, v in pool.connection_kwargs.items()
-             if k not in _OWN_KWARGS and not k.startswith(("orig_", "maint_"))}
-    given.update(kwargs)
-    own = redis.ConnectionPool(connection_class=pool.connection_class, **given)
-    return redis.Redis(connection_pool=own)
 
 
 class Link:
@@ -147,8 +115,10 @@ class Link:
         self._requests = f"{tag}:r:{uuid.uuid4().hex[:16]}:"
         self._count = itertools.count(1)
         self._record_ms = str(RECORD_TIMEOUTS * options.timeout)
-        self.cmd = _client(options, options.timeout / 1000)
-        self.tail = _client(options, (MAX_BLOCK_MS + options.timeout) / 1000)
+        self._nodes = Nodes(options.url if options.client is None else options.client, ns,
+                            options.timeout)
+        self.cmd, self.tail = self._clients()
+        self._retired: list[redis.Redis] = []  # clients of a node the slot moved away from
         # The script's name in Redis (its SHA-1, not a security use: FIPS builds allow it).
         self._sha = hashlib.sha1(SCRIPT.encode(), usedforsecurity=False).hexdigest()
         self._trips = RoundTrip(self.cmd, self._sha, SCRIPT, ns)
@@ -209,25 +179,62 @@ class Link:
         """An error reply as ``NodeUnavailable``, the link marked down.
 
         A transient refusal (``TRANSIENT``) is handled as an unreachable Redis: the
-        tail's snapshot, which writes, succeeds again only once Redis takes writes. Any
-        other reply (a cluster's MOVED, a missing ACL permission, a script error) is a
-        misconfiguration or a bug: logged at ERROR (once per outage: the tail retries
-        every 100 ms), then handled the same way, so no ``redis`` exception reaches a
-        caller.
+        tail's snapshot, which writes, succeeds again only once Redis takes writes. So
+        is a cluster's MOVED or ASK (the slot moved, or is moving): the tail finds the
+        slot's primary (``follow``) before its next snapshot. Any other reply (a missing
+        ACL permission, a script error) is a misconfiguration or a bug: logged at ERROR
+        (once per outage: the tail retries every 100 ms), then handled the same way, so
+        no ``redis`` exception reaches a caller.
         """
         code = refusal(exc)
-        if code in CLUSTER:
-            message = (f"the fleet's Redis is a Redis Cluster node that does not hold the "
-                       f"namespace's slot ({exc}): fleet= needs a standalone Redis (or "
-                       "its primary)")
+        moved = code in CLUSTER and self._nodes.moved(exc)
+        if moved:
+            message = (f"the fleet's Redis Cluster moved, or is moving, the namespace's "
+                       f"slot ({code} {exc}); finding the node that serves it")
         else:
             message = f"the fleet's Redis refused the step: {exc}"
-        if code not in TRANSIENT:
+        if code not in TRANSIENT and not moved:
             logger.log(logging.DEBUG if message == self._refusal else logging.ERROR, "%s",
                        message)
             self._refusal = message
         self.set_connected(False)
         return NodeUnavailable(message)
+
+    def _clients(self) -> tuple[redis.Redis, redis.Redis]:
+        """A command client (waits ``fleet_timeout``) and a tail client (waits for a
+        blocked read too), for the node the namespace is served on."""
+        timeout = self.options.timeout
+        return (self._nodes.client(timeout / 1000),
+                self._nodes.client((MAX_BLOCK_MS + timeout) / 1000))
+
+    def follow(self) -> None:
+        """Before a snapshot: talk to the node that serves the namespace.
+
+        A standalone Redis is asked once whether it is one (at connect). On a Redis
+        Cluster the slot's primary is looked up again whenever the link is down (a
+        MOVED or ASK marked it down, or a failover may have promoted a replica), on the
+        tail's thread, within ``MAX_BLOCK_MS + fleet_timeout``; callers meanwhile find
+        the link unreachable, as in any outage. The clients of a node the slot left are
+        retired (idle connections closed at once, the rest at the next move or at
+        ``close``), so a call still in flight on them ends as it would have.
+
+        Raises:
+            redis.ConnectionError, redis.TimeoutError, OSError: no node answered.
+            redis.ResponseError: a node refused the lookup (``refused`` handles it).
+        """
+        budget = (MAX_BLOCK_MS + self.options.timeout) / 1000
+        if self.connected or not self._nodes.locate(self.cmd, budget):
+            return
+        old = (self.cmd, self.tail)
+        self.cmd, self.tail = self._clients()
+        trips, self._trips = self._trips, RoundTrip(self.cmd, self._sha, SCRIPT,
+                                                    self.options.namespace)
+        trips.close()  # a call in flight on it drops its connection when done
+        for client in self._retired:
+            close_client(client)
+        self._retired = list(old)
+        for client in old:
+            client.connection_pool.disconnect(inuse_connections=False)
 
     def set_connected(self, up: bool) -> None:
         """Record the link's state; tell ``on_change`` when it changed."""
@@ -250,10 +257,9 @@ class Link:
     def close(self) -> None:
         """Close this system's own clients (never the application's)."""
         self._trips.close()
-        for client in (self.cmd, self.tail):
+        for client in (self.cmd, self.tail, *self._retired):
             try:
-                client.close()
-                client.connection_pool.disconnect()
+                close_client(client)
             except Exception:  # closing must not fail a stop
                 logger.debug("closing a fleet client failed", exc_info=True)
 

@@ -25,7 +25,8 @@ class FleetOptions:
     """Checked fleet options.
 
     Attributes:
-        client: the ``redis.Redis`` the application gave (never closed by us), or None.
+        client: the ``redis.Redis`` or ``redis.cluster.RedisCluster`` the application
+            gave (only its settings are read; never used, never closed by us), or None.
         url: the URL given instead (None with a client).
         namespace: the hash tag every key lives under.
         timeout: ms any call may wait on Redis.
@@ -59,13 +60,13 @@ def check_fleet_options(fleet: Any, given: dict[str, Any]) -> FleetOptions:
 
     client: Any = None
     url: str | None = None
-    if isinstance(fleet, redis.Redis):
+    if isinstance(fleet, (redis.Redis, redis.RedisCluster)):
         client = fleet
     elif isinstance(fleet, str):
         if not fleet.startswith(_SCHEMES):
             raise InvalidConfiguration(
-                f"fleet must be a redis://, rediss:// or unix:// URL or a redis.Redis, "
-                f"got {fleet!r}")
+                f"fleet must be a redis://, rediss:// or unix:// URL, a redis.Redis or a "
+                f"redis.cluster.RedisCluster, got {fleet!r}")
         try:
             redis.connection.parse_url(fleet)  # type: ignore[no-untyped-call]
         except (ValueError, TypeError) as exc:
@@ -73,7 +74,8 @@ def check_fleet_options(fleet: Any, given: dict[str, Any]) -> FleetOptions:
         url = fleet
     else:
         raise InvalidConfiguration(
-            f"fleet must be a Redis URL (str) or a redis.Redis, got {type(fleet).__name__}")
+            f"fleet must be a Redis URL (str), a redis.Redis or a redis.cluster.RedisCluster, "
+            f"got {type(fleet).__name__}")
     namespace = given.get("fleet_namespace", "brama")
     if (not isinstance(namespace, str) or not namespace or "{" in namespace
             or "}" in namespace):

@@ -109,6 +109,7 @@ class Tail:
         while not self._stopping:
             try:
                 if not self._synced:
+                    link.follow()  # a cluster's slot may have moved meanwhile
                     self._resync()
                     link.set_connected(True)
                     if self._owner.offline.owed:  # a register whose create failed
