@@ -75,6 +75,18 @@ def _no_maintenance_notices() -> dict[str, Any]:
     return {"maint_notifications_config": MaintNotificationsConfig(enabled=False)}
 
 
+def _no_client_setinfo() -> dict[str, Any]:
+    """Settings that keep redis-py from sending ``CLIENT SETINFO`` twice per connect:
+    two round trips per connection, and a command the minimal ACL would have to allow
+    in a form Redis 7.0 refuses (``+client|setinfo``: 7.0 has no such subcommand, 6.2
+    accepts any name, 7.2 added it)."""
+    try:
+        import redis.driver_info  # noqa: F401  (redis-py 7+: driver_info=None disables)
+    except ImportError:
+        return {"lib_name": None, "lib_version": None}
+    return {"driver_info": None}
+
+
 def _address(kwargs: dict[str, Any]) -> list[Address]:
     if "path" in kwargs:  # a Unix socket: no TCP address to ask or to recognise
         return []
@@ -159,6 +171,7 @@ class Nodes:
                       socket_connect_timeout=connect_timeout_s,
                       retry=Retry(NoBackoff(), 0), decode_responses=True)
         kwargs.update(_no_maintenance_notices())
+        kwargs.update(_no_client_setinfo())
         pool = redis.ConnectionPool(connection_class=connection_class, **kwargs)
         return redis.Redis(connection_pool=pool)
 
