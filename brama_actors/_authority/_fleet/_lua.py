@@ -392,7 +392,9 @@ elseif op == 'release' then
   redis.call('ZREM', PERMITS, args.token)
   return {'ok', '', 0, '', 0}
 elseif op == 'tick' then
-  local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now, 'LIMIT', 0, args.limit)
+  -- args.upto (tests: the expiries a sweep at that time comes after) defaults to now.
+  local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', args.upto or now, 'LIMIT', 0,
+                         args.limit)
   local last = ''
   for _, m in ipairs(due) do
     local r = step(args.prefix .. m, m, 'expire', {}, nil)
