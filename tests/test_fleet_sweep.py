@@ -292,3 +292,24 @@ def test_a_large_sweep_runs_one_call_per_turn(redis_server: RedisServer,
         last, more = sweeper.sweep(now[0], calls=1)
         assert last and not more
         assert client.scard("{" + ns + "}:circuits") == 0
+
+
+def test_a_new_cleanup_interval_counts_from_the_configure(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """configure(cleanup_interval=...) reschedules the holder's next sweep from then, as
+    a local system does (not after the sweep the old interval had scheduled)."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, inactive_threshold=THRESHOLD,
+               cleanup_interval=3_600_000) as (a,):
+        a._authority.fix_time(lambda: now[0])  # type: ignore[union-attr]
+        a.register("db")
+        now[0] += THRESHOLD + 1
+        a.configure(cleanup_interval=100)
+        now[0] += 99
+        a._authority.tick_now()  # type: ignore[union-attr]
+        assert _exists([a], "db") == [True]
+        now[0] += 1
+        a._authority.tick_now()  # type: ignore[union-attr]
+        assert _exists([a], "db") == [False]
+

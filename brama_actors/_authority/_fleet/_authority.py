@@ -405,6 +405,9 @@ class FleetAuthority(InProcess):
                 self._explicit.clear()
                 self._explicit.update(merged)
                 self.context.config.update(options)
+            if "cleanup_interval" in options or "inactive_threshold" in options:
+                self.sweeper.arm(sweep="cleanup_interval" in options)
+                self.ticker.wake()
             if "log_transitions" in options:
                 self.delivery.log_transitions(options["log_transitions"])
             return
