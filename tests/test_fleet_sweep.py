@@ -313,3 +313,27 @@ def test_a_new_cleanup_interval_counts_from_the_configure(
         a._authority.tick_now()  # type: ignore[union-attr]
         assert _exists([a], "db") == [False]
 
+
+def test_configure_and_manual_ops_that_change_no_state_are_not_activity(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """Activity is what API.md section 3 names (registration, last success or failure,
+    state change), as on a local system: a configure, a reset of a closed circuit and
+    an open_circuit on an open one keep no circuit from the sweep."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, **OPTIONS) as (a,):
+        _setup([a], client, ns, now, holder=0)
+        a.register("closed")
+        a.register("opened")
+        a.open_circuit("opened", expiry=10 * THRESHOLD)
+        now[0] += THRESHOLD - 10
+        a.configure("closed", expiry=200)
+        a.reset_circuit("closed")  # closed already: circuit_reset, no state change
+        a.open_circuit("opened", expiry=10 * THRESHOLD)  # restarts the opening only
+        assert a.status("opened").state_changed_at == START
+        now[0] += 11
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "closed") == [False]
+        assert _exists([a], "opened") == [False]
+

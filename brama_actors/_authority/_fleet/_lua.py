@@ -282,8 +282,13 @@ local function commit(ckey, member, st, gen, evs, fields)
   else
     redis.call('ZREM', DEADLINES, member)
   end
-  -- Every step is activity (inactive cleanup, ``_sweep``); GT: a test's now may go back.
-  if ACTIVITY then redis.call('ZADD', ACTIVITY, 'GT', now, member) end
+  -- Activity (inactive cleanup, ``_sweep``) is what API.md section 3 names, as locally:
+  -- registration, last success or failure, state change; not a configure or a manual
+  -- op that changed no state. GT: a test's now may go back.
+  if ACTIVITY then
+    redis.call('ZADD', ACTIVITY, 'GT', math.max(st.registered_at, st.state_changed_at,
+               st.last_success_time or 0, st.last_failure_time or 0), member)
+  end
   local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', cjson.encode(evs)}
   if fields then for _, f in ipairs(fields) do entry[#entry + 1] = f end end
   local id = redis.call('XADD', STREAM, 'MAXLEN', '~', maxlen, '*', unpack(entry))
