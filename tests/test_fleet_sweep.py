@@ -337,3 +337,29 @@ def test_configure_and_manual_ops_that_change_no_state_are_not_activity(
         assert _exists([a], "closed") == [False]
         assert _exists([a], "opened") == [False]
 
+
+def test_a_batch_of_quiet_successes_not_sent_yet_is_activity(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """A windowed circuit's quiet successes still waiting in their batch count as
+    activity at the holder's sweep (its report carries them); once they are old too the
+    circuit goes, and its batch with it."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, **OPTIONS) as (a,):
+        _setup([a], client, ns, now, holder=0)
+        pending = a._authority.pending  # type: ignore[union-attr]
+        pending._monotonic = lambda: 0.0  # the flusher never finds the batch due
+        a.register("db", failure_rate_threshold=0.5, minimum_calls=100)
+        now[0] += THRESHOLD - 100
+        a.success("db")  # quiet, batched
+        assert pending.activity() == {"db": now[0]}
+        now[0] += 200
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "db") == [True]
+        assert a.status("db").total_successes == 1
+        now[0] += THRESHOLD
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "db") == [False]
+        assert pending.activity() == {}

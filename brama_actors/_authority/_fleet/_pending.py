@@ -332,6 +332,14 @@ class Pending:
         with self.lock:
             self.slots.pop(key, None)
 
+    def activity(self) -> dict[Key, int]:
+        """The latest quiet success per circuit in batches not in Redis yet (epoch
+        ms): activity for the inactive cleanup's reports (``_sweep``)."""
+        with self.lock:
+            return {key: max(b.last for b in batches)
+                    for key, slot in self.slots.items()
+                    if (batches := [b for b in (slot.flight, slot.open) if b is not None])}
+
     def landed(self, name: str, apply: Callable[[], Any]) -> Any:
         """Apply a stream entry that folded batch ``name`` in: if it is this system's
         batch in flight, it stops counting here in the same step."""

@@ -120,6 +120,10 @@ class Sweeper:
         replica = self._owner.replica
         with replica.lock:
             seen = {key: counts[1] for key, counts in replica.quiet.items()}
+        # A windowed circuit's batch not sent yet (up to FLUSH_MS, or longer while its
+        # step waits): its successes are activity already, as they are locally.
+        for key, ms in self._owner.pending.activity().items():
+            seen[key] = max(ms, seen.get(key, 0))
         with self._lock:
             self._reported = {k: v for k, v in self._reported.items() if k in seen}
             fresh = {k: v for k, v in seen.items() if v > self._reported.get(k, 0)}
