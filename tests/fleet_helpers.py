@@ -6,6 +6,7 @@ import queue
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -72,3 +73,11 @@ def wait_for_event(sub: Any, predicate: Callable[[Event], bool],
         seen.append(event)
         if predicate(event):
             return event, seen
+
+
+def documented_acl() -> list[str]:
+    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
+    block = page[page.index("ACL SETUSER brama"):]
+    block = block[:block.index("```")]
+    return block.split()[3:]

@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,15 @@ import redis
 
 from brama_actors import Brama, NodeUnavailable, telemetry
 from brama_actors._authority._fleet._tail import stream_id
-from tests.fleet_helpers import WAIT, converge, fleet, namespace, take, wait_for_event
+from tests.fleet_helpers import (
+    WAIT,
+    converge,
+    documented_acl,
+    fleet,
+    namespace,
+    take,
+    wait_for_event,
+)
 from tests.redis_server import RedisServer
 
 TIMEOUT_MS = 200
@@ -258,19 +265,11 @@ def test_error_replies_are_handled_as_an_unreachable_redis(
         assert held.available("api")  # created when Redis took writes again
 
 
-def _documented_acl() -> list[str]:
-    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
-    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
-    block = page[page.index("ACL SETUSER brama"):]
-    block = block[:block.index("```")]
-    return block.split()[3:]
-
-
 def test_a_user_limited_to_the_namespace_and_the_documented_commands_is_enough(
         server: RedisServer) -> None:
     """The minimal ACL of docs/fleet.md runs every operation (no ACL log entry)."""
     admin = server.client()
-    rules = _documented_acl()
+    rules = documented_acl()
     assert "~{orders}:*" in rules and "-@all" in rules
     admin.execute_command("ACL", "SETUSER", "brama", *rules)
     url = server.url.replace("unix://", "unix://brama:secret@")
@@ -306,7 +305,7 @@ def test_a_wake_stream_expires_when_stop_cannot_delete_it(server: RedisServer) -
     """stop() wakes the tail through a stream of its own and deletes it; when the
     delete fails (here: a user without DEL), the stream still expires."""
     admin = server.client()
-    rules = [rule for rule in _documented_acl() if rule != "+del"]
+    rules = [rule for rule in documented_acl() if rule != "+del"]
     admin.execute_command("ACL", "SETUSER", "brama", *rules)
     url = server.url.replace("unix://", "unix://brama:secret@")
     brama = Brama.start(fleet=url, fleet_namespace="orders")
