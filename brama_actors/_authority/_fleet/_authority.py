@@ -342,7 +342,7 @@ class FleetAuthority(InProcess):
         self._check_running()
         entry = self.replica.entries.get(key)
         if trial is None and entry is not None and entry.quiet:
-            if not entry.settings.windowed:
+            if not entry.windowed:
                 self._quiet_success(key, metadata, self.now(), True)
                 return
             now = self.now()  # a rate window's: batched unless it could open it

@@ -119,6 +119,23 @@ def _width(status: ConnectionStatus) -> int:
     return -(-status.window_size // BUCKETS) if status.window_type == "time" else 0
 
 
+class _Facts:
+    """What a quiet success of a windowed circuit needs from its status, worked out
+    once per replica entry (``Entry.batching``) rather than per success under the
+    shared lock: whether the window holds a failed or slow outcome (only then can a
+    fast success trip a rate rule), a time window's bucket width, the batch bound."""
+
+    __slots__ = ("bound", "clean", "epoch", "width")
+
+    def __init__(self, status: WindowedStatus) -> None:
+        window = status.window
+        self.clean = not (window.failures or window.slow
+                          or any(f or s for _, _, f, s in window.buckets))
+        self.width = _width(status)
+        self.bound = bound(status)
+        self.epoch = window.epoch
+
+
 def figures(status: WindowedStatus, batches: list[Batch], now: int,
             extra: int = 0) -> tuple[int, int, int]:
     """(calls, failures, slow) of the window at ``now`` with ``batches`` folded in (those
@@ -157,13 +174,12 @@ class Pending:
 
     Args:
         authority: the fleet authority (its replica, link, ``_run``, ``_note``).
-        monotonic: the clock batches age on (seconds).
     """
 
-    def __init__(self, authority: FleetAuthority,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, authority: FleetAuthority) -> None:
         self._authority = authority
-        self._monotonic = monotonic
+        #: The clock batches age on (s). Test seam: tests set it to hold batches back.
+        self._monotonic: Callable[[], float] = time.monotonic
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self.slots: dict[Key, _Slot] = {}
@@ -201,13 +217,15 @@ class Pending:
         slow = status.slow_call_duration
         if duration is not None and slow is not None and duration >= slow:
             return False
+        facts: _Facts | None = entry.batching
+        if facts is None:  # once per entry (per state of the circuit), not per success
+            facts = entry.batching = _Facts(status)
+        epoch = facts.epoch
         with self.lock:
             slot = self.slots.get(key)
             if slot is None:
                 slot = self.slots[key] = _Slot()
-            window = status.window
-            if (window.failures or window.slow
-                    or any(f or s for _, _, f, s in window.buckets)):
+            if not facts.clean:
                 # Only then can a fast success trip a rate rule (else both rates are 0).
                 batches = [b for b in (slot.flight, slot.open) if b is not None]
                 if trips(status, *figures(status, batches, now, 1)):
@@ -215,11 +233,11 @@ class Pending:
             batch = slot.open
             if batch is None:
                 self._seq += 1
-                batch = slot.open = Batch(f"{self._me}:{self._seq}", status.window.epoch,
+                batch = slot.open = Batch(f"{self._me}:{self._seq}", epoch,
                                           self._monotonic())
                 self._wake.notify()  # the flusher's next deadline moved
-            batch.add(status.window.epoch, now, _width(status))
-            if batch.count >= bound(status):
+            batch.add(epoch, now, facts.width)
+            if batch.count >= facts.bound:
                 batch.started = float("-inf")  # due now
                 self._wake.notify()
         return True
