@@ -104,15 +104,19 @@ class Batch:
 class _Slot:
     """One circuit's batches: the one filling, the one in flight, and the send lock;
     ``lost``, the last batch whose round trip failed (never sent again, but a local
-    window, decided here while Redis is unreachable, counts it)."""
+    window, decided here while Redis is unreachable, counts it); ``users``, the steps
+    holding or waiting for ``send`` (under ``Pending.lock``): a slot is dropped only
+    when none is left, else a waiting step would send on a slot nobody else sees, next
+    to a new slot's step (two of one circuit in flight)."""
 
-    __slots__ = ("flight", "lost", "open", "send")
+    __slots__ = ("flight", "lost", "open", "send", "users")
 
     def __init__(self) -> None:
         self.open: Batch | None = None
         self.flight: Batch | None = None
         self.lost: Batch | None = None
         self.send = threading.Lock()
+        self.users = 0
 
 
 def _width(status: ConnectionStatus) -> int:
@@ -272,17 +276,25 @@ class Pending:
             slot = self.slots.get(key)
             if slot is None:
                 slot = self.slots[key] = _Slot()
-        if not slot.send.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise NodeUnavailable(
-                f"the fleet's Redis did not answer this circuit's step in flight within "
-                f"{authority.options.timeout} ms")
+            slot.users += 1
         try:
-            if not link.connected:
-                raise NodeUnavailable("the fleet's Redis is unreachable (the step before "
-                                      "this one on the circuit found it so)")
-            return self._send(key, slot, op, args, extra, explicit)
+            if not slot.send.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise NodeUnavailable(
+                    f"the fleet's Redis did not answer this circuit's step in flight "
+                    f"within {authority.options.timeout} ms")
+            try:
+                if not link.connected:
+                    raise NodeUnavailable("the fleet's Redis is unreachable (the step "
+                                          "before this one on the circuit found it so)")
+                return self._send(key, slot, op, args, extra, explicit)
+            finally:
+                slot.send.release()
         finally:
-            slot.send.release()
+            with self.lock:
+                slot.users -= 1
+                if (not slot.users and slot.open is None and slot.flight is None
+                        and slot.lost is None and self.slots.get(key) is slot):
+                    del self.slots[key]  # left empty by a step that gave up waiting
 
     def _send(self, key: Key, slot: _Slot, op: str, args: dict[str, Any],
               extra: dict[str, Any], explicit: Mapping[str, Any] | None) -> Any:
@@ -292,7 +304,7 @@ class Pending:
             batch, slot.open = slot.open, None
             slot.flight = batch
             if batch is None and op == "flush":  # a step took it meanwhile
-                if self.slots.get(key) is slot and slot.open is None:
+                if self.slots.get(key) is slot and slot.open is None and slot.users == 1:
                     del self.slots[key]
                 return None
         if batch is not None:
@@ -308,8 +320,8 @@ class Pending:
             if batch is not None and reply[0] != "missing":
                 authority._note(key, reply, explicit)  # the batch gone: counted once
             slot.flight = None
-            if slot.open is None and self.slots.get(key) is slot:
-                del self.slots[key]
+            if slot.open is None and slot.users == 1 and self.slots.get(key) is slot:
+                del self.slots[key]  # no other step waits for it
         return reply
 
     def local_window(self, key: Key, entry: Entry, now: int) -> Window | None:
