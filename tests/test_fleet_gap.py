@@ -8,6 +8,7 @@ The tail catches up from the stream itself; what the stream no longer has is rep
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import pytest
 import redis
 
 from brama_actors import Brama, telemetry
-from tests.fleet_helpers import WAIT, converge, fleet, take
+from tests.fleet_helpers import WAIT, converge, documented_acl, fleet, take
 from tests.redis_server import RedisServer
 
 
@@ -259,3 +260,50 @@ def test_a_circuit_registered_while_unreachable_survives_the_catch_up_of_a_remov
         b.failure("k")  # not ConnectionNotFound: b's "k" is in the fleet now
         converge(systems, client, ns)
         assert a.status("k").failure_count == 1
+
+
+def test_a_catch_up_refused_by_the_acl_falls_back_to_the_snapshot(
+        gaps: Gaps, caplog: pytest.LogCaptureFixture) -> None:
+    """A user of an older minimal ACL, without +xrange: the systems join; when b's
+    tail misses entries its catch-up is refused (NOPERM), so it loads the snapshot
+    instead of retrying forever: it converges, reports the entries it could not deliver
+    (gap, reason "refused"), says once at ERROR which permission is missing, and
+    delivers the entries after the snapshot as before."""
+    with RedisServer.local() as server:  # ACL users are server-wide: a Redis of its own
+        admin = server.client()
+        rules = [rule for rule in documented_acl() if rule != "+xrange"]
+        admin.execute_command("ACL", "SETUSER", "brama", *rules)
+        url = server.url.replace("unix://", "unix://brama:secret@")
+        caplog.set_level(logging.DEBUG, logger="brama_actors")
+        ns = "orders"
+        with contextlib.ExitStack() as stack:
+            systems = [stack.enter_context(Brama.start(fleet=url, fleet_namespace=ns))
+                       for _ in range(2)]
+            a, b = systems
+            for system in systems:
+                status = system.fleet_status()
+                assert status is not None and status.connected  # joined
+            a.register("db", max_attempts=1)
+            converge(systems, admin, ns)
+            sub = b.subscribe(connection="db")
+            for round_ in range(2):  # the second gap is refused too, logged no more
+                cut = Cut(b)
+                a.failure("db")  # opens
+                a.close_circuit("db")
+                a.failure("db")  # opens again: 3 entries b misses
+                cut.release()
+                converge(systems, admin, ns)
+                assert b.status("db").state == "open"
+                status = b.fleet_status()
+                assert status is not None and status.connected
+                assert take(sub) == []  # nothing invented
+                assert gaps.calls == [({"missed": 3}, {"namespace": ns,
+                                                       "reason": "refused"})] * (round_ + 1)
+                a.close_circuit("db")  # entries after the snapshot are delivered
+                converge(systems, admin, ns)
+                assert [e.event for e in take(sub)] == ["circuit_closed", "state_change"]
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "+xrange" in errors[0], errors
+        denied: Any = admin.acl_log()
+        assert {entry["object"] for entry in denied} == {"xrange"}  # and nothing else
+        admin.close()

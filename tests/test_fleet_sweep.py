@@ -292,3 +292,74 @@ def test_a_large_sweep_runs_one_call_per_turn(redis_server: RedisServer,
         last, more = sweeper.sweep(now[0], calls=1)
         assert last and not more
         assert client.scard("{" + ns + "}:circuits") == 0
+
+
+def test_a_new_cleanup_interval_counts_from_the_configure(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """configure(cleanup_interval=...) reschedules the holder's next sweep from then, as
+    a local system does (not after the sweep the old interval had scheduled)."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, inactive_threshold=THRESHOLD,
+               cleanup_interval=3_600_000) as (a,):
+        a._authority.fix_time(lambda: now[0])  # type: ignore[union-attr]
+        a.register("db")
+        now[0] += THRESHOLD + 1
+        a.configure(cleanup_interval=100)
+        now[0] += 99
+        a._authority.tick_now()  # type: ignore[union-attr]
+        assert _exists([a], "db") == [True]
+        now[0] += 1
+        a._authority.tick_now()  # type: ignore[union-attr]
+        assert _exists([a], "db") == [False]
+
+
+def test_configure_and_manual_ops_that_change_no_state_are_not_activity(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """Activity is what API.md section 3 names (registration, last success or failure,
+    state change), as on a local system: a configure, a reset of a closed circuit and
+    an open_circuit on an open one keep no circuit from the sweep."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, **OPTIONS) as (a,):
+        _setup([a], client, ns, now, holder=0)
+        a.register("closed")
+        a.register("opened")
+        a.open_circuit("opened", expiry=10 * THRESHOLD)
+        now[0] += THRESHOLD - 10
+        a.configure("closed", expiry=200)
+        a.reset_circuit("closed")  # closed already: circuit_reset, no state change
+        a.open_circuit("opened", expiry=10 * THRESHOLD)  # restarts the opening only
+        assert a.status("opened").state_changed_at == START
+        now[0] += 11
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "closed") == [False]
+        assert _exists([a], "opened") == [False]
+
+
+def test_a_batch_of_quiet_successes_not_sent_yet_is_activity(
+        redis_server: RedisServer, client: redis.Redis) -> None:
+    """A windowed circuit's quiet successes still waiting in their batch count as
+    activity at the holder's sweep (its report carries them); once they are old too the
+    circuit goes, and its batch with it."""
+    ns = namespace()
+    now = [START]
+    with fleet(redis_server, 1, ns, **OPTIONS) as (a,):
+        _setup([a], client, ns, now, holder=0)
+        pending = a._authority.pending  # type: ignore[union-attr]
+        pending._monotonic = lambda: 0.0  # the flusher never finds the batch due
+        a.register("db", failure_rate_threshold=0.5, minimum_calls=100)
+        now[0] += THRESHOLD - 100
+        a.success("db")  # quiet, batched
+        assert pending.activity() == {"db": now[0]}
+        now[0] += 200
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "db") == [True]
+        assert a.status("db").total_successes == 1
+        now[0] += THRESHOLD
+        a._authority.sweep_now()  # type: ignore[union-attr]
+        converge([a], client, ns)
+        assert _exists([a], "db") == [False]
+        assert pending.activity() == {}

@@ -433,3 +433,95 @@ def test_the_flusher_sends_nothing_once_stop_was_asked(redis_server: RedisServer
         assert not pending._thread.is_alive() and not stopper.is_alive()
         assert [stored(client, brama, f"db{i}")["total_successes"]
                 for i in range(circuits)] == [0] * circuits
+
+
+WAIT_MS = int(WAIT * 1000)
+
+
+class _Gate:
+    """Holds each round trip of a windowed circuit's steps until the test opens it, and
+    records which slot lock each step queued on and how many were in flight at once."""
+
+    def __init__(self, system: Brama, monkeypatch: pytest.MonkeyPatch) -> None:
+        authority = system._authority  # type: ignore[union-attr]
+        self._cond = threading.Condition()
+        self.queued: list[object] = []  # the slot each step waited on, in order
+        self.entered = 0
+        self.in_flight = self.most = 0
+        self.open = [threading.Event() for _ in range(3)]
+        gate = self
+        real_run = authority._run
+
+        class SpyLock:
+            def __init__(self, slot: object) -> None:
+                self._slot, self._lock = slot, threading.Lock()
+
+            def acquire(self, timeout: float = -1) -> bool:
+                with gate._cond:
+                    gate.queued.append(self._slot)
+                    gate._cond.notify_all()
+                return self._lock.acquire(timeout=timeout)
+
+            def release(self) -> None:
+                self._lock.release()
+
+        class SpySlot(_pending._Slot):
+            __slots__ = ()
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.send = SpyLock(self)  # type: ignore[assignment]
+
+        def run(op: str, key: Any, args: dict[str, Any], **extra: Any) -> Any:
+            with gate._cond:
+                index = gate.entered
+                gate.entered += 1
+                gate.in_flight += 1
+                gate.most = max(gate.most, gate.in_flight)
+                gate._cond.notify_all()
+            try:
+                assert gate.open[index].wait(WAIT)
+                return real_run(op, key, args, **extra)
+            finally:
+                with gate._cond:
+                    gate.in_flight -= 1
+
+        monkeypatch.setattr(_pending, "_Slot", SpySlot)
+        monkeypatch.setattr(authority, "_run", run)
+
+    def wait(self, what: Any) -> None:
+        with self._cond:
+            assert self._cond.wait_for(lambda: what(self), WAIT)
+
+
+def test_a_step_waiting_for_the_one_in_flight_keeps_the_circuit_serialised(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One system, three failures of one windowed circuit from three threads: the
+    second waits for the first in flight; when the first ends, the circuit's send lock
+    stays (a step still waits for it), so the third queues behind the second instead
+    of running next to it on a new lock: never two steps of one circuit in flight."""
+    # A step waits for the one in flight at most fleet_timeout: long enough here.
+    with fleet(redis_server, 1, fleet_timeout=WAIT_MS) as [brama]:
+        FlushClock(brama)
+        brama.register("db", failure_rate_threshold=0.9, minimum_calls=100, max_attempts=0)
+        gate = _Gate(brama, monkeypatch)
+        threads = [threading.Thread(target=brama.failure, args=("db",)) for _ in range(3)]
+        try:
+            threads[0].start()
+            gate.wait(lambda g: g.entered == 1)  # the first is in flight
+            threads[1].start()
+            gate.wait(lambda g: len(g.queued) == 2)  # the second waits for it
+            gate.open[0].set()
+            threads[0].join(WAIT)
+            gate.wait(lambda g: g.entered == 2)  # the second is in flight
+            threads[2].start()
+            gate.wait(lambda g: len(g.queued) == 3)
+            assert gate.queued[2] is gate.queued[1]  # behind the second, on its lock
+        finally:
+            for opened in gate.open:
+                opened.set()
+        for thread in threads:
+            thread.join(WAIT)
+            assert not thread.is_alive()
+        assert gate.most == 1
+        assert brama.status("db").total_failures == 3

@@ -25,6 +25,7 @@ subscriptions switch that interest on and off.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from collections import defaultdict
@@ -1070,12 +1071,21 @@ class BramaMachine(RuleBasedStateMachine):
                 assert event.critical is (mevent.kind in CRITICAL)
 
 
+def examples(default: int) -> dict[str, Any]:
+    """The machines' example settings: ``default`` examples, the same at every run;
+    with the environment variable ``BRAMA_MODEL_EXAMPLES=N``, N new random ones per
+    run instead (a longer hunt: give it a larger ``--timeout`` too)."""
+    wanted = os.environ.get("BRAMA_MODEL_EXAMPLES")
+    if not wanted:
+        return {"max_examples": default, "derandomize": True}
+    return {"max_examples": int(wanted), "derandomize": False}
+
+
 TestBramaMachine = BramaMachine.TestCase
 TestBramaMachine.settings = settings(
-    max_examples=200,
+    **examples(200),
     stateful_step_count=80,
     deadline=None,
-    derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

@@ -339,7 +339,7 @@ class FleetAuthority(InProcess):
         self._check_running()
         entry = self.replica.entries.get(key)
         if trial is None and entry is not None and entry.quiet:
-            if not entry.settings.windowed:
+            if not entry.windowed:
                 self._quiet_success(key, metadata, self.now(), True)
                 return
             now = self.now()  # a rate window's: batched unless it could open it
@@ -401,6 +401,9 @@ class FleetAuthority(InProcess):
                 self._explicit.clear()
                 self._explicit.update(merged)
                 self.context.config.update(options)
+            if "cleanup_interval" in options or "inactive_threshold" in options:
+                self.sweeper.arm(sweep="cleanup_interval" in options)
+                self.ticker.wake()
             if "log_transitions" in options:
                 self.delivery.log_transitions(options["log_transitions"])
             return
@@ -526,9 +529,26 @@ class FleetAuthority(InProcess):
         self._check_running()
         self._step(key, "success", {})
 
+    def fix_time(self, now: Callable[[], int], timeout: float = 5.0) -> None:
+        """Test seam: run on ``now`` (epoch ms): every script (``fixed_now``), and the
+        inactive cleanup's schedule, which ``tick_now`` then follows; the ticker's
+        thread stops acting by itself, so nothing runs at the server's time after this.
+
+        Raises:
+            TimeoutError: the ticker's thread did not stop within ``timeout`` s.
+        """
+        self.fixed_now = now
+        if not self.ticker.park(timeout):
+            raise TimeoutError(f"the fleet ticker did not park within {timeout} s")
+        self.sweeper.clock = now
+        self.sweeper.arm()
+
     def tick_now(self, timeout: float = 5.0) -> None:
-        """Expire every circuit due now (the test seam's now) and wait for the events."""
-        last = self.ticker.tick(self.fixed_now_ms())
+        """Expire every circuit due now (the test seam's now), after ``fix_time`` also
+        sweep if due (``Ticker.turn``), and wait for the events."""
+        now = self.fixed_now_ms()
+        last = self.ticker.turn(now) if self.sweeper.clock is self.fixed_now \
+            else self.ticker.tick(now)
         if last:
             with self._lock:
                 self._written = max(self._written, stream_id(last))

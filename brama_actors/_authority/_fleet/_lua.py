@@ -300,8 +300,13 @@ local function commit(ckey, member, st, gen, evs, fields)
   else
     redis.call('ZREM', DEADLINES, member)
   end
-  -- Every step is activity (inactive cleanup, ``_sweep``); GT: a test's now may go back.
-  if ACTIVITY then redis.call('ZADD', ACTIVITY, 'GT', now, member) end
+  -- Activity (inactive cleanup, ``_sweep``) is what API.md section 3 names, as locally:
+  -- registration, last success or failure, state change; not a configure or a manual
+  -- op that changed no state. GT: a test's now may go back.
+  if ACTIVITY then
+    redis.call('ZADD', ACTIVITY, 'GT', math.max(st.registered_at, st.state_changed_at,
+               st.last_success_time or 0, st.last_failure_time or 0), member)
+  end
   local ej = cjson.encode(evs)
   if args.rr then ej = raw_reason(ej) end
   local entry = {'v', ver, 'k', member, 't', now, 's', sj, 'g', gen, 'e', ej}
@@ -415,7 +420,9 @@ elseif op == 'release' then
   redis.call('ZREM', PERMITS, args.token)
   return {'ok', '', 0, '', 0}
 elseif op == 'tick' then
-  local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', now, 'LIMIT', 0, args.limit)
+  -- args.upto (tests: the expiries a sweep at that time comes after) defaults to now.
+  local due = redis.call('ZRANGEBYSCORE', DEADLINES, '-inf', args.upto or now, 'LIMIT', 0,
+                         args.limit)
   local last = ''
   for _, m in ipairs(due) do
     local r = step(args.prefix .. m, m, 'expire', {}, nil)

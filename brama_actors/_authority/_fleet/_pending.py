@@ -104,19 +104,40 @@ class Batch:
 class _Slot:
     """One circuit's batches: the one filling, the one in flight, and the send lock;
     ``lost``, the last batch whose round trip failed (never sent again, but a local
-    window, decided here while Redis is unreachable, counts it)."""
+    window, decided here while Redis is unreachable, counts it); ``users``, the steps
+    holding or waiting for ``send`` (under ``Pending.lock``): a slot is dropped only
+    when none is left, else a waiting step would send on a slot nobody else sees, next
+    to a new slot's step (two of one circuit in flight)."""
 
-    __slots__ = ("flight", "lost", "open", "send")
+    __slots__ = ("flight", "lost", "open", "send", "users")
 
     def __init__(self) -> None:
         self.open: Batch | None = None
         self.flight: Batch | None = None
         self.lost: Batch | None = None
         self.send = threading.Lock()
+        self.users = 0
 
 
 def _width(status: ConnectionStatus) -> int:
     return -(-status.window_size // BUCKETS) if status.window_type == "time" else 0
+
+
+class _Facts:
+    """What a quiet success of a windowed circuit needs from its status, worked out
+    once per replica entry (``Entry.batching``) rather than per success under the
+    shared lock: whether the window holds a failed or slow outcome (only then can a
+    fast success trip a rate rule), a time window's bucket width, the batch bound."""
+
+    __slots__ = ("bound", "clean", "epoch", "width")
+
+    def __init__(self, status: WindowedStatus) -> None:
+        window = status.window
+        self.clean = not (window.failures or window.slow
+                          or any(f or s for _, _, f, s in window.buckets))
+        self.width = _width(status)
+        self.bound = bound(status)
+        self.epoch = window.epoch
 
 
 def figures(status: WindowedStatus, batches: list[Batch], now: int,
@@ -157,13 +178,12 @@ class Pending:
 
     Args:
         authority: the fleet authority (its replica, link, ``_run``, ``_note``).
-        monotonic: the clock batches age on (seconds).
     """
 
-    def __init__(self, authority: FleetAuthority,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, authority: FleetAuthority) -> None:
         self._authority = authority
-        self._monotonic = monotonic
+        #: The clock batches age on (s). Test seam: tests set it to hold batches back.
+        self._monotonic: Callable[[], float] = time.monotonic
         self.lock = threading.Lock()
         self._wake = threading.Condition(self.lock)
         self.slots: dict[Key, _Slot] = {}
@@ -201,13 +221,15 @@ class Pending:
         slow = status.slow_call_duration
         if duration is not None and slow is not None and duration >= slow:
             return False
+        facts: _Facts | None = entry.batching
+        if facts is None:  # once per entry (per state of the circuit), not per success
+            facts = entry.batching = _Facts(status)
+        epoch = facts.epoch
         with self.lock:
             slot = self.slots.get(key)
             if slot is None:
                 slot = self.slots[key] = _Slot()
-            window = status.window
-            if (window.failures or window.slow
-                    or any(f or s for _, _, f, s in window.buckets)):
+            if not facts.clean:
                 # Only then can a fast success trip a rate rule (else both rates are 0).
                 batches = [b for b in (slot.flight, slot.open) if b is not None]
                 if trips(status, *figures(status, batches, now, 1)):
@@ -215,11 +237,11 @@ class Pending:
             batch = slot.open
             if batch is None:
                 self._seq += 1
-                batch = slot.open = Batch(f"{self._me}:{self._seq}", status.window.epoch,
+                batch = slot.open = Batch(f"{self._me}:{self._seq}", epoch,
                                           self._monotonic())
                 self._wake.notify()  # the flusher's next deadline moved
-            batch.add(status.window.epoch, now, _width(status))
-            if batch.count >= bound(status):
+            batch.add(epoch, now, facts.width)
+            if batch.count >= facts.bound:
                 batch.started = float("-inf")  # due now
                 self._wake.notify()
         return True
@@ -256,17 +278,25 @@ class Pending:
             slot = self.slots.get(key)
             if slot is None:
                 slot = self.slots[key] = _Slot()
-        if not slot.send.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise NodeUnavailable(
-                f"the fleet's Redis did not answer this circuit's step in flight within "
-                f"{authority.options.timeout} ms")
+            slot.users += 1
         try:
-            if not link.connected:
-                raise NodeUnavailable("the fleet's Redis is unreachable (the step before "
-                                      "this one on the circuit found it so)")
-            return self._send(key, slot, op, args, extra, explicit, deadline)
+            if not slot.send.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise NodeUnavailable(
+                    f"the fleet's Redis did not answer this circuit's step in flight "
+                    f"within {authority.options.timeout} ms")
+            try:
+                if not link.connected:
+                    raise NodeUnavailable("the fleet's Redis is unreachable (the step "
+                                          "before this one on the circuit found it so)")
+                return self._send(key, slot, op, args, extra, explicit, deadline)
+            finally:
+                slot.send.release()
         finally:
-            slot.send.release()
+            with self.lock:
+                slot.users -= 1
+                if (not slot.users and slot.open is None and slot.flight is None
+                        and slot.lost is None and self.slots.get(key) is slot):
+                    del self.slots[key]  # left empty by a step that gave up waiting
 
     def _send(self, key: Key, slot: _Slot, op: str, args: dict[str, Any],
               extra: dict[str, Any], explicit: Mapping[str, Any] | None,
@@ -277,7 +307,7 @@ class Pending:
             batch, slot.open = slot.open, None
             slot.flight = batch
             if batch is None and op == "flush":  # a step took it meanwhile
-                if self.slots.get(key) is slot and slot.open is None:
+                if self.slots.get(key) is slot and slot.open is None and slot.users == 1:
                     del self.slots[key]
                 return None
         if batch is not None:
@@ -293,8 +323,8 @@ class Pending:
             if batch is not None and reply[0] != "missing":
                 authority._note(key, reply, explicit)  # the batch gone: counted once
             slot.flight = None
-            if slot.open is None and self.slots.get(key) is slot:
-                del self.slots[key]
+            if slot.open is None and slot.users == 1 and self.slots.get(key) is slot:
+                del self.slots[key]  # no other step waits for it
         return reply
 
     def local_window(self, key: Key, entry: Entry, now: int) -> Window | None:
@@ -334,6 +364,14 @@ class Pending:
         """The circuit was removed: its batches will not count in a later registration."""
         with self.lock:
             self.slots.pop(key, None)
+
+    def activity(self) -> dict[Key, int]:
+        """The latest quiet success per circuit in batches not in Redis yet (epoch
+        ms): activity for the inactive cleanup's reports (``_sweep``)."""
+        with self.lock:
+            return {key: max(b.last for b in batches)
+                    for key, slot in self.slots.items()
+                    if (batches := [b for b in (slot.flight, slot.open) if b is not None])}
 
     def landed(self, name: str, apply: Callable[[], Any]) -> Any:
         """Apply a stream entry that folded batch ``name`` in: if it is this system's

@@ -35,11 +35,14 @@ class Entry:
 
     It is also the circuit's *view* (the authority protocol's ``View``): ``available``
     and ``quiet`` for the hot path; ``slow`` the ms from which a success is slow when a
-    rate window records it (the guard then times its calls), else None.
+    rate window records it (the guard then times its calls), else None; ``windowed``
+    whether a rate rule applies (read per quiet success: ``Settings.windowed`` is a
+    property). ``batching``: what ``_pending`` derives from the status for its quiet
+    successes, set there on first use (an entry never changes, so neither does that).
     """
 
-    __slots__ = ("available", "explicit", "gen", "quiet", "settings", "slow", "state",
-                 "status", "ver", "xver")
+    __slots__ = ("available", "batching", "explicit", "gen", "quiet", "settings", "slow",
+                 "state", "status", "ver", "windowed", "xver")
 
     def __init__(self, status: ConnectionStatus, explicit: Mapping[str, Any],
                  settings: Settings, gen: int, ver: int, xver: int = 0) -> None:
@@ -54,7 +57,9 @@ class Entry:
         self.state = status.state
         self.available = status.state is not _OPEN
         self.quiet = status.state is _CLOSED and status.failure_count == 0
-        self.slow: int | None = settings.slow_call_duration if settings.windowed else None
+        self.windowed = settings.windowed
+        self.slow: int | None = settings.slow_call_duration if self.windowed else None
+        self.batching: Any = None
 
     def __repr__(self) -> str:
         return f"<fleet Entry {self.state} ver={self.ver}>"

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from brama_actors._authority._fleet._codec import member
@@ -53,9 +54,11 @@ class Sweeper:
         self._link = link
         self._lock = threading.Lock()
         self._reported: dict[Key, int] = {}  # the quiet activity reported, per circuit
-        started = monotonic_ms()
-        self._report_at = started + self.report_interval()
-        self._sweep_at = started + self._config("cleanup_interval")
+        #: The clock the schedule runs on (ms). Test seam: ``FleetAuthority.fix_time``
+        #: puts it on the fixed now, so ``tick_now`` sweeps when a local system would.
+        self.clock: Callable[[], int] = monotonic_ms
+        self._report_at = self._sweep_at = 0
+        self.arm()
 
     def _config(self, name: str) -> int:
         return int(self._owner.context.config[name])
@@ -65,14 +68,35 @@ class Sweeper:
         return max(1, min(self._config("cleanup_interval"),
                           self._config("inactive_threshold")) // 4)
 
+    def arm(self, sweep: bool = True) -> None:
+        """Start the schedule over from now: the next report one report interval away
+        and (``sweep``) the next sweep ``cleanup_interval`` away.
+
+        At start, and when ``configure()`` changes these options: as on a local
+        system, a new ``cleanup_interval`` counts from then, not from the sweep
+        before it (which, after a long interval, could be hours away)."""
+        with self._lock:
+            start = self.clock()
+            self._report_at = start + self.report_interval()
+            if sweep:
+                self._sweep_at = start + self._config("cleanup_interval")
+
     def wait_ms(self, holder: bool) -> int:
         """Milliseconds until the next report (or sweep, for the holder) is due."""
         due = min(self._report_at, self._sweep_at) if holder else self._report_at
-        return max(0, due - monotonic_ms())
+        return max(0, due - self.clock())
 
-    def run_due(self, holder: bool) -> None:
-        """Report if due; sweep if due and ``holder`` (the ticker's thread)."""
-        mono = monotonic_ms()
+    def sweep_due(self) -> int | None:
+        """When the sweep became due by the schedule's clock, or None if it is not due."""
+        due = self._sweep_at
+        return due if self.clock() >= due else None
+
+    def run_due(self, holder: bool, now: int | None = None) -> str:
+        """Report if due; sweep if due and ``holder`` (the ticker's thread, or the test
+        seam ``tick_now`` with the fixed ``now``; None: the server's TIME); the stream
+        id of the sweep's last removal ("" if none)."""
+        mono = self.clock()
+        last = ""
         if mono >= self._report_at or (holder and mono >= self._sweep_at):
             self._report_at = mono + self.report_interval()
             try:
@@ -86,15 +110,20 @@ class Sweeper:
                 # stop() wait no longer than that, and the removals' stream entries come
                 # no faster than tails read them (a sweep of 30,000 in one go took 2 s
                 # and outran a tail past the stream's MAXLEN).
-                _, more = self.sweep(None, calls=1)
+                last, more = self.sweep(now, calls=1)
                 if more:
                     self._sweep_at = mono + SWEEP_PAUSE_MS
+        return last
 
     def report(self) -> int:
         """Send the quiet activity seen since the last report; the circuits sent."""
         replica = self._owner.replica
         with replica.lock:
             seen = {key: counts[1] for key, counts in replica.quiet.items()}
+        # A windowed circuit's batch not sent yet (up to FLUSH_MS, or longer while its
+        # step waits): its successes are activity already, as they are locally.
+        for key, ms in self._owner.pending.activity().items():
+            seen[key] = max(ms, seen.get(key, 0))
         with self._lock:
             self._reported = {k: v for k, v in self._reported.items() if k in seen}
             fresh = {k: v for k, v in seen.items() if v > self._reported.get(k, 0)}

@@ -9,8 +9,9 @@ before this system read them, or a Redis that restarted empty) makes it load a s
 and so does a ``ver`` that goes back (Redis lost its ``meta`` hash or, in a failover,
 writes). Before the snapshot's pages it catches up from the stream: the entries after
 the last one it handed over, up to the snapshot's head, are applied and delivered as a
-read would have; those no longer there (trimmed, or a data set Redis lost) are counted
-and reported (telemetry ``("brama", "fleet", "gap")``, a WARNING), never invented.
+read would have; those no longer there (trimmed, or a data set Redis lost), or all of
+them when Redis refuses the read (an ACL without ``+xrange``), are counted and reported
+(telemetry ``("brama", "fleet", "gap")``, a WARNING), never invented.
 
 The snapshot is paged, so no call outlasts ``fleet_timeout`` whatever the number of
 circuits: one short script reads the stream position and the fleet's ``ver`` together,
@@ -36,7 +37,13 @@ from brama_actors._authority._fleet._codec import (
     load_metadata,
     member_key,
 )
-from brama_actors._authority._fleet._link import MAX_BLOCK_MS, Link, Unreachable
+from brama_actors._authority._fleet._link import (
+    MAX_BLOCK_MS,
+    TRANSIENT,
+    Link,
+    Unreachable,
+    refusal,
+)
 from brama_actors._authority._fleet._ticker import Ticker
 from brama_actors._delivery import _telemetry
 from brama_actors._errors import NodeUnavailable
@@ -82,6 +89,7 @@ class Tail:
         self._went_back = False  # an entry's ver went back: Redis lost writes
         self._incarnation = ""  # the Redis data set the replica was loaded from
         self._synced = False
+        self._refusal_logged = False  # a catch-up's refusal was logged at ERROR
         self.synced_once = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"{name}-fleet", daemon=True)
 
@@ -196,31 +204,57 @@ class Tail:
         if not self._incarnation:  # the first snapshot: nothing was delivered before
             return
         lost = self._went_back or ver < self._ver or incarnation != self._incarnation
+        refused = False
         if not lost:
-            start = self._last_id
-            while self._ver < ver:
-                entries: Any = self._link.tail.xrange(self._link.stream, "(" + start, last,
-                                                      count=PAGE)
-                if not entries or int(entries[0][1]["v"]) != self._ver + 1:
-                    break  # trimmed past the next entry
-                for raw_id, fields in entries:
-                    if not self._entry(raw_id, fields):
-                        break
-                start = entries[-1][0]
-                if start != self._last_id:  # an entry that did not continue the sequence
-                    break
+            try:
+                self._read_back(ver, last)
+            except redis.ResponseError as exc:
+                if refusal(exc) in TRANSIENT:
+                    raise  # not now: handled as an unreachable Redis, resynced later
+                self._refused(exc)
+                refused = True
             lost = self._went_back
         # Lost: the entries of Redis's new history, at most (some may be copies, after a
         # failover, of entries delivered here); none yet is no loss to report.
         missed = ver if lost else ver - self._ver
         if missed <= 0:
             return
-        reason = "lost" if lost else "trimmed"
+        reason = "lost" if lost else "refused" if refused else "trimmed"
         logger.warning("fleet stream gap: %d entries (%s) not delivered on this system; "
                        "loading a snapshot", missed, reason)
         self._owner.delivery.fire(("brama", "fleet", "gap"), {"missed": missed},
                                   {"namespace": self._owner.options.namespace,
                                    "reason": reason})
+
+    def _read_back(self, ver: int, last: str) -> None:
+        """The catch-up's reads: the entries after the last one handed over, up to
+        ``last``, applied and delivered while they continue the ``ver`` sequence."""
+        start = self._last_id
+        while self._ver < ver:
+            entries: Any = self._link.tail.xrange(self._link.stream, "(" + start, last,
+                                                  count=PAGE)
+            if not entries or int(entries[0][1]["v"]) != self._ver + 1:
+                return  # trimmed past the next entry
+            for raw_id, fields in entries:
+                if not self._entry(raw_id, fields):
+                    return
+            start = entries[-1][0]
+            if start != self._last_id:  # an entry that did not continue the sequence
+                return
+
+    def _refused(self, exc: redis.ResponseError) -> None:
+        """The catch-up's XRANGE got an error reply that will not pass by itself (a
+        user set up from an older minimal ACL, without ``+xrange``): the snapshot still
+        brings the state, so the system reconnects instead of retrying forever; the
+        missed entries count as a gap. Said at ERROR once per system, since every
+        later catch-up meets the same refusal."""
+        level = logging.DEBUG if self._refusal_logged else logging.ERROR
+        self._refusal_logged = True
+        needs = " (the fleet's ACL user needs +xrange: docs/fleet.md, \"Keys and a " \
+            "minimal ACL\")" if isinstance(exc, redis.exceptions.NoPermissionError) else ""
+        logger.log(level, "the fleet's Redis refused the catch-up's XRANGE: %s%s; the "
+                   "entries this system missed are not delivered here, a snapshot brings "
+                   "the state", exc, needs)
 
     def _load(self, ver: int, circuits: list[Any], incarnation: str, lost: bool) -> None:
         """Replace the replica by a snapshot: the fleet's state wins over local changes.

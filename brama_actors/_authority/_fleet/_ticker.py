@@ -46,6 +46,7 @@ class Ticker:
         self.holder = False
         self._offset = 0  # server ms - local monotonic ms, from the last reply with TIME
         self._next_due: int | None = None  # the earliest deadline known (server ms)
+        self._parked = False  # saw the test seam fixed_now: acts no more by itself
         self._thread = threading.Thread(target=self._run, name=f"{name}-fleet-ticker",
                                         daemon=True)
 
@@ -70,24 +71,37 @@ class Ticker:
                 self._next_due = due
                 self._cond.notify_all()
 
+    def wake(self) -> None:
+        """Make the thread work out its next wait again (the sweep's schedule moved)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def park(self, timeout: float) -> bool:
+        """Test seam: wait until the thread saw ``fixed_now`` and so acts no more by
+        itself (tests drive time: ``tick_now``, ``sweep_now``); False on timeout."""
+        with self._cond:
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._parked or self._stopping, timeout)
+
     def _run(self) -> None:
         lease_at = 0
         while True:
             with self._cond:
                 if self._stopping:
                     return
+                if self._owner.fixed_now is not None:  # tests drive time themselves
+                    self._parked = True
+                    self._cond.notify_all()
+                    self._cond.wait(LEASE_MS / 3000)
+                    continue
                 wait = max(0, lease_at - monotonic_ms())
                 due = self._next_due
                 if self.holder and due is not None:
                     wait = min(wait, max(0, due - self.server_now()))
-                if self._owner.fixed_now is None:
-                    wait = min(wait, self._owner.sweeper.wait_ms(self.holder))
+                wait = min(wait, self._owner.sweeper.wait_ms(self.holder))
                 if wait:
                     self._cond.wait(wait / 1000)
                     continue
-            if self._owner.fixed_now is not None:  # tests drive time themselves
-                lease_at = monotonic_ms() + LEASE_MS // 3
-                continue
             try:
                 if monotonic_ms() >= lease_at:
                     lease_at = monotonic_ms() + LEASE_MS // 3
@@ -108,13 +122,15 @@ class Ticker:
                        keys=[link.ticker, *link.keys("")[1:]])
         self.holder = bool(int(got[0]))
 
-    def tick(self, now: int | None) -> str:
-        """Expire every circuit due at ``now`` (None: the server's TIME); the stream id
-        of the last step it appended ("" if none)."""
+    def tick(self, now: int | None, upto: int | None = None) -> str:
+        """Expire every circuit due at ``now`` (None: the server's TIME), or only those
+        due by ``upto`` (the test seam ``tick_now``: the ones before a sweep); the
+        stream id of the last step it appended ("" if none)."""
         link = self._link
         last = ""
         while True:
-            reply = link.run("tick", "", {"prefix": link.prefix, "limit": TICK_LIMIT},
+            reply = link.run("tick", "", {"prefix": link.prefix, "limit": TICK_LIMIT,
+                                          "upto": upto},
                              now=now, keys=[link.ticker, *link.keys("")[1:]])
             if now is None:
                 self.learn_now(int(reply[0]))
@@ -123,6 +139,20 @@ class Ticker:
             last = str(reply[2]) or last
             if int(reply[3]) < TICK_LIMIT:
                 return last
+
+    def turn(self, now: int | None) -> str:
+        """What the holder's turns since the last one would have done had time passed
+        by itself, all at ``now`` (the test seam ``tick_now``; as a local system's
+        ``ManualClock.advance`` fires its timers): the expiries due by the sweep's time,
+        then the sweep if due (with its report), then the other expiries. The stream id
+        of the last step appended ("" if none)."""
+        sweeper = self._owner.sweeper
+        sweep_at = sweeper.sweep_due()
+        last = ""
+        if sweep_at is not None:
+            last = self.tick(now, upto=sweep_at)
+            last = sweeper.run_due(True, now) or last
+        return self.tick(now) or last
 
     def stop(self, timeout: float) -> None:
         """Stop the thread and give the lease back (best effort)."""
