@@ -66,6 +66,16 @@ def test_bad_fleet_options_raise_invalid_configuration(fleet_arg: Any,
     assert set(threading.enumerate()) <= before
 
 
+def test_a_redis_py_older_than_8_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each call's deadline needs redis-py 8's read_response(timeout=...): an older
+    redis-py is refused at start with a clear message, not a TypeError on a call."""
+    import redis
+
+    monkeypatch.setattr(redis, "__version__", "7.4.0")
+    with pytest.raises(InvalidConfiguration, match=r"redis-py 8\.0 or later"):
+        Brama.start(fleet="redis://localhost:6379/0")
+
+
 def test_fleet_options_need_fleet_and_refuse_a_clock(redis_server: RedisServer) -> None:
     """fleet_* options without fleet=, and clock= with fleet=, are refused."""
     from brama_actors.testing import ManualClock

@@ -44,6 +44,10 @@ class FleetOptions:
     when_stale: str
 
 
+#: The oldest redis-py the fleet runs on (major version).
+MIN_REDIS_PY = 8
+
+
 def _int_ms(name: str, value: Any) -> int:
     if type(value) is not int or value < 1:
         raise InvalidConfiguration(f"{name} must be an int >= 1 (ms), got {value!r}")
@@ -58,6 +62,12 @@ def check_fleet_options(fleet: Any, given: dict[str, Any]) -> FleetOptions:
     """
     import redis
 
+    major = redis.__version__.split(".", 1)[0]
+    if not major.isdigit() or int(major) < MIN_REDIS_PY:
+        # Each call's deadline reads replies with read_response(timeout=...), new in 8.0.
+        raise InvalidConfiguration(
+            f"fleet= needs redis-py {MIN_REDIS_PY}.0 or later (pip install "
+            f"'brama_actors[fleet]'), found redis-py {redis.__version__}")
     client: Any = None
     url: str | None = None
     if isinstance(fleet, (redis.Redis, redis.RedisCluster)):
