@@ -1,14 +1,13 @@
 """One call's round trip to the fleet's Redis, bounded by one deadline.
 
 redis-py bounds each socket operation by the connection's ``socket_timeout``, not a
-call: a call that has to (re)connect runs the connect and then the handshake (``CLIENT
-SETINFO`` twice, and ``AUTH``, ``HELLO``, ``SELECT`` with an application's settings),
-each waiting up to a timeout, and a script Redis forgot (``NOSCRIPT``) costs ``EVALSHA``
+call: a call that has to (re)connect runs the connect and then the handshake (``HELLO``,
+and ``AUTH``, ``SELECT`` with a password or a database), each waiting up to a timeout, and a script Redis forgot (``NOSCRIPT``) costs ``EVALSHA``
 and then ``EVAL``: on a slow Redis a call could wait several ``fleet_timeout``. Here every
 call has one deadline (``fleet_timeout`` after it began, or the caller's):
 
 * Connected connections wait in a list of this link's own, last used first. Taking one
-  costs no pool lock and no I/O but the non-blocking check redis-py's pool makes (is
+  costs an uncontended lock and no I/O but the non-blocking check redis-py's pool makes (is
   anything left to read, the server's close included). A broken one goes back to the pool.
 * A connection is (re)connected by the pool (``get_connection``, with its timeouts,
   credentials and TLS) on a short-lived thread, and the call waits for it only until its
@@ -159,9 +158,12 @@ class RoundTrip:
     def _take(self, deadline: float) -> Any:
         """A connected connection: an idle one that is clean, else a new one."""
         while True:
-            try:
-                conn = self._idle.pop()
-            except IndexError:
+            with self._lock:  # uncontended; a close() meanwhile must not share it
+                if self._closed or not self._idle:
+                    conn = None
+                else:
+                    conn = self._idle.pop()
+            if conn is None:
                 return self._connect(deadline)
             try:
                 if conn.is_connected and not conn.can_read():
