@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from brama_actors import Brama
-from tests.fleet_helpers import converge, documented_acl, namespace, take
+from brama_actors import Brama, NodeUnavailable
+from tests.fleet_helpers import WAIT, converge, documented_acl, namespace, take
 from tests.redis_server import RedisServer
 from tests.tls_proxy import TlsFront
 
@@ -82,5 +82,8 @@ def test_an_untrusted_certificate_is_refused(front: TlsFront) -> None:
     url = f"rediss://localhost:{front.port}/0"
     with Brama.start(fleet=url, fleet_namespace=namespace(), fleet_timeout=100,
                      when_unreachable="hold") as brama:
+        assert front.refused.wait(WAIT)  # it tried, and the handshake failed
         status = brama.fleet_status()
         assert status is not None and not status.connected
+        with pytest.raises(NodeUnavailable):  # "hold": no write without the fleet
+            brama.register("db")

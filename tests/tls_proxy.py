@@ -40,6 +40,8 @@ class TlsFront:
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._closed = False
+        #: Set once a client's handshake failed (it did not trust the certificate).
+        self.refused = threading.Event()
         self._start(self._accept)
 
     def _start(self, target: object, *args: object) -> None:
@@ -72,6 +74,7 @@ class TlsFront:
             outer.settimeout(None)
         except (OSError, ssl.SSLError):
             raw.close()  # a client that does not trust the CA fails its handshake here
+            self.refused.set()
             return
         inner = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
