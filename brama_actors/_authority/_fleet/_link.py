@@ -161,6 +161,7 @@ class Link:
         if op in RECORDED:  # the request id, in its record's key name (_lua_once)
             keys = [*keys, f"{self._requests}{next(self._count):x}"]
             argv.append(self._record_ms)
+        trips = self._trips
         try:
             reply = self._call(keys, argv, deadline)
         except Unreachable as exc:
@@ -169,6 +170,11 @@ class Link:
                 f"the fleet's Redis did not answer within {self.options.timeout} ms: "
                 f"{exc}") from None
         except redis.ResponseError as exc:
+            if trips is not self._trips and refusal(exc) in CLUSTER:
+                # Sent to the node the slot left, before follow() moved the link: this
+                # call is decided without Redis, the link (up again) stays up.
+                raise NodeUnavailable(f"the fleet's Redis Cluster moved the namespace's "
+                                      f"slot during this call ({exc})") from None
             raise self.refused(exc) from None
         return reply
 

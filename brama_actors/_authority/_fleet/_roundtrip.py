@@ -2,8 +2,9 @@
 
 redis-py bounds each socket operation by the connection's ``socket_timeout``, not a
 call: a call that has to (re)connect runs the connect and then the handshake (``HELLO``,
-and ``AUTH``, ``SELECT`` with a password or a database), each waiting up to a timeout, and a script Redis forgot (``NOSCRIPT``) costs ``EVALSHA``
-and then ``EVAL``: on a slow Redis a call could wait several ``fleet_timeout``. Here every
+and ``AUTH``, ``SELECT`` with a password or a database), each waiting up to a
+timeout, and a script Redis forgot (``NOSCRIPT``) costs ``EVALSHA`` and then ``EVAL``:
+on a slow Redis a call could wait several ``fleet_timeout``. Here every
 call has one deadline (``fleet_timeout`` after it began, or the caller's):
 
 * Connected connections wait in a list of this link's own, last used first. Taking one
@@ -159,10 +160,7 @@ class RoundTrip:
         """A connected connection: an idle one that is clean, else a new one."""
         while True:
             with self._lock:  # uncontended; a close() meanwhile must not share it
-                if self._closed or not self._idle:
-                    conn = None
-                else:
-                    conn = self._idle.pop()
+                conn = None if self._closed or not self._idle else self._idle.pop()
             if conn is None:
                 return self._connect(deadline)
             try:

@@ -38,6 +38,7 @@ from brama_actors._authority._fleet._codec import (
     member_key,
 )
 from brama_actors._authority._fleet._link import (
+    CLUSTER,
     MAX_BLOCK_MS,
     TRANSIENT,
     Link,
@@ -209,8 +210,10 @@ class Tail:
             try:
                 self._read_back(ver, last)
             except redis.ResponseError as exc:
-                if refusal(exc) in TRANSIENT:
-                    raise  # not now: handled as an unreachable Redis, resynced later
+                if refusal(exc) in TRANSIENT | CLUSTER:
+                    # Not now (or not here: the slot moved, the link follows it): handled
+                    # as an unreachable Redis, resynced later.
+                    raise
                 self._refused(exc)
                 refused = True
             lost = self._went_back
