@@ -184,8 +184,10 @@ class Relay:
         try:
             while data := pair.inner.recv(65536):
                 if pair.lose_next:  # Redis ran the command: its answer goes nowhere
-                    pair.close()
+                    # Set before the close: the client sees the close, retries and may
+                    # return (and its test check ``lost``) before this thread runs again.
                     self.lost.set()
+                    pair.close()
                     return
                 if self.delay and self._closed.wait(self.delay):
                     break
