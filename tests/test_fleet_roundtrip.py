@@ -259,6 +259,10 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
     try:
         brama.register("db", max_attempts=5)
         admin.script_flush()
+        # The tail opens its connection at its first read, after start() returned: cut
+        # before that read went through, it was cut too, and its read's error marked
+        # the link down before the call (decided here without trying Redis).
+        assert relay.wait_for(b"XREAD", WAIT)
         assert relay.cut(sparing=b"XREAD") >= 1  # the link's, not the tail's
         accepted = relay.accepted
         tried = _tried(brama)
