@@ -314,6 +314,9 @@ def test_a_paused_redis_bounds_a_call_that_must_reconnect(
             assert elapsed < timeout_ms / 1000 + SLACK_S, elapsed
             failure, _ = wait_for_event(sub, lambda e: e.event == "failure")
             assert failure.data["origin"] == "local"
+            # Telemetry runs on the telemetry thread: wait for it, then check it was the
+            # only change (Redis is paused: nothing can be restored yet).
+            assert link.wait("unreachable")
             assert link.names == ["unreachable"]
         finally:
             server.resume()
