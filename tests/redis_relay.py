@@ -8,7 +8,8 @@ can:
   Redis, Redis runs it and answers, and the relay then closes the client's side of that
   connection without passing the answer on: what a proxy or a failing network does;
 * slow every reply down (:attr:`Relay.delay`, seconds: each reply is held that long);
-* cut connections (:meth:`Relay.cut`), sparing those that carried a given command.
+* cut connections (:meth:`Relay.cut`), sparing those that carried a given command
+  (wait for that command first: :meth:`Relay.wait_for`).
 
 It records every command it relayed (:attr:`Relay.commands`) and counts the connections
 it accepted (:attr:`Relay.accepted`).
@@ -88,6 +89,7 @@ class Relay:
         self._listener.bind(str(self.path))
         self._listener.listen(64)
         self._lock = threading.Lock()
+        self._relayed = threading.Condition(self._lock)  # a command was recorded
         self._pairs: list[_Pair] = []
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
@@ -118,9 +120,19 @@ class Relay:
         with self._lock:
             return sum(1 for command in self.commands if script_op(command) == op)
 
+    def wait_for(self, name: bytes, timeout: float) -> bool:
+        """Wait until a command ``name`` (e.g. ``b"XREAD"``) went through; False on
+        timeout."""
+        with self._relayed:
+            return self._relayed.wait_for(
+                lambda: any(c[0].upper() == name for c in self.commands), timeout)
+
     def cut(self, sparing: bytes | None = None) -> int:
         """Close every relayed connection (but those that carried the command
-        ``sparing``, e.g. ``b"XREAD"``: a tail's); how many were closed."""
+        ``sparing``, e.g. ``b"XREAD"``: a tail's); how many were closed.
+
+        A connection that will carry ``sparing`` but has not yet (being opened, in its
+        handshake) is cut: :meth:`wait_for` the command first."""
         with self._lock:
             cut = [pair for pair in self._pairs
                    if sparing is None or all(c[0].upper() != sparing for c in pair.commands)]
@@ -171,6 +183,7 @@ class Relay:
                     with self._lock:
                         self.commands.append(command)
                         pair.commands.append(command)
+                        self._relayed.notify_all()
                         if self._lose is not None and self._lose(command):
                             self._lose = None
                             pair.lose_next = True  # before Redis can answer it
@@ -184,8 +197,10 @@ class Relay:
         try:
             while data := pair.inner.recv(65536):
                 if pair.lose_next:  # Redis ran the command: its answer goes nowhere
-                    pair.close()
+                    # Set before the close: the client sees the close, retries and may
+                    # return (and its test check ``lost``) before this thread runs again.
                     self.lost.set()
+                    pair.close()
                     return
                 if self.delay and self._closed.wait(self.delay):
                     break

@@ -233,8 +233,10 @@ def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay
         assert threading.get_ident() in tried
         assert elapsed < timeout_ms / 1000 + SLACK_S, elapsed
         assert relay.sent(b"failure") == 1
-        failure, _ = wait_for_event(sub, lambda e: e.event == "failure")
-        assert failure.data["origin"] == "local"
+        # The step reached Redis (only its reply was late): the tail delivers the
+        # fleet's failure event too, a delay later; which comes first is not the point.
+        failure, _ = wait_for_event(
+            sub, lambda e: e.event == "failure" and e.data.get("origin") == "local")
         # Decided here with what the call gave, not what the step's args carried.
         assert failure.data["reason"] == ["slow", []]
         assert failure.data["metadata"] == {"attempt": 1}
@@ -259,6 +261,10 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
     try:
         brama.register("db", max_attempts=5)
         admin.script_flush()
+        # The tail opens its connection at its first read, after start() returned: cut
+        # before that read went through, it was cut too, and its read's error marked
+        # the link down before the call (decided here without trying Redis).
+        assert relay.wait_for(b"XREAD", WAIT)
         assert relay.cut(sparing=b"XREAD") >= 1  # the link's, not the tail's
         accepted = relay.accepted
         tried = _tried(brama)
@@ -310,6 +316,9 @@ def test_a_paused_redis_bounds_a_call_that_must_reconnect(
             assert elapsed < timeout_ms / 1000 + SLACK_S, elapsed
             failure, _ = wait_for_event(sub, lambda e: e.event == "failure")
             assert failure.data["origin"] == "local"
+            # Telemetry runs on the telemetry thread: wait for it, then check it was the
+            # only change (Redis is paused: nothing can be restored yet).
+            assert link.wait("unreachable")
             assert link.names == ["unreachable"]
         finally:
             server.resume()
