@@ -251,9 +251,9 @@ def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay
 def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
         redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
     """Every reply takes 0.6 x fleet_timeout, the call's connection is gone and Redis
-    forgot the script: connect, the handshake's two commands, EVALSHA (NOSCRIPT) and
-    EVAL each answer within fleet_timeout, but all of them took 2.4 of it (as each was
-    bounded, not the call). Now the call gives up at its deadline, decided here."""
+    forgot the script: connect (its handshake's HELLO), EVALSHA (NOSCRIPT) and EVAL each
+    answer within fleet_timeout, but together took 1.8 of it (as each was bounded, not
+    the call). Now the call gives up at its deadline, decided here."""
     timeout_ms = 1_000
     admin = redis_server.client()
     ns = namespace()
@@ -270,7 +270,7 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
         tried = _tried(brama)
         relay.delay = 0.6 * timeout_ms / 1000
         start = time.monotonic()
-        brama.failure("db", reason=["slow", []], metadata={"attempt": 1})
+        brama.failure("db", reason="slow")
         elapsed = time.monotonic() - start
         assert threading.get_ident() in tried  # it went to Redis...
         # ...on a new connection (nothing else of the system's connects until it returns;
@@ -287,6 +287,43 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
     finally:
         relay.delay = 0.0
         brama.stop()
+
+
+def test_a_slow_handshake_cannot_stretch_a_call_past_fleet_timeout(
+        redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
+    """A password and a database make the connect's handshake two commands (HELLO with
+    AUTH, SELECT): every reply taking 0.6 x fleet_timeout, connecting alone outlasts the
+    call's deadline (bounded per command, the call took 1.8 x: the handshake, then
+    EVALSHA). The call gives up at its deadline, decided here; the connection made on
+    its behalf finishes later, and the link comes back."""
+    timeout_ms = 1_000
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "handshake", "on", ">pw", "~*", "&*", "+@all")
+    db1 = redis_server.client(db=1)
+    ns = namespace()
+    brama = _start(f"unix://handshake:pw@{relay.path}?db=1", ns, timeout_ms)
+    try:
+        brama.register("db", max_attempts=5)
+        assert relay.wait_for(b"XREAD", WAIT)
+        assert relay.cut(sparing=b"XREAD") >= 1  # the link's: the call must connect
+        assert relay.wait_for(b"XREAD", WAIT)  # the tail still reads on its own
+        tried = _tried(brama)
+        relay.delay = 0.6 * timeout_ms / 1000
+        start = time.monotonic()
+        brama.failure("db", reason="slow handshake")
+        elapsed = time.monotonic() - start
+        assert threading.get_ident() in tried
+        assert elapsed < timeout_ms / 1000 + SLACK_S < 1.8 * timeout_ms / 1000, elapsed
+        assert link.wait("unreachable")
+        assert brama.status("db").failure_count == 1  # decided here
+        relay.delay = 0.0
+        assert link.wait("restored")
+        brama.failure("db")  # in db 1, as the URL says
+        assert _fleet_status(db1, ns, "db")["failure_count"] == 1  # the fleet's state won
+    finally:
+        relay.delay = 0.0
+        brama.stop()
+        admin.execute_command("ACL", "DELUSER", "handshake")
 
 
 def test_a_paused_redis_bounds_a_call_that_must_reconnect(
