@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import uuid
@@ -92,7 +93,7 @@ class LinkEvents:
             self._cond.notify_all()
         getattr(self, name[-1]).set()
 
-    def wait(self, name: str, count: int) -> bool:
+    def wait(self, name: str, count: int = 1) -> bool:
         """Wait until ``name`` fired ``count`` times."""
         with self._cond:
             return self._cond.wait_for(lambda: self.names.count(name) >= count, WAIT)
@@ -104,3 +105,13 @@ def documented_acl() -> list[str]:
     block = page[page.index("ACL SETUSER brama"):]
     block = block[:block.index("```")]
     return block.split()[3:]
+
+
+def stored_status(client: redis.Redis, ns: str, identifier: str,
+                  scope: str | None = None) -> dict[str, Any]:
+    """A circuit's status as the fleet stores it in Redis (its hash's JSON)."""
+    member = json.dumps([identifier, scope], separators=(",", ":"))
+    raw = client.hget("{" + ns + "}:c:" + member, "status")
+    assert raw is not None
+    value: dict[str, Any] = json.loads(raw)
+    return value

@@ -18,9 +18,17 @@ from typing import Any
 import pytest
 import redis
 
-from brama_actors import Brama, telemetry
+from brama_actors import Brama
 from brama_actors._authority._fleet._link import RECORD_TIMEOUTS
-from tests.fleet_helpers import WAIT, converge, namespace, take, wait_for_event
+from tests.fleet_helpers import (
+    WAIT,
+    LinkEvents,
+    converge,
+    namespace,
+    stored_status,
+    take,
+    wait_for_event,
+)
 from tests.redis_relay import Command, Relay, script_op
 from tests.redis_server import RedisServer
 
@@ -42,33 +50,6 @@ def relay(redis_server: RedisServer) -> Iterator[Relay]:
     """A relay to the session's Redis."""
     with Relay(redis_server.socket_path) as front:
         yield front
-
-
-class LinkNames:
-    """The fleet link telemetry's names, in order, with a wait."""
-
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self._cond = threading.Condition()
-
-    def __call__(self, name: tuple[str, ...], measurements: Any, metadata: Any) -> None:
-        with self._cond:
-            self.names.append(name[-1])
-            self._cond.notify_all()
-
-    def wait(self, name: str, count: int = 1) -> bool:
-        """Wait until ``name`` fired ``count`` times."""
-        with self._cond:
-            return self._cond.wait_for(lambda: self.names.count(name) >= count, WAIT)
-
-
-@pytest.fixture
-def link() -> Iterator[LinkNames]:
-    """The fleet link telemetry for the test's duration."""
-    names = LinkNames()
-    telemetry.attach("fleet-roundtrip-test", ("brama", "fleet"), names)
-    yield names
-    telemetry.detach("fleet-roundtrip-test")
 
 
 def _start(url: str, ns: str, timeout_ms: int = 200) -> Brama:
@@ -105,14 +86,6 @@ def _entries(admin: redis.Redis, ns: str, kind: str) -> int:
     return found
 
 
-def _fleet_status(admin: redis.Redis, ns: str, name: str) -> dict[str, Any]:
-    member = json.dumps([name, None], separators=(",", ":"))
-    raw = admin.hget("{" + ns + "}:c:" + member, "status")
-    assert raw is not None
-    status: dict[str, Any] = json.loads(raw)
-    return status
-
-
 def _op(op: bytes) -> Any:
     def chosen(command: Command) -> bool:
         return script_op(command) == op
@@ -120,7 +93,7 @@ def _op(op: bytes) -> Any:
 
 
 def test_a_failure_whose_reply_was_lost_is_retried_and_counted_once(
-        redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
+        redis_server: RedisServer, relay: Relay, link_events: LinkEvents) -> None:
     """The relay passes failure()'s script to Redis, which runs it, then closes the
     connection instead of passing the reply on: the system retries on a new connection
     with the same request id, the script answers from its record, and the fleet counts
@@ -136,14 +109,14 @@ def test_a_failure_whose_reply_was_lost_is_retried_and_counted_once(
         assert relay.lost.is_set()
         assert relay.sent(b"failure") == 2  # the attempt and its retry, both to Redis
         assert brama.status("db").failure_count == 1  # the reply the retry got
-        stored = _fleet_status(admin, ns, "db")
+        stored = stored_status(admin, ns, "db")
         assert (stored["failure_count"], stored["total_failures"]) == (1, 1)
         assert _entries(admin, ns, "failure") == 1
         converge([brama], admin, ns)
         assert [e.data["reason"] for e in take(sub)] == ["lost"]
         status = brama.fleet_status()
         assert status is not None and status.connected
-        assert link.names == []
+        assert link_events.names == []
         brama.failure("db")  # the next step counts as usual
         assert brama.status("db").failure_count == 2
     finally:
@@ -189,7 +162,7 @@ def test_a_trial_whose_permit_reply_was_lost_is_admitted(
             pass
         assert relay.lost.is_set() and relay.sent(b"acquire") == 2
         assert brama.status("db").state == "closed"
-        assert _fleet_status(admin, ns, "db")["state"] == "closed"
+        assert stored_status(admin, ns, "db")["state"] == "closed"
     finally:
         brama.stop()
 
@@ -215,7 +188,7 @@ def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer)
 
 
 def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay,
-                                         link: LinkNames) -> None:
+                                         link_events: LinkEvents) -> None:
     """A reply later than fleet_timeout spends the call's deadline: the step is sent
     once, the call returns within the bound, decided here ("local") with its reason
     and metadata."""
@@ -240,16 +213,16 @@ def test_a_timed_out_step_is_not_retried(redis_server: RedisServer, relay: Relay
         # Decided here with what the call gave, not what the step's args carried.
         assert failure.data["reason"] == ["slow", []]
         assert failure.data["metadata"] == {"attempt": 1}
-        assert link.wait("unreachable")
+        assert link_events.wait("unreachable")
         relay.delay = 0.0
-        assert link.wait("restored")
+        assert link_events.wait("restored")
     finally:
         relay.delay = 0.0
         brama.stop()
 
 
 def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
-        redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
+        redis_server: RedisServer, relay: Relay, link_events: LinkEvents) -> None:
     """Every reply takes 0.6 x fleet_timeout, the call's connection is gone and Redis
     forgot the script: connect (its handshake's HELLO), EVALSHA (NOSCRIPT) and EVAL each
     answer within fleet_timeout, but together took 1.8 of it (as each was bounded, not
@@ -281,16 +254,16 @@ def test_a_slow_redis_cannot_stretch_a_call_past_fleet_timeout(
         assert status is not None and not status.connected
         assert brama.status("db").failure_count == 1  # decided here
         relay.delay = 0.0
-        assert link.wait("restored")
+        assert link_events.wait("restored")
         brama.failure("db")  # and the link works again (EVAL after NOSCRIPT)
-        assert _fleet_status(admin, ns, "db")["failure_count"] == 1
+        assert stored_status(admin, ns, "db")["failure_count"] == 1
     finally:
         relay.delay = 0.0
         brama.stop()
 
 
 def test_a_slow_handshake_cannot_stretch_a_call_past_fleet_timeout(
-        redis_server: RedisServer, relay: Relay, link: LinkNames) -> None:
+        redis_server: RedisServer, relay: Relay, link_events: LinkEvents) -> None:
     """A password and a database make the connect's handshake two commands (HELLO with
     AUTH, SELECT): every reply taking 0.6 x fleet_timeout, connecting alone outlasts the
     call's deadline (bounded per command, the call took 1.8 x: the handshake, then
@@ -314,12 +287,12 @@ def test_a_slow_handshake_cannot_stretch_a_call_past_fleet_timeout(
         elapsed = time.monotonic() - start
         assert threading.get_ident() in tried
         assert elapsed < timeout_ms / 1000 + SLACK_S < 1.8 * timeout_ms / 1000, elapsed
-        assert link.wait("unreachable")
+        assert link_events.wait("unreachable")
         assert brama.status("db").failure_count == 1  # decided here
         relay.delay = 0.0
-        assert link.wait("restored")
+        assert link_events.wait("restored")
         brama.failure("db")  # in db 1, as the URL says
-        assert _fleet_status(db1, ns, "db")["failure_count"] == 1  # the fleet's state won
+        assert stored_status(db1, ns, "db")["failure_count"] == 1  # the fleet's state won
     finally:
         relay.delay = 0.0
         brama.stop()
@@ -327,7 +300,7 @@ def test_a_slow_handshake_cannot_stretch_a_call_past_fleet_timeout(
 
 
 def test_a_paused_redis_bounds_a_call_that_must_reconnect(
-        server: RedisServer, link: LinkNames) -> None:
+        server: RedisServer, link_events: LinkEvents) -> None:
     """SIGSTOP after the call's connections were killed and the script flushed: the
     call must connect (the kernel accepts, the handshake never answers) and would then
     meet NOSCRIPT; it returns within fleet_timeout plus a slack, decided here; the
@@ -355,11 +328,11 @@ def test_a_paused_redis_bounds_a_call_that_must_reconnect(
             assert failure.data["origin"] == "local"
             # Telemetry runs on the telemetry thread: wait for it, then check it was the
             # only change (Redis is paused: nothing can be restored yet).
-            assert link.wait("unreachable")
-            assert link.names == ["unreachable"]
+            assert link_events.wait("unreachable")
+            assert link_events.names == ["unreachable"]
         finally:
             server.resume()
-        assert link.wait("restored")
+        assert link_events.wait("restored")
         brama.failure("db")
         assert brama.status("db").failure_count == 1  # the fleet's state won
     finally:

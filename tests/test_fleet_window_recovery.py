@@ -5,7 +5,6 @@ Real redis-server; no sleeps (waits are on telemetry, stream positions and inbox
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import redis
 
 from brama_actors import Brama, telemetry
 from brama_actors._authority._fleet._codec import WindowedStatus
-from tests.fleet_helpers import WAIT, converge, fleet, wait_for_event
+from tests.fleet_helpers import WAIT, converge, fleet, stored_status, wait_for_event
 from tests.redis_server import RedisServer
 
 TIMEOUT_MS = 200
@@ -55,12 +54,8 @@ def restored() -> Iterator[Restored]:
 
 
 def _stored(client: redis.Redis, system: Brama, identifier: str) -> dict[str, Any]:
-    ns = system.fleet_status().namespace  # type: ignore[union-attr]
-    name = json.dumps([identifier, None], separators=(",", ":"))
-    raw = client.hget("{" + ns + "}:c:" + name, "status")
-    assert raw is not None
-    value: dict[str, Any] = json.loads(raw)
-    return value
+    return stored_status(client, system.fleet_status().namespace,  # type: ignore[union-attr]
+                         identifier)
 
 
 def _hold_flusher(system: Brama) -> None:
