@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import re
 import signal
@@ -28,6 +27,7 @@ from brama_actors._cli._watch import main as watch
 from tests.fleet_helpers import namespace
 from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
+from tests.screens import Screens
 from tests.test_demo import _demo
 
 #: Seconds any wait of these tests may take at most.
@@ -52,16 +52,8 @@ def _args(**kwargs: Any) -> argparse.Namespace:
     return argparse.Namespace(**defaults)
 
 
-class _Screens(io.StringIO):
-    """Collects watch's output and wakes the test on every flush."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flushed = threading.Condition()
-
-    def flush(self) -> None:
-        with self.flushed:
-            self.flushed.notify_all()
+class _Screens(Screens):
+    """Screens of ``watch --fleet``."""
 
     def last(self) -> str:
         """The last complete screen."""

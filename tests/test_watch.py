@@ -15,6 +15,7 @@ import pytest
 
 from brama_actors import Brama, Server
 from brama_actors._cli._watch import main, parse_address, read_authkey
+from tests.screens import Screens
 
 
 @pytest.fixture
@@ -94,18 +95,6 @@ def test_command_line_once(served: tuple[Brama, Server]) -> None:
     assert "db" in result.stdout
 
 
-class _Screens(io.StringIO):
-    """Collects watch's output and wakes the test on every flush."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.flushed = threading.Condition()
-
-    def flush(self) -> None:
-        with self.flushed:
-            self.flushed.notify_all()
-
-
 def test_latest_events_show_transitions_and_failures_not_successes(
         served: tuple[Brama, Server], monkeypatch: pytest.MonkeyPatch) -> None:
     """A healthy service's successes are counted in the table, never listed as events."""
@@ -113,7 +102,7 @@ def test_latest_events_show_transitions_and_failures_not_successes(
     brama.register("healthy")
     brama.register("flaky")
     monkeypatch.setenv("BRAMA_AUTHKEY", server.authkey.hex())
-    out = _Screens()
+    out = Screens()
     stop = threading.Event()
     result: list[int] = []
     watcher = threading.Thread(
