@@ -481,8 +481,7 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def _fleet(args: argparse.Namespace, out: TextIO) -> int:
     """``demo --fleet``: checks its options, then runs ``_fleet_demo`` (which needs
     ``redis``, so it is imported only here)."""
-    from brama_actors._cli._fleet_watch import fleet_url
-    from brama_actors._errors import InvalidConfiguration
+    from brama_actors._cli._fleet_watch import fleet_url, refuse
 
     if args.serve:
         print("demo: --serve is for the plain demo; watch a fleet with watch --fleet",
@@ -498,9 +497,5 @@ def _fleet(args: argparse.Namespace, out: TextIO) -> int:
 
         seed = random.randrange(1_000_000) if args.seed is None else args.seed
         return run_fleet(url, args.namespace, args.processes, args.duration, seed, out)
-    except InvalidConfiguration as exc:
-        print(f"demo: bad --fleet URL or --namespace: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # after InvalidConfiguration, itself a ValueError
-        print(f"demo: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        return refuse("demo", exc)

@@ -49,6 +49,14 @@ def fleet_url(given: str) -> str:
     return url
 
 
+def refuse(command: str, exc: ValueError) -> int:
+    """Exit code 2 and one line on stderr for a bad ``--fleet`` URL or ``--namespace``
+    (``InvalidConfiguration``, a ``ValueError``) or ``--fleet`` alone with no URL."""
+    what = "bad --fleet URL or --namespace: " if isinstance(exc, InvalidConfiguration) else ""
+    print(f"{command}: {what}{exc}", file=sys.stderr)
+    return 2
+
+
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***``, for printing."""
     parts = urlsplit(url)
@@ -146,12 +154,8 @@ def watch_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | N
     try:
         url = fleet_url(args.fleet)
         view = FleetView(url, args.namespace)
-    except InvalidConfiguration as exc:
-        print(f"watch: bad --fleet URL or --namespace: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:  # after InvalidConfiguration, itself a ValueError
-        print(f"watch: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        return refuse("watch", exc)
     try:
         try:
             view.load()
