@@ -115,3 +115,14 @@ def stored_status(client: redis.Redis, ns: str, identifier: str,
     assert raw is not None
     value: dict[str, Any] = json.loads(raw)
     return value
+
+
+def lose_versions(client: redis.Redis, ns: str, loss: str) -> None:
+    """Make the fleet's versions go back without a new Redis: ``"meta deleted"`` (a
+    DEL, an eviction) or any other ``loss`` (``ver`` set back to 1: a failover to a
+    replica that lost writes)."""
+    meta = "{" + ns + "}:meta"
+    if loss == "meta deleted":
+        client.delete(meta)
+    else:
+        client.hset(meta, "ver", 1)

@@ -19,7 +19,7 @@ from brama_actors._authority._fleet._codec import encode_status, member
 from brama_actors._authority._fleet._lua import SCRIPT
 from brama_actors._config import resolve_settings
 from brama_actors._rules import initial_status
-from tests.fleet_helpers import converge, fleet, last_entry, namespace
+from tests.fleet_helpers import converge, fleet, last_entry, lose_versions, namespace
 from tests.redis_server import RedisServer
 
 
@@ -72,11 +72,7 @@ def test_versions_going_back_make_every_system_load_the_fleets_state(
         for _ in range(5):
             a.failure("db")
         converge(systems, client, ns)
-        meta = "{" + ns + "}:meta"
-        if loss == "meta deleted":
-            client.delete(meta)
-        else:
-            client.hset(meta, "ver", 1)
+        lose_versions(client, ns, loss)
         a.failure("db", reason="after the loss")  # the fleet's count: 6
         a.reset_circuit("db")
         converge(systems, client, ns)

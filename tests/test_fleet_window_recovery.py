@@ -14,7 +14,7 @@ import redis
 
 from brama_actors import Brama, telemetry
 from brama_actors._authority._fleet._codec import WindowedStatus
-from tests.fleet_helpers import WAIT, converge, fleet, stored_status, wait_for_event
+from tests.fleet_helpers import WAIT, converge, fleet, lose_versions, stored_status, wait_for_event
 from tests.redis_server import RedisServer
 
 TIMEOUT_MS = 200
@@ -176,11 +176,7 @@ def test_a_batch_carried_when_versions_go_back_counts_once(
         for _ in range(3):
             a.success("db")  # kept here
         converge(systems, client, ns)
-        meta = "{" + ns + "}:meta"
-        if loss == "meta deleted":
-            client.delete(meta)
-        else:
-            client.hset(meta, "ver", 1)
+        lose_versions(client, ns, loss)
         a.failure("db")  # carries the batch; its ver goes back
         assert _stored(client, a, "db")["wo"] == "1100001"
         converge(systems, client, ns)
