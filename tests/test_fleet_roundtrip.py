@@ -169,8 +169,8 @@ def test_a_trial_whose_permit_reply_was_lost_is_admitted(
 
 def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer) -> None:
     """Each recorded step leaves one key of its own under the namespace's hash tag,
-    expiring within RECORD_TIMEOUTS x fleet_timeout: records are bounded by time, not by
-    the systems that came and went. Reads and the ticker's idempotent ops record none."""
+    expiring within RECORD_TIMEOUTS x fleet_timeout and holding the reply as JSON:
+    records are bounded by time, not by the systems that came and went. Reads and the ticker's idempotent ops record none."""
     admin = redis_server.client()
     ns = namespace()
     timeout_ms = 300
@@ -183,6 +183,8 @@ def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer)
         assert len(records) == 3  # register, two failures; the snapshot none
         for key in records:
             assert 0 < admin.pttl(key) <= RECORD_TIMEOUTS * timeout_ms
+            reply = json.loads(admin.get(key))  # only JSON in Redis (API.md section 16)
+            assert reply[0] == "ok" and isinstance(reply[2], int)
     finally:
         brama.stop()
 

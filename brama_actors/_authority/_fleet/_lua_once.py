@@ -10,8 +10,8 @@ gets the reply it was given the first time, and nothing is applied.
 Where the reply is kept, and why there: one key per request, ``{ns}:r:<request id>``
 (KEYS, last: under the namespace's hash tag and declared, so a Redis Cluster routes the
 script to the slot that holds it, and an ACL limited to ``~{ns}:*`` covers it), holding
-the reply (msgpack: exact integers, ``false`` kept, no JSON escaping of the status it
-carries), expiring ``ARGV[8]`` ms after the step (set by the sender: several of its
+the reply as JSON (only JSON goes into Redis, API.md section 16; a reply is a flat array
+of strings and integers below 10^14, which cjson keeps exactly), expiring ``ARGV[8]`` ms after the step (set by the sender: several of its
 ``fleet_timeout``, longer than any retry of that request can come).
 
 The first design, "the last request id per system in the circuit's hash", is not
@@ -39,9 +39,9 @@ end
 local RECORD = KEYS[#KEYS]
 local seen = redis.call('GET', RECORD)
 if seen then
-  return cmsgpack.unpack(seen)
+  return cjson.decode(seen)
 end
 local reply = dispatch()
-redis.call('SET', RECORD, cmsgpack.pack(reply), 'PX', record_ms)
+redis.call('SET', RECORD, cjson.encode(reply), 'PX', record_ms)
 return reply
 """
