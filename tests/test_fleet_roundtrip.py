@@ -170,7 +170,8 @@ def test_a_trial_whose_permit_reply_was_lost_is_admitted(
 def test_a_request_record_is_kept_a_few_timeouts_only(redis_server: RedisServer) -> None:
     """Each recorded step leaves one key of its own under the namespace's hash tag,
     expiring within RECORD_TIMEOUTS x fleet_timeout and holding the reply as JSON:
-    records are bounded by time, not by the systems that came and went. Reads and the ticker's idempotent ops record none."""
+    records are bounded by time, not by the systems that came and went. Reads and the
+    ticker's idempotent ops record none."""
     admin = redis_server.client()
     ns = namespace()
     timeout_ms = 300

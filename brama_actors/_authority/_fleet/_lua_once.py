@@ -11,8 +11,9 @@ Where the reply is kept, and why there: one key per request, ``{ns}:r:<request i
 (KEYS, last: under the namespace's hash tag and declared, so a Redis Cluster routes the
 script to the slot that holds it, and an ACL limited to ``~{ns}:*`` covers it), holding
 the reply as JSON (only JSON goes into Redis, API.md section 16; a reply is a flat array
-of strings and integers below 10^14, which cjson keeps exactly), expiring ``ARGV[8]`` ms after the step (set by the sender: several of its
-``fleet_timeout``, longer than any retry of that request can come).
+of strings and integers below 10^14, which cjson keeps exactly), expiring ``ARGV[8]`` ms
+after the step (set by the sender: several of its ``fleet_timeout``, longer than any
+retry of that request can come).
 
 The first design, "the last request id per system in the circuit's hash", is not
 enough: two threads of one system step the same circuit at once (the second's id
