@@ -57,8 +57,9 @@ def test_paused_redis_bounds_calls_and_local_mode_protects_from_the_last_state(
     decide here at once with this system's rules (events origin "local"); when Redis is
     back the fleet's state wins and nothing local is replayed."""
     with fleet(server, 1, fleet_timeout=TIMEOUT_MS) as [brama]:
-        sub = brama.subscribe(events=["failure", "circuit_opened"])
+        sub = brama.subscribe(events=["failure", "circuit_opened", "success"])
         brama.register("db", max_attempts=2)
+        brama.register("quiet")
         brama.drain(WAIT)
         take(sub, timeout=0)
         server.pause()
@@ -74,6 +75,9 @@ def test_paused_redis_bounds_calls_and_local_mode_protects_from_the_last_state(
             assert brama.status("db").state == "open"
             opened, _ = wait_for_event(sub, lambda e: e.event == "circuit_opened")
             assert opened.data["origin"] == "local"
+            brama.success("quiet")  # a quiet success: decided here too
+            quiet, _ = wait_for_event(sub, lambda e: e.event == "success")
+            assert quiet.data["origin"] == "local" and quiet.data["state"] == "closed"
             elapsed, result = _timed(lambda: brama.available("db"))
             assert elapsed < 0.05
         finally:

@@ -76,6 +76,7 @@ __all__ = ["DEFAULT_LEASE_MS", "FleetAuthority"]
 logger = logging.getLogger("brama_actors")
 
 _HALF_OPEN = CircuitState.HALF_OPEN
+_CLOSED = CircuitState.CLOSED
 #: A trial permit's lease when the circuit has no ``half_open_timeout`` (ms).
 DEFAULT_LEASE_MS = 30_000
 
@@ -371,9 +372,11 @@ class FleetAuthority(InProcess):
             # After every fleet event this system's own calls caused, never before them.
             with self._lock:
                 written = self._written
+            data: dict[str, Any] = {"state": _CLOSED, "failure_count": 0}
             if self.link.connected:
                 self.tail.wait_for(written, self.options.timeout / 1000)
-            data: dict[str, Any] = {"state": "closed", "failure_count": 0}
+            elif self.options.when_unreachable == "local":
+                data["origin"] = "local"  # decided here, as every call meanwhile
             if metadata is not None:
                 data["metadata"] = metadata
             self.delivery.emit(identifier, scope, [(EventType.SUCCESS, data)], now)
