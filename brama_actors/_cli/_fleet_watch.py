@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+from brama_actors import _rules as rules
 from brama_actors._cli._screen import show
 from brama_actors._errors import InvalidConfiguration
 from brama_actors._events import Event, EventType
@@ -83,11 +84,8 @@ def _span(ms: int) -> str:
 def _due(status: ConnectionStatus, now: int) -> str:
     """When the circuit's next expiry is due: ``0.8s``, or ``late 2.1s`` when overdue
     (no system holds the ticker lease, or it cannot reach Redis)."""
-    if status.state is CircuitState.OPEN and status.opened_at is not None:
-        due = status.opened_at + status.expiry
-    elif status.state is CircuitState.HALF_OPEN and status.half_open_timeout is not None:
-        due = status.state_changed_at + status.half_open_timeout
-    else:
+    due = rules.deadline(status)
+    if due is None:
         return "-"
     return _span(due - now) if due >= now else f"late {_span(now - due)}"
 

@@ -77,6 +77,8 @@ logger = logging.getLogger("brama_actors")
 
 _HALF_OPEN = CircuitState.HALF_OPEN
 _CLOSED = CircuitState.CLOSED
+#: The script's op for each manual control.
+_CONTROL_OPS: dict[type, str] = {rules.Open: "open", rules.Close: "close", rules.Reset: "reset"}
 #: A trial permit's lease when the circuit has no ``half_open_timeout`` (ms).
 DEFAULT_LEASE_MS = 30_000
 
@@ -387,7 +389,7 @@ class FleetAuthority(InProcess):
     def control(self, key: Key, op: rules.Open | rules.Close | rules.Reset) -> None:
         args: dict[str, Any] = reason_args(op.reason)
         self._check_running()
-        name = {rules.Open: "open", rules.Close: "close", rules.Reset: "reset"}[type(op)]
+        name = _CONTROL_OPS[type(op)]
         if self._local_mode():
             self.offline.apply(key, op)
             return

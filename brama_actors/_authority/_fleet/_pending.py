@@ -42,7 +42,7 @@ from brama_actors._authority._fleet._codec import WindowedStatus
 from brama_actors._errors import NodeUnavailable
 from brama_actors._keys import Key
 from brama_actors._runtime import _nowait
-from brama_actors._status import ConnectionStatus, evolve
+from brama_actors._status import CircuitState, ConnectionStatus, evolve
 from brama_actors._window import BUCKETS, TimeWindow, Window, window_for
 
 if TYPE_CHECKING:
@@ -401,7 +401,7 @@ class Pending:
                 return status
             return _with_totals(status, batches)
         now = self._authority.now()
-        window = batches if status.state == "closed" else []
+        window = batches if status.state is CircuitState.CLOSED else []
         status = evolve(status, **rules.figures_fields(
             status.minimum_calls, *figures(status, window, now)))
         return _with_totals(status, batches) if batches else status
