@@ -99,10 +99,11 @@ class LinkEvents:
             return self._cond.wait_for(lambda: self.names.count(name) >= count, WAIT)
 
 
-def documented_acl() -> list[str]:
-    """The ACL rules of docs/fleet.md's minimal user (after ``ACL SETUSER brama``)."""
+def documented_acl(user: str = "brama") -> list[str]:
+    """The ACL rules of docs/fleet.md's minimal ``user`` ("brama", the systems', or
+    "watcher", the read-only watcher's), after ``ACL SETUSER <user>``."""
     page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
-    block = page[page.index("ACL SETUSER brama"):]
+    block = page[page.index(f"ACL SETUSER {user} "):]
     block = block[:block.index("```")]
     return block.split()[3:]
 
@@ -126,3 +127,10 @@ def lose_versions(client: redis.Redis, ns: str, loss: str) -> None:
         client.delete(meta)
     else:
         client.hset(meta, "ver", 1)
+
+
+def stored_of(client: redis.Redis, system: Brama, identifier: str) -> dict[str, Any]:
+    """``stored_status`` of ``system``'s namespace."""
+    status = system.fleet_status()
+    assert status is not None
+    return stored_status(client, status.namespace, identifier)

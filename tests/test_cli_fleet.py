@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -24,7 +23,7 @@ from brama_actors._cli._fleet_demo import FleetFacts, _remove_namespace
 from brama_actors._cli._fleet_view import FleetHealth, FleetView
 from brama_actors._cli._fleet_watch import redact, render_fleet
 from brama_actors._cli._watch import main as watch
-from tests.fleet_helpers import namespace
+from tests.fleet_helpers import documented_acl, namespace
 from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
 from tests.screens import Screens
@@ -35,13 +34,6 @@ WAIT = 30.0
 #: Commands that change data or run scripts: the watcher's user must have none.
 WRITES = {"eval", "evalsha", "script|load", "xadd", "del", "hset", "hincrby", "zadd",
           "zrem", "sadd", "srem", "set", "pexpire", "zremrangebyscore", "@all", "@write"}
-
-
-def _documented_watcher_acl() -> list[str]:
-    """The rules of docs/fleet.md's read-only watcher (after ``ACL SETUSER watcher``)."""
-    page = (Path(__file__).resolve().parents[1] / "docs" / "fleet.md").read_text()
-    block = page[page.index("ACL SETUSER watcher"):]
-    return block[:block.index("```")].split()[3:]
 
 
 def _args(**kwargs: Any) -> argparse.Namespace:
@@ -71,7 +63,7 @@ def _row(screen: str, name: str) -> str:
 def _read_only_user(server: RedisServer, ns: str) -> tuple[str, str]:
     """A Redis user allowed only the watcher's read commands on ``ns``: (url, name)."""
     name = f"watch-{ns}"
-    rules = _documented_watcher_acl()
+    rules = documented_acl("watcher")
     assert rules[:3] == ["on", ">secret", "~{orders}:*"] and "-@all" in rules
     assert not any(rule.startswith("+") and rule[1:] in WRITES for rule in rules)
     rules[1:3] = [">pw", "~{" + ns + "}:*"]
@@ -223,7 +215,7 @@ def test_watch_fleet_once_on_a_cluster_node_that_does_not_serve_the_namespace(
     owner = redis_cluster.owner_of(ns)
     other = redis_cluster.others(owner)[0]
     name = f"watch-{ns}"
-    rules = _documented_watcher_acl()
+    rules = documented_acl("watcher")
     rules[1:3] = [">pw", "~{" + ns + "}:*"]
     for node in redis_cluster.nodes:  # ACLs are per node
         node.admin().execute_command("ACL", "SETUSER", name, *rules)

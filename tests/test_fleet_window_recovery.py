@@ -5,57 +5,23 @@ Real redis-server; no sleeps (waits are on telemetry, stream positions and inbox
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 
-from brama_actors import Brama, telemetry
+from brama_actors import Brama
 from brama_actors._authority._fleet._codec import WindowedStatus
-from tests.fleet_helpers import WAIT, converge, fleet, lose_versions, stored_status, wait_for_event
+from tests.fleet_helpers import (
+    LinkEvents,
+    converge,
+    fleet,
+    lose_versions,
+    stored_of,
+    wait_for_event,
+)
 from tests.redis_server import RedisServer
 
 TIMEOUT_MS = 200
-
-
-class Restored:
-    """Counts ("brama", "fleet", "restored") telemetry."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.unreachable = 0
-        self._cond = threading.Condition()
-
-    def __call__(self, name: tuple[str, ...], measurements: Any, metadata: Any) -> None:
-        with self._cond:
-            if name[-1] == "restored":
-                self.count += 1
-            else:
-                self.unreachable += 1
-            self._cond.notify_all()
-
-    def wait(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.count >= count, WAIT)
-
-    def wait_down(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self.unreachable >= count, WAIT)
-
-
-@pytest.fixture
-def restored() -> Iterator[Restored]:
-    events = Restored()
-    telemetry.attach("fleet-window-recovery", ("brama", "fleet"), events)
-    yield events
-    telemetry.detach("fleet-window-recovery")
-
-
-def _stored(client: redis.Redis, system: Brama, identifier: str) -> dict[str, Any]:
-    return stored_status(client, system.fleet_status().namespace,  # type: ignore[union-attr]
-                         identifier)
 
 
 def _hold_flusher(system: Brama) -> None:
@@ -64,7 +30,7 @@ def _hold_flusher(system: Brama) -> None:
 
 
 def test_a_circuit_registered_while_unreachable_keeps_its_rate_rule(
-        restored: Restored) -> None:
+        link_events: LinkEvents) -> None:
     """Registered in "local" mode with only a rate rule: it decides with a window of its
     own (a rate still opens it, origin "local"); when Redis is up it is created there
     with its thresholds, the local window is dropped with the snapshot, and the fleet's
@@ -91,12 +57,12 @@ def test_a_circuit_registered_while_unreachable_keeps_its_rate_rule(
             assert authority.pending.local  # a local window while unreachable
 
             server.restart()
-            assert restored.wait(1)
+            assert link_events.wait("restored", 1)
             wait_for_event(sub, lambda e: e.event == "connection_registered"
                            and "origin" not in e.data)
             client = server.client(decode_responses=True)
             converge([brama], client, "brama")
-            in_redis = _stored(client, brama, "db")
+            in_redis = stored_of(client, brama, "db")
             assert in_redis["failure_rate_threshold"] == "0.5"  # exact, as a string
             assert not authority.pending.local  # dropped with the snapshot
             assert type(authority.replica.entries["db"].status) is WindowedStatus
@@ -106,9 +72,9 @@ def test_a_circuit_registered_while_unreachable_keeps_its_rate_rule(
 
             for _ in range(3):
                 brama.success("db")  # quiet again: kept here, in a batch
-            assert _stored(client, brama, "db")["total_successes"] == 0
+            assert stored_of(client, brama, "db")["total_successes"] == 0
             brama.failure("db")  # carries them: 1 of 4
-            assert _stored(client, brama, "db").get("wo") == "0001"
+            assert stored_of(client, brama, "db").get("wo") == "0001"
             brama.failure("db")  # 2 of 5: closed
             assert brama.status("db").state == "closed"
             brama.failure("db")  # 3 of 6: opens in Redis
@@ -123,7 +89,7 @@ def test_a_circuit_registered_while_unreachable_keeps_its_rate_rule(
 
 
 def test_a_redis_back_empty_recreates_a_windowed_circuit_and_its_window_works(
-        restored: Restored) -> None:
+        link_events: LinkEvents) -> None:
     """A windowed circuit whose Redis restarts empty: decided locally meanwhile (the
     window seeded from the fleet's and the kept successes), then re-created by the
     system that registered it, with its rate rule, and shared again by both systems."""
@@ -136,16 +102,16 @@ def test_a_redis_back_empty_recreates_a_windowed_circuit_and_its_window_works(
         a.success("db")  # sent (resets failure_count)
         a.success("db")  # kept here
         server.kill()
-        assert restored.wait_down(2)
+        assert link_events.wait("unreachable", 2)
         a.failure("db")  # decided here: 2 of 4 with the kept success
         opened, _ = wait_for_event(sub, lambda e: e.data.get("origin") == "local")
         assert opened.data["reason"] == "Failure rate exceeded"
         server.restart()
-        assert restored.wait(2)
+        assert link_events.wait("restored", 2)
         client = server.client(decode_responses=True)
         ns = a.fleet_status().namespace  # type: ignore[union-attr]
         converge([a, b], client, ns)
-        assert _stored(client, a, "db")["failure_rate_threshold"] == "0.5"
+        assert stored_of(client, a, "db")["failure_rate_threshold"] == "0.5"
         for system in (a, b):
             status = system.status("db")
             assert (status.state, status.window_calls) == ("closed", 0)
@@ -178,7 +144,7 @@ def test_a_batch_carried_when_versions_go_back_counts_once(
         converge(systems, client, ns)
         lose_versions(client, ns, loss)
         a.failure("db")  # carries the batch; its ver goes back
-        assert _stored(client, a, "db")["wo"] == "1100001"
+        assert stored_of(client, a, "db")["wo"] == "1100001"
         converge(systems, client, ns)
         for system in systems:
             status = system.status("db")

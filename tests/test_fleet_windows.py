@@ -5,7 +5,6 @@ on its flush count, stream positions and inboxes, each with a timeout."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,7 @@ import redis
 
 from brama_actors import Brama, circuit_breaker
 from brama_actors._authority._fleet import _pending
-from tests.fleet_helpers import WAIT, converge, fleet, take, wait_for_event
+from tests.fleet_helpers import WAIT, converge, fleet, stored_of, take, wait_for_event
 from tests.redis_server import RedisServer
 
 
@@ -31,15 +30,6 @@ def ns_of(system: Brama) -> str:
     status = system.fleet_status()
     assert status is not None
     return status.namespace
-
-
-def stored(client: redis.Redis, system: Brama, identifier: str) -> dict[str, Any]:
-    """The circuit's status JSON as Redis holds it."""
-    name = json.dumps([identifier, None], separators=(",", ":"))
-    raw = client.hget("{" + ns_of(system) + "}:c:" + name, "status")
-    assert isinstance(raw, str)
-    value: dict[str, Any] = json.loads(raw)
-    return value
 
 
 class FlushClock:
@@ -67,12 +57,12 @@ def test_quiet_successes_cost_no_round_trip_and_a_failure_carries_them(
         brama.register("db", failure_rate_threshold=0.5, minimum_calls=1, max_attempts=0)
         for _ in range(3):
             brama.success("db")
-        assert stored(client, brama, "db")["total_successes"] == 0  # nothing sent
+        assert stored_of(client, brama, "db")["total_successes"] == 0  # nothing sent
         status = brama.status("db")
         assert (status.total_successes, status.window_calls, status.failure_rate) == \
             (3, 3, 0.0)
         brama.failure("db")
-        in_redis = stored(client, brama, "db")
+        in_redis = stored_of(client, brama, "db")
         assert (in_redis["total_successes"], in_redis["wo"]) == (3, "0001")
         status = brama.status("db")
         assert (status.state, status.window_calls, status.failure_rate) == \
@@ -112,7 +102,7 @@ def test_a_slow_success_is_sent_at_once_and_opens_on_the_slow_rate(
                        minimum_calls=3)
         brama.success("db", duration=5)  # quiet
         brama.success("db", duration=150)  # slow: sent, with the quiet one before it
-        assert stored(client, brama, "db")["wo"] == "02"
+        assert stored_of(client, brama, "db")["wo"] == "02"
         brama.success("db", duration=5)  # would be 1 slow of 3: sent, and still closed
         assert brama.status("db").state == "closed"
         brama.success("db", duration=100)  # 2 slow of 4: opens
@@ -130,11 +120,11 @@ def test_the_flusher_sends_a_batch_when_it_is_due(redis_server: RedisServer,
         brama.register("db", failure_rate_threshold=0.5)
         for _ in range(5):
             brama.success("db")
-        assert stored(client, brama, "db")["total_successes"] == 0
+        assert stored_of(client, brama, "db")["total_successes"] == 0
         clock.expire()
         assert clock.pending.wait_flushes(1, WAIT)
-        assert stored(client, brama, "db")["total_successes"] == 5
-        assert stored(client, brama, "db")["wo"] == "00000"
+        assert stored_of(client, brama, "db")["total_successes"] == 5
+        assert stored_of(client, brama, "db")["wo"] == "00000"
         status = brama.status("db")
         assert (status.total_successes, status.window_calls) == (5, 5)  # counted once
 
@@ -150,7 +140,7 @@ def test_a_batch_is_sent_when_it_reaches_its_bound(redis_server: RedisServer,
         for _ in range(10):
             brama.success("db")
         assert clock.pending.wait_flushes(1, WAIT)
-        assert stored(client, brama, "db")["total_successes"] == 10
+        assert stored_of(client, brama, "db")["total_successes"] == 10
 
 
 def test_a_time_window_counts_successes_in_the_bucket_of_their_time(
@@ -191,7 +181,7 @@ def test_a_batch_from_before_an_opening_counts_in_the_totals_only(
         converge([a, b], client, ns_of(a))
         clock.expire()
         assert clock.pending.wait_flushes(1, WAIT)
-        in_redis = stored(client, a, "db")
+        in_redis = stored_of(client, a, "db")
         assert in_redis["total_successes"] == 3
         assert "wo" not in in_redis
 
@@ -251,7 +241,7 @@ def test_configure_adds_and_removes_a_window_fleet_wide(
         converge([a, b], client, ns_of(a))
         status = b.status("db")
         assert (status.window_calls, status.failure_rate) == (0, None)
-        assert "wo" not in stored(client, a, "db")
+        assert "wo" not in stored_of(client, a, "db")
 
 
 def test_guarded_calls_on_a_windowed_circuit(redis_server: RedisServer,
@@ -272,7 +262,7 @@ def test_guarded_calls_on_a_windowed_circuit(redis_server: RedisServer,
         for _ in range(3):
             assert call(False) == "ok"
         assert brama._authority.views["api"].slow == 60_000  # type: ignore[union-attr]
-        assert stored(client, brama, "api")["total_successes"] == 0
+        assert stored_of(client, brama, "api")["total_successes"] == 0
         for _ in range(2):
             with pytest.raises(ValueError):
                 call(True)
@@ -299,7 +289,7 @@ def test_batches_of_an_unregistered_circuit_do_not_reach_a_new_one(
         assert clock.pending.wait_flushes(1, WAIT)
         status = brama.status("db")
         assert (status.total_successes, status.window_calls) == (1, 1)
-        assert stored(client, brama, "db")["wo"] == "0"
+        assert stored_of(client, brama, "db")["wo"] == "0"
 
 
 def test_a_decision_misses_another_systems_unsent_successes(
@@ -417,12 +407,13 @@ def test_the_flusher_sends_nothing_once_stop_was_asked(redis_server: RedisServer
             brama.success(f"db{i}")  # kept here, in a batch
         stopper = threading.Thread(target=brama.stop)
         run = pending.run
+        asked: list[bool] = []  # read here: the flusher swallows its own exceptions
 
         def stop_first(key: Any, op: str, *args: Any) -> Any:
             if op == "flush" and not stopper.is_alive() and not pending._stopped:
                 stopper.start()  # stop() joins this thread: wait until it asked
                 with pending._wake:
-                    assert pending._wake.wait_for(lambda: pending._stopped, WAIT)
+                    asked.append(pending._wake.wait_for(lambda: pending._stopped, WAIT))
             return run(key, op, *args)
 
         pending.run = stop_first
@@ -431,7 +422,8 @@ def test_the_flusher_sends_nothing_once_stop_was_asked(redis_server: RedisServer
         pending._thread.join(WAIT)
         stopper.join(WAIT)
         assert not pending._thread.is_alive() and not stopper.is_alive()
-        assert [stored(client, brama, f"db{i}")["total_successes"]
+        assert asked == [True]  # the flusher was in its loop when stop() asked
+        assert [stored_of(client, brama, f"db{i}")["total_successes"]
                 for i in range(circuits)] == [0] * circuits
 
 
