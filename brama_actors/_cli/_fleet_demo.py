@@ -246,13 +246,14 @@ def _remove_namespace(url: str, namespace: str) -> None:
     import redis
 
     from brama_actors._authority._fleet._cluster import Nodes, close_client
+    from brama_actors._authority._fleet._link import KeyNames
 
     nodes = Nodes(url, namespace, 2_000)
     client: Any = nodes.client(2.0)
     try:
         with contextlib.suppress(redis.RedisError, OSError):
             client = nodes.follow(client, 2.0)
-            keys = list(client.scan_iter(match="{" + namespace + "}:*", count=500))
+            keys = list(client.scan_iter(match=KeyNames.of(namespace).tag + ":*", count=500))
             if keys:
                 client.delete(*keys)
     finally:

@@ -18,7 +18,6 @@ applied to it, so the view converges exactly as a system's replica does.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,18 +29,19 @@ from brama_actors._authority._fleet._codec import (
     load_metadata,
     member_key,
 )
+from brama_actors._authority._fleet._link import KeyNames, monotonic_ms
 from brama_actors._authority._fleet._options import check_fleet_options
 from brama_actors._events import Event, EventType
 from brama_actors._keys import Key
 from brama_actors._runtime._clock import SystemClock
 from brama_actors._status import ConnectionStatus
 
-__all__ = ["MAX_BLOCK_MS", "FleetHealth", "FleetView"]
+__all__ = ["VIEW_BLOCK_MS", "FleetHealth", "FleetView"]
 
 #: Entries read per ``XREAD``.
 _BATCH = 500
 #: The longest an ``XREAD`` blocks (ms); the socket timeout allows for it.
-MAX_BLOCK_MS = 500
+VIEW_BLOCK_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,13 +90,11 @@ class FleetView:
         self.namespace = namespace
         # No retries: a read that fails shows the fleet as unreachable at once.
         self._nodes = Nodes(url, namespace, timeout_ms)
-        self._wait = (timeout_ms + MAX_BLOCK_MS) / 1000
+        self._wait = (timeout_ms + VIEW_BLOCK_MS) / 1000
         self._client: Any = self._nodes.client(self._wait)
-        tag = "{" + namespace + "}"
-        self._prefix = f"{tag}:c:"
-        self._stream = f"{tag}:events"
-        self._index = f"{tag}:circuits"
-        self._ticker = f"{tag}:ticker"
+        names = KeyNames.of(namespace)
+        self._prefix, self._stream = names.prefix, names.stream
+        self._index, self._ticker = names.index, names.ticker
         self._lock = threading.Lock()
         self._statuses: dict[Key, ConnectionStatus] = {}
         self._floor: dict[Key, int] = {}  # the version each circuit was read at
@@ -144,7 +142,7 @@ class FleetView:
     def poll(self, block_ms: int, events: tuple[EventType, ...] | None = None) -> list[Event]:
         """Apply what the stream appended since the last call; its events.
 
-        Waits up to ``block_ms`` (at most ``MAX_BLOCK_MS``) for a first entry. A failed
+        Waits up to ``block_ms`` (at most ``VIEW_BLOCK_MS``) for a first entry. A failed
         read marks the fleet unreachable (the last state read stays); the next call loads
         a snapshot again.
 
@@ -160,7 +158,7 @@ class FleetView:
             if not self._synced:
                 self.load()
             reply: Any = self._client.xread({self._stream: self._last_id}, count=_BATCH,
-                                            block=min(MAX_BLOCK_MS, max(1, block_ms)))
+                                            block=min(VIEW_BLOCK_MS, max(1, block_ms)))
             found: list[Event] = []
             for _stream, entries in reply or ():
                 for raw_id, fields in entries:
@@ -208,7 +206,7 @@ class FleetView:
         pipe.get(self._ticker)
         pipe.time()
         holder, (seconds, micros) = pipe.execute()
-        self._offset = seconds * 1000 + micros // 1000 - _monotonic_ms()
+        self._offset = seconds * 1000 + micros // 1000 - monotonic_ms()
         self._set(True, None, holder[:8] if holder else None)
 
     def _down(self, exc: BaseException) -> None:
@@ -230,7 +228,7 @@ class FleetView:
     # -- what it shows ---------------------------------------------------------------------
     def server_now(self) -> int:
         """The Redis server's clock (ms since the epoch), estimated from the last ``TIME``."""
-        return _monotonic_ms() + self._offset
+        return monotonic_ms() + self._offset
 
     def statuses(self) -> list[ConnectionStatus]:
         """Every circuit of the namespace, as last read."""
@@ -264,10 +262,6 @@ class FleetView:
             close_client(self._client)
         except self.errors:
             pass  # closing must not fail a command's exit
-
-
-def _monotonic_ms() -> int:
-    return int(time.monotonic() * 1000)
 
 
 #: Local wall time, for ``FleetHealth.since`` only (the fleet's own time is the server's).

@@ -171,7 +171,7 @@ def watch_fleet(args: argparse.Namespace, out: TextIO, stop: threading.Event | N
 def _loop(args: argparse.Namespace, view: FleetView, url: str, out: TextIO,
           stop: threading.Event | None, event_line: Callable[[Event], str],
           watched: tuple[EventType, ...]) -> int:
-    from brama_actors._cli._fleet_view import MAX_BLOCK_MS
+    from brama_actors._cli._fleet_view import VIEW_BLOCK_MS
 
     recent: collections.deque[Event] = collections.deque(maxlen=max(1, args.events))
     tty = out.isatty()
@@ -186,7 +186,7 @@ def _loop(args: argparse.Namespace, view: FleetView, url: str, out: TextIO,
             if remaining <= 0:
                 break
             if not view.health().connected:  # a dead link fails fast: do not spin on it
-                _PAUSE.wait(min(remaining, MAX_BLOCK_MS) / 1000)
+                _PAUSE.wait(min(remaining, VIEW_BLOCK_MS) / 1000)
         screen = render_fleet(url, args.namespace, view.statuses(), view.health(),
                               [event_line(e) for e in recent])
         if show(out, screen, args, tty=tty, stop=stop, ends=ends):

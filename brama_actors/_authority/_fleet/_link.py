@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -35,7 +36,8 @@ from brama_actors._authority._fleet._options import FleetOptions
 from brama_actors._authority._fleet._roundtrip import RoundTrip
 from brama_actors._errors import NodeUnavailable
 
-__all__ = ["MAX_BLOCK_MS", "RECORDED", "RECORD_TIMEOUTS", "Link", "Unreachable", "refusal"]
+__all__ = ["MAX_BLOCK_MS", "RECORDED", "RECORD_TIMEOUTS", "KeyNames", "Link", "Unreachable",
+           "refusal"]
 
 logger = logging.getLogger("brama_actors")
 
@@ -89,6 +91,27 @@ def refusal(exc: redis.ResponseError) -> str:
     return match.group(1) if match else ""
 
 
+@dataclass(frozen=True, slots=True)
+class KeyNames:
+    """The key names of a fleet namespace, all under its hash tag (one slot)."""
+
+    tag: str  # "{namespace}"
+    prefix: str  # + a circuit's member: its hash (+ ":permits": its permit set)
+    stream: str
+    meta: str
+    deadlines: str
+    index: str
+    ticker: str
+    activity: str
+    wake: str  # + a system's own id
+
+    @classmethod
+    def of(cls, namespace: str) -> KeyNames:
+        tag = "{" + namespace + "}"
+        return cls(tag, f"{tag}:c:", f"{tag}:events", f"{tag}:meta", f"{tag}:deadlines",
+                   f"{tag}:circuits", f"{tag}:ticker", f"{tag}:activity", f"{tag}:wake:")
+
+
 class Link:
     """Key names, the script, and whether Redis answers.
 
@@ -103,15 +126,11 @@ class Link:
                  now: Callable[[], int]) -> None:
         self.options = options
         ns = options.namespace
-        tag = "{" + ns + "}"
-        self.prefix = f"{tag}:c:"
-        self.stream = f"{tag}:events"
-        self.meta = f"{tag}:meta"
-        self.deadlines = f"{tag}:deadlines"
-        self.index = f"{tag}:circuits"
-        self.ticker = f"{tag}:ticker"
-        self.activity = f"{tag}:activity"
-        self.wake = f"{tag}:wake:"  # + a system's own id
+        names = KeyNames.of(ns)
+        tag = names.tag
+        self.prefix, self.stream, self.meta = names.prefix, names.stream, names.meta
+        self.deadlines, self.index, self.ticker = names.deadlines, names.index, names.ticker
+        self.activity, self.wake = names.activity, names.wake
         # + a request id: this link's random prefix and a counter (unique fleet-wide
         # without a random draw per step).
         self._requests = f"{tag}:r:{uuid.uuid4().hex[:16]}:"
