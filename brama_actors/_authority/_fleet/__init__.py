@@ -9,7 +9,7 @@ circuits (sent to Redis in batches), ``_replica`` what a system knows of the fle
 circuits, ``_tail`` the thread that keeps the replica current (paged snapshots, then the
 stream) and delivers the fleet's events, ``_ticker`` the thread that expires circuits at
 their deadlines while this system holds the ticker lease, ``_unreachable`` what a system
-answers without Redis (and what a fleet refuses), ``_offline`` what it decides on its own
+answers without Redis, ``_offline`` what it decides on its own
 meanwhile and owes the fleet afterwards, and ``_authority`` the authority protocol over
 them.
 """

@@ -1,4 +1,4 @@
-"""What a fleet system does without its Redis, and what it refuses.
+"""What a fleet system does without its Redis.
 
 ``when_unreachable="local"`` decides the ops of ``LOCAL_OPS`` here, with the shared
 rules, from the last fleet state; ``"hold"`` answers reads from ``HoldViews`` (the last
