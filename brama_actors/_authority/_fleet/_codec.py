@@ -38,11 +38,9 @@ _FIELDS = ("identifier", "scope", "type", "state", "failure_count", "max_attempt
 #: Fields sent as ``repr(float)`` strings: exact through cjson.
 _THRESHOLDS = ("failure_rate_threshold", "slow_call_rate_threshold")
 
-#: The settings the script applies (``configure``); None ones are sent as ``unset``.
-_SETTINGS = ("max_attempts", "expiry", "expiry_strategy", "initial_expiry", "max_expiry",
-             "backoff_factor", "half_open_max_calls", "success_threshold",
-             "half_open_timeout", "slow_call_duration", "window_type", "window_size",
-             "minimum_calls", "failure_rate_threshold", "slow_call_rate_threshold")
+#: The settings the script applies (``configure``; None ones are sent as ``unset``), and
+#: those a registration event carries: every field of ``Settings``.
+_SETTINGS = tuple(Settings.__dataclass_fields__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,15 +227,4 @@ def decode_events(stream_id: str, fields: Mapping[str, str], key: Key,
 
 
 def _registration_settings(status: ConnectionStatus) -> dict[str, Any]:
-    return {
-        "max_attempts": status.max_attempts, "expiry": status.expiry,
-        "expiry_strategy": status.expiry_strategy, "initial_expiry": status.initial_expiry,
-        "max_expiry": status.max_expiry, "backoff_factor": status.backoff_factor,
-        "half_open_max_calls": status.half_open_max_calls,
-        "success_threshold": status.success_threshold,
-        "half_open_timeout": status.half_open_timeout,
-        "failure_rate_threshold": status.failure_rate_threshold,
-        "slow_call_rate_threshold": status.slow_call_rate_threshold,
-        "slow_call_duration": status.slow_call_duration, "window_type": status.window_type,
-        "window_size": status.window_size, "minimum_calls": status.minimum_calls,
-    }
+    return {name: getattr(status, name) for name in _SETTINGS}
