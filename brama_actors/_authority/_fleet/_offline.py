@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from brama_actors._authority._fleet._replica import Entry
 from brama_actors._config import Settings
 from brama_actors._errors import NodeUnavailable
 from brama_actors._keys import Key, describe_key, not_found, split_key
+from brama_actors._rules import EventSpec
 from brama_actors._status import ConnectionStatus
 
 if TYPE_CHECKING:
@@ -94,19 +95,18 @@ class Offline:
             status = rules.initial_status(identifier, scope, kind, settings, metadata, now)
             with self._lock:
                 if not self.settled:  # a resync to come will create it
+                    owner.mine.add(key)
                     with replica.lock:
                         replica.entries[key] = Entry(status, dict(explicit), settings, 0, 0)
                         self.owed[key] = Owed(kind, dict(explicit), metadata)
-                    break
+                        # Under the lock: before any event of a call on the new circuit.
+                        owner.delivery.emit(identifier, scope, _local(
+                            rules.registration_events(status, settings)), now)
+                    return status
             try:  # settled: Redis answered a moment ago, and nothing will settle this one
                 return owner.create(key, kind, explicit, metadata, settings)
             except NodeUnavailable:  # Redis stopped answering: owe it after all
                 self.link_down()  # (a no-op if the link's change ran it already)
-        owner.mine.add(key)
-        specs = [(k, {**data, "origin": "local"})
-                 for k, data in rules.registration_events(status, settings)]
-        owner.delivery.emit(identifier, scope, specs, now)
-        return status
 
     def apply(self, key: Key, op: rules.Input) -> None:
         """Decide ``op`` here with the shared rules (and the circuit's local rate
@@ -131,11 +131,11 @@ class Offline:
                 if transition.status is not current.status:
                     replica.entries[key] = current.with_status(transition.status,
                                                                current.gen, current.ver)
-            break
-        identifier, scope = split_key(key)
-        specs = [(kind, {**data, "origin": "local"}) for kind, data in transition.events]
-        if specs:
-            owner.delivery.emit(identifier, scope, specs, now)
+                if transition.events:
+                    # Under the lock, as decided: concurrent calls' events stay in order
+                    # (a failure's event after the opening another call decided first).
+                    owner.delivery.emit(*split_key(key), _local(transition.events), now)
+            return
 
     def expire_due(self) -> None:
         """Expire the openings decided here that are due (by this system's clock)."""
@@ -187,3 +187,8 @@ class Offline:
             with self._lock:
                 if self.owed.get(key) is owed:
                     del self.owed[key]
+
+
+def _local(specs: Iterable[EventSpec]) -> list[EventSpec]:
+    """Events decided on this system while Redis is unreachable: ``origin`` "local"."""
+    return [(kind, {**data, "origin": "local"}) for kind, data in specs]
